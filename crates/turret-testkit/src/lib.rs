@@ -1,0 +1,393 @@
+//! Real Redis servers for turret's tests: a single `redis-server` on a free loopback port,
+//! or a Redis Cluster of several. No mock stands in for Redis.
+//!
+//! Every server runs in its own temporary directory with persistence off and is killed
+//! when its handle drops. If `redis-server` is not installed, starting one panics with a
+//! message that says how to install it: a test that needs Redis never passes without it.
+//!
+//! ```no_run
+//! let server = turret_testkit::RedisServer::start();
+//! let mut conn = server.connection();
+//! let pong: String = redis::cmd("PING").query(&mut conn).unwrap();
+//! assert_eq!(pong, "PONG");
+//! ```
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tempfile::TempDir;
+
+const INSTALL_HINT: &str = "redis-server was not found on PATH. turret's tests run against a real Redis. \
+Install it with `sudo apt-get install -y redis-server redis-tools` (Debian/Ubuntu), \
+`brew install redis` (macOS), or run `scripts/test`, which installs it on Debian/Ubuntu.";
+
+/// How long a server may take to start answering `PING`.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A real `redis-server` process on a loopback port. Killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: TempDir,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers `PING`.
+    pub fn start() -> Self {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments (e.g. `["--maxmemory", "10mb"]`).
+    pub fn start_with_args(args: &[&str]) -> Self {
+        Self::start_inner(args, false)
+    }
+
+    fn start_inner(args: &[&str], cluster_bus: bool) -> Self {
+        ensure_installed();
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = free_port(cluster_bus);
+            let mut server = Self {
+                port,
+                dir: tempfile::Builder::new()
+                    .prefix("turret-redis-")
+                    .tempdir()
+                    .expect("create a temp dir for redis-server"),
+                extra_args: args.iter().map(|s| s.to_string()).collect(),
+                child: None,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start redis-server: {last_err}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = self.dir.path().join("redis.log");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--protected-mode", "no"])
+            .args(["--dir".as_ref(), self.dir.path().as_os_str()])
+            .args(["--logfile".as_ref(), log.as_os_str()])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn redis-server: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!(
+                    "redis-server on port {} exited with {status}: {}",
+                    self.port,
+                    read_log(&log)
+                ));
+            }
+            if self.ping() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!(
+                    "redis-server on port {} did not answer PING within {START_TIMEOUT:?}: {}",
+                    self.port,
+                    read_log(&log)
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the server answers on its port (any reply counts: `-NOAUTH` means it is up).
+    fn ping(&self) -> bool {
+        let addr = (Ipv4Addr::LOCALHOST, self.port).into();
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 64];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream
+                .read(&mut buf)
+                .is_ok_and(|n| n > 0 && matches!(buf[0], b'+' | b'-'))
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:{port}/`, with the password when the server was started with
+    /// `--requirepass`.
+    pub fn url(&self) -> String {
+        let password = self
+            .extra_args
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| self.extra_args.get(i + 1));
+        match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// `127.0.0.1:{port}`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The server's working directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the server (`SIGKILL`: no goodbye to clients) and waits for it to exit.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts the server again on the same port (empty: persistence is off) and waits
+    /// until it answers `PING`. Stops it first if it is running.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut last_err = String::new();
+        // The port can take a moment to be free again.
+        for _ in 0..50 {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) => last_err = e,
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "could not restart redis-server on port {}: {last_err}",
+            self.port
+        );
+    }
+
+    /// Pauses all clients for `duration` with `CLIENT PAUSE` (commands hang, then run).
+    pub fn pause(&self, duration: Duration) {
+        let mut conn = self.connection();
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(duration.as_millis() as u64)
+            .arg("ALL")
+            .query(&mut conn)
+            .expect("CLIENT PAUSE");
+    }
+
+    /// A fresh synchronous connection, for setting up and checking state in tests.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .expect("client")
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to the test redis-server")
+    }
+
+    /// Runs one command on a fresh connection and returns its reply.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut self.connection())
+            .unwrap_or_else(|e| panic!("{args:?} on the test redis-server: {e}"))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A real Redis Cluster: `masters` master nodes (and optional replicas) on loopback ports,
+/// joined with `redis-cli --cluster create`. Killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` master nodes (at least 3) with no replicas.
+    pub fn start(masters: usize) -> Self {
+        Self::start_with_replicas(masters, 0)
+    }
+
+    /// Starts `masters` masters with `replicas` replicas each, and waits until the cluster
+    /// reports `cluster_state:ok` on every node.
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> Self {
+        assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
+        ensure_installed();
+        let total = masters * (1 + replicas);
+        let nodes: Vec<RedisServer> = (0..total)
+            .map(|_| {
+                RedisServer::start_inner(
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                    true,
+                )
+            })
+            .collect();
+        let output = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(RedisServer::addr))
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run redis-cli --cluster create: {e}. {INSTALL_HINT}"));
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_ok(total);
+        cluster
+    }
+
+    fn wait_ok(&self, total: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.nodes.iter().all(|n| {
+                let info: String = n.cmd(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_assigned:16384")
+                    && info.contains(&format!("cluster_known_nodes:{total}"))
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test cluster did not reach cluster_state:ok within 30 s"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Seed URLs of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,…`, the single-URL form turret-redis reads.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(RedisServer::addr).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The nodes, mutably (to stop or restart one).
+    pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
+    }
+
+    /// The node serving `key`'s hash slot as master.
+    pub fn master_of(&self, key: &str) -> &RedisServer {
+        let slot: u16 = self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]);
+        self.nodes
+            .iter()
+            .find(|node| {
+                let nodes: String = node.cmd(&["CLUSTER", "NODES"]);
+                nodes
+                    .lines()
+                    .find(|l| l.contains("myself") && l.contains("master"))
+                    .is_some_and(|line| {
+                        line.split_whitespace().skip(8).any(|range| {
+                            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                            matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+                        })
+                    })
+            })
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().rev().take(5).collect::<Vec<_>>().join(" | "))
+        .unwrap_or_default()
+}
+
+fn ensure_installed() {
+    match Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(status) if status.success() => {}
+        _ => panic!("{INSTALL_HINT}"),
+    }
+}
+
+/// A loopback port that is free now; with `cluster_bus`, `port + 10000` is free too.
+fn free_port(cluster_bus: bool) -> u16 {
+    if !cluster_bus {
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral loopback port");
+        return listener.local_addr().expect("local addr").port();
+    }
+    // Cluster bus ports are data ports + 10000, so data ports come from 20000..50000,
+    // walked from a per-process starting point so that parallel test binaries spread out.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919);
+    for _ in 0..30_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let candidate = 20_000 + (seed.wrapping_add(n) % 30_000) as u16;
+        let free = TcpListener::bind((Ipv4Addr::LOCALHOST, candidate)).is_ok()
+            && TcpListener::bind((Ipv4Addr::LOCALHOST, candidate + 10_000)).is_ok();
+        if free {
+            return candidate;
+        }
+    }
+    panic!("no free loopback port pair (p, p + 10000) in 20000..60000");
+}

@@ -1,0 +1,11 @@
+//! turret: tower middleware for HTTP services over Redis.
+//!
+//! Each layer lives in its own crate and is re-exported here behind a feature of the same
+//! name; `full` turns them all on.
+//!
+//! | feature | module | what |
+//! |---|---|---|
+//! | `redis` | [`redis`] | the shared Redis connection: one node or cluster, timeouts, circuit breaker, scripts, pub/sub |
+
+#[cfg(feature = "redis")]
+pub use turret_redis as redis;
