@@ -3,9 +3,9 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use redis::{
-    FromRedisValue, IntoConnectionInfo,
+    FromRedisValue,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
-    cluster::{ClusterClientBuilder, ClusterConfig},
+    cluster::ClusterConfig,
     cluster_async::ClusterConnection,
 };
 use tokio::time::Instant;
@@ -97,11 +97,8 @@ impl Redis {
         install_crypto_provider();
         let conn = match &config.topology {
             Topology::Single(url) => {
-                let info = url
-                    .as_str()
-                    .into_connection_info()
-                    .map_err(|e| Error::Config(format!("cannot parse `{}`: {e}", redact(url))))?;
-                let client = redis::Client::open(info)?;
+                let info = RedisConfig::node_info(url)?;
+                let client = config.node_client(info)?;
                 let mgr_config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.connect_timeout))
                     .set_response_timeout(None)
@@ -111,8 +108,8 @@ impl Redis {
                 Conn::Single(ConnectionManager::new_lazy_with_config(client, mgr_config)?)
             }
             Topology::Cluster(seeds) => {
-                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
-                    .connection_timeout(config.connect_timeout)
+                let client = config
+                    .cluster_builder(seeds)
                     .response_timeout(config.connect_timeout.max(config.command_timeout))
                     .retries(2)
                     .build()?;

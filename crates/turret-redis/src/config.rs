@@ -80,6 +80,8 @@ pub struct RedisConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) breaker: BreakerConfig,
+    #[cfg(feature = "tls")]
+    pub(crate) tls_root_cert: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -154,7 +156,53 @@ impl RedisConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             breaker: BreakerConfig::default(),
+            #[cfg(feature = "tls")]
+            tls_root_cert: None,
         }
+    }
+
+    /// Trusts this root certificate (PEM) for `rediss://` connections instead of the
+    /// webpki root store: for a Redis behind a private CA. Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_cert = Some(pem.into());
+        self
+    }
+
+    /// A client for one node, with the configured TLS roots.
+    pub(crate) fn node_client(&self, info: redis::ConnectionInfo) -> Result<redis::Client, Error> {
+        #[cfg(feature = "tls")]
+        if let Some(root) = &self.tls_root_cert {
+            return Ok(redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root.clone()),
+                },
+            )?);
+        }
+        Ok(redis::Client::open(info)?)
+    }
+
+    /// A cluster client builder over the seeds, with the configured timeouts and TLS roots.
+    pub(crate) fn cluster_builder(&self, seeds: &[String]) -> redis::cluster::ClusterClientBuilder {
+        let builder = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+            .connection_timeout(self.connect_timeout);
+        #[cfg(feature = "tls")]
+        if let Some(root) = &self.tls_root_cert {
+            return builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root.clone()),
+            });
+        }
+        builder
+    }
+
+    /// The connection info of a single-node URL.
+    pub(crate) fn node_info(url: &str) -> Result<redis::ConnectionInfo, Error> {
+        use redis::IntoConnectionInfo;
+        url.into_connection_info()
+            .map_err(|e| Error::Config(format!("cannot parse `{}`: {e}", redact(url))))
     }
 
     /// Key namespace prefix put in front of every key and channel (default `turret:`).

@@ -11,15 +11,15 @@ use std::{
 use bytes::Bytes;
 use futures_core::Stream;
 use redis::{
-    IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    ProtocolVersion, PushInfo, PushKind,
     aio::{ConnectionManager, ConnectionManagerConfig},
-    cluster::{ClusterClientBuilder, ClusterConfig},
+    cluster::ClusterConfig,
     cluster_async::ClusterConnection,
 };
 use tokio::sync::{Notify, broadcast};
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
-use crate::{Error, RedisConfig, Topology, config::redact};
+use crate::{Error, RedisConfig, Topology};
 
 /// Messages a subscription buffers before a slow reader gets [`Event::Gap`].
 const CHANNEL_CAPACITY: usize = 1024;
@@ -113,15 +113,12 @@ impl Subscriber {
         };
         let conn = match &config.topology {
             Topology::Single(url) => {
-                let info = url
-                    .as_str()
-                    .into_connection_info()
-                    .map_err(|e| Error::Config(format!("cannot parse `{}`: {e}", redact(url))))?;
+                let info = RedisConfig::node_info(url)?;
                 let settings = info
                     .redis_settings()
                     .clone()
                     .set_protocol(ProtocolVersion::RESP3);
-                let client = redis::Client::open(info.set_redis_settings(settings))?;
+                let client = config.node_client(info.set_redis_settings(settings))?;
                 let mgr_config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.connect_timeout))
                     .set_min_delay(Duration::from_millis(50))
@@ -132,9 +129,9 @@ impl Subscriber {
                 SubConn::Single(ConnectionManager::new_lazy_with_config(client, mgr_config)?)
             }
             Topology::Cluster(seeds) => {
-                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                let client = config
+                    .cluster_builder(seeds)
                     .use_protocol(ProtocolVersion::RESP3)
-                    .connection_timeout(config.connect_timeout)
                     .build()?;
                 let cluster_config = ClusterConfig::new()
                     .set_connection_timeout(config.connect_timeout)

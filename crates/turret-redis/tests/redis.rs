@@ -367,3 +367,28 @@ async fn cluster_runs_scripts_pipelines_and_pubsub() {
     let event = next(&mut sub).await;
     assert_eq!(event, Some(Event::Message("hi".into())));
 }
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    let (server, ca) = RedisServer::start_tls();
+    let url = format!("rediss://127.0.0.1:{}/", server.tls_port().unwrap());
+    let redis = Redis::connect(config(&url).tls_root_certificate(ca.clone()))
+        .await
+        .unwrap();
+    let pong: String = redis.query(&redis::cmd("PING")).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let mut sub = redis.subscribe("tls").await.unwrap();
+    eventually(Duration::from_secs(5), async || {
+        match redis.publish("tls", b"x").await? {
+            0 => Err(Error::Unavailable),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    assert_eq!(next(&mut sub).await, Some(Event::Message("x".into())));
+
+    // Without the CA the server's certificate is not trusted.
+    let err = Redis::connect(config(&url)).await.unwrap_err();
+    assert!(matches!(err, Error::Redis(_)), "{err}");
+}

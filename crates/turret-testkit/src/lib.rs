@@ -51,6 +51,104 @@ impl RedisServer {
         Self::start_inner(args, false)
     }
 
+    /// Starts a server that also listens with TLS, on [`RedisServer::tls_port`], with a
+    /// certificate for `127.0.0.1` signed by a fresh CA (made with `openssl`). Returns the
+    /// server and the CA certificate (PEM) a client must trust.
+    pub fn start_tls() -> (Self, Vec<u8>) {
+        let certs = tempfile::Builder::new()
+            .prefix("turret-tls-")
+            .tempdir()
+            .expect("temp dir for certificates");
+        let d = certs.path();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("run openssl (apt-get install openssl): {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=turret test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .expect("write ext.cnf");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.crt",
+        ]);
+        let tls_port = free_port(false).to_string();
+        let path = |f: &str| d.join(f).to_string_lossy().into_owned();
+        let (cert, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
+        let server = Self::start_with_args(&[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ]);
+        let ca_pem = std::fs::read(d.join("ca.crt")).expect("read ca.crt");
+        // The server reads its files at start-up; the directory can go.
+        drop(certs);
+        (server, ca_pem)
+    }
+
+    /// The TLS port of a server made by [`RedisServer::start_tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        let i = self.extra_args.iter().position(|a| a == "--tls-port")?;
+        self.extra_args.get(i + 1)?.parse().ok()
+    }
+
     fn start_inner(args: &[&str], cluster_bus: bool) -> Self {
         ensure_installed();
         let mut last_err = String::new();
