@@ -1,0 +1,126 @@
+//! Rate-limit response header fields: draft-ietf-httpapi-ratelimit-headers-10
+//! (`RateLimit-Policy`, `RateLimit`), the de-facto `X-RateLimit-*`, and `Retry-After`
+//! (RFC 9110 §10.2.3, delay-seconds).
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::{Decision, Policy};
+
+/// Which responses carry the rate-limit header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderMode {
+    /// Every response of a limited policy (the default).
+    #[default]
+    Always,
+    /// Only refusals (`429`).
+    OnRefusal,
+    /// None (a refusal still carries `Retry-After`).
+    Never,
+}
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Whole seconds, rounded up: a client told to wait "0 s" would retry at once.
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_micros().div_ceil(1_000_000) as u64
+}
+
+/// The delay a refused client is told to wait (`Retry-After` and `t`), at least 1 s.
+pub(crate) fn retry_secs(d: &Decision) -> Option<u64> {
+    d.retry_after.map(|r| ceil_secs(r).max(1))
+}
+
+/// Writes the fields for one decision. On a refusal `t` is the time until the request
+/// would be admitted (equal to `Retry-After`, so `Retry-After` is never earlier than `t`);
+/// on an admission it is the time until the quota is whole again.
+pub(crate) fn write(headers: &mut HeaderMap, policy: &Policy, d: &Decision, refused: bool, mode: HeaderMode) {
+    let retry = if refused { retry_secs(d) } else { None };
+    if let Some(secs) = retry {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    let show = match mode {
+        HeaderMode::Always => true,
+        HeaderMode::OnRefusal => refused,
+        HeaderMode::Never => false,
+    };
+    if !show {
+        return;
+    }
+    let t = retry.unwrap_or_else(|| ceil_secs(d.reset_after));
+    if let Ok(v) = HeaderValue::from_str(&policy.header_policy) {
+        headers.insert(RATELIMIT_POLICY.clone(), v);
+    }
+    let name_end = policy.header_policy.find(';').unwrap_or(policy.header_policy.len());
+    let value = format!("{};r={};t={t}", &policy.header_policy[..name_end], d.remaining);
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(RATELIMIT.clone(), v);
+    }
+    headers.insert(X_LIMIT.clone(), HeaderValue::from(d.limit));
+    headers.insert(X_REMAINING.clone(), HeaderValue::from(d.remaining));
+    headers.insert(X_RESET.clone(), HeaderValue::from(t));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Quota;
+
+    fn decision(allowed: bool, remaining: u32, reset_ms: u64, retry_ms: Option<u64>) -> Decision {
+        Decision {
+            allowed,
+            limit: 100,
+            remaining,
+            reset_after: Duration::from_millis(reset_ms),
+            retry_after: retry_ms.map(Duration::from_millis),
+        }
+    }
+
+    #[test]
+    fn allowed_response_fields_are_structured_fields() {
+        let policy = Policy::new("per-ip", Quota::per_minute(100));
+        let mut h = HeaderMap::new();
+        write(&mut h, &policy, &decision(true, 42, 30_500, None), false, HeaderMode::Always);
+        assert_eq!(h["ratelimit-policy"], "\"per-ip\";q=100;w=60");
+        assert_eq!(h["ratelimit"], "\"per-ip\";r=42;t=31");
+        assert_eq!(h["x-ratelimit-limit"], "100");
+        assert_eq!(h["x-ratelimit-remaining"], "42");
+        assert_eq!(h["x-ratelimit-reset"], "31");
+        assert!(h.get("retry-after").is_none());
+
+        // Both parse as SF Lists with the documented parameters.
+        let list = sfv::Parser::new(h["ratelimit"].to_str().unwrap()).parse::<sfv::List>().unwrap();
+        let sfv::ListEntry::Item(item) = &list[0] else { panic!("an item") };
+        assert_eq!(item.bare_item, sfv::BareItem::String(sfv::string_ref("per-ip").to_owned()));
+        assert_eq!(item.params.get("r"), Some(&sfv::BareItem::Integer(sfv::integer(42))));
+        let policy = sfv::Parser::new(h["ratelimit-policy"].to_str().unwrap()).parse::<sfv::List>().unwrap();
+        let sfv::ListEntry::Item(item) = &policy[0] else { panic!("an item") };
+        assert_eq!(item.params.get("q"), Some(&sfv::BareItem::Integer(sfv::integer(100))));
+        assert_eq!(item.params.get("w"), Some(&sfv::BareItem::Integer(sfv::integer(60))));
+    }
+
+    #[test]
+    fn refusal_retry_after_rounds_up_and_matches_t() {
+        let policy = Policy::new("p", Quota::per_second(10));
+        let mut h = HeaderMap::new();
+        write(&mut h, &policy, &decision(false, 0, 1000, Some(100)), true, HeaderMode::Always);
+        assert_eq!(h["retry-after"], "1", "never 'retry after 0 s'");
+        assert_eq!(h["ratelimit"], "\"p\";r=0;t=1");
+        assert_eq!(h["x-ratelimit-reset"], "1");
+        let mut h = HeaderMap::new();
+        write(&mut h, &policy, &decision(false, 0, 1000, Some(2001)), true, HeaderMode::Never);
+        assert_eq!(h["retry-after"], "3");
+        assert!(h.get("ratelimit").is_none());
+    }
+
+    #[test]
+    fn policy_names_cannot_break_the_field() {
+        let policy = Policy::new("a\"b\\c d", Quota::per_second(1));
+        assert_eq!(policy.name(), "a_b_c_d");
+    }
+}

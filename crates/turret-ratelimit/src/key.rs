@@ -1,0 +1,381 @@
+//! Who a request is counted against.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use http::{HeaderName, Request};
+use ipnet::IpNet;
+
+/// Why a key could not be extracted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingKey {
+    what: &'static str,
+}
+
+impl MissingKey {
+    /// A missing key source, named for the log line (e.g. "header x-api-key").
+    pub fn new(what: &'static str) -> Self {
+        Self { what }
+    }
+
+    /// What was missing.
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+}
+
+impl fmt::Display for MissingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rate-limit key source missing: {}", self.what)
+    }
+}
+
+/// Extracts the key a request is counted against.
+///
+/// Implemented for closures `Fn(&Request<B>) -> Option<String>`.
+pub trait KeyExtractor<B>: Clone + Send + Sync + 'static {
+    /// The key, or what is missing.
+    fn extract(&self, req: &Request<B>) -> Result<String, MissingKey>;
+}
+
+impl<B, F> KeyExtractor<B> for F
+where
+    F: Fn(&Request<B>) -> Option<String> + Clone + Send + Sync + 'static,
+{
+    fn extract(&self, req: &Request<B>) -> Result<String, MissingKey> {
+        self(req).ok_or(MissingKey::new("key closure returned None"))
+    }
+}
+
+/// The peer's IP address, from a `SocketAddr` request extension, or from axum's
+/// `ConnectInfo<SocketAddr>` (feature `axum`; serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerIp;
+
+pub(crate) fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
+    if let Some(addr) = req.extensions().get::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(addr)) =
+        req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(addr.ip());
+    }
+    None
+}
+
+impl<B> KeyExtractor<B> for PeerIp {
+    fn extract(&self, req: &Request<B>) -> Result<String, MissingKey> {
+        peer_ip(req)
+            .map(|ip| canonical(ip).to_string())
+            .ok_or(MissingKey::new(
+                "peer address (no SocketAddr or ConnectInfo<SocketAddr> request extension: \
+                 serve with into_make_service_with_connect_info::<SocketAddr>() and enable the `axum` feature)",
+            ))
+    }
+}
+
+/// The client's IP address behind trusted reverse proxies.
+///
+/// The forwarding headers are consulted only when the peer itself is a trusted proxy. The
+/// chain (`Forwarded` `for=` of RFC 7239 if present, else `X-Forwarded-For`) is walked from
+/// the right — the hop the trusted proxy appended — skipping trusted proxies; the first
+/// untrusted address is the client. Entries a client wrote on the left can never be chosen
+/// while an untrusted hop stands to their right, so a client cannot pick its own key.
+/// A malformed entry stops the walk at the last good hop.
+///
+/// ```
+/// use turret_ratelimit::{ClientIp, KeyExtractor};
+///
+/// let key = ClientIp::trusting(["10.0.0.0/8"]).unwrap();
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert("10.0.0.2:4000".parse::<std::net::SocketAddr>().unwrap());
+/// req.headers_mut().insert("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.0.0.9".parse().unwrap());
+/// assert_eq!(key.extract(&req).unwrap(), "203.0.113.7");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientIp {
+    trusted: Arc<[IpNet]>,
+}
+
+impl ClientIp {
+    /// Trusts these proxies (CIDRs like `10.0.0.0/8`, or single addresses).
+    pub fn trusting<I, S>(cidrs: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let trusted = cidrs
+            .into_iter()
+            .map(|c| {
+                let c = c.as_ref().trim();
+                c.parse::<IpNet>()
+                    .or_else(|_| c.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("`{c}` is not a CIDR or IP address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            trusted: trusted.into(),
+        })
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client address of a request: see the type's docs.
+    pub fn client_ip<B>(&self, req: &Request<B>) -> Option<IpAddr> {
+        let peer = canonical(peer_ip(req)?);
+        if !self.is_trusted(peer) {
+            return Some(peer);
+        }
+        let forwarded = req.headers().get_all(http::header::FORWARDED);
+        let chain: Vec<Option<IpAddr>> = if forwarded.iter().next().is_some() {
+            forwarded
+                .iter()
+                .flat_map(|v| split_list(v.as_bytes()))
+                .map(forwarded_for)
+                .collect()
+        } else {
+            req.headers()
+                .get_all(HeaderName::from_static("x-forwarded-for"))
+                .iter()
+                .flat_map(|v| split_list(v.as_bytes()))
+                .map(parse_node)
+                .collect()
+        };
+        let mut client = peer;
+        for hop in chain.into_iter().rev() {
+            match hop {
+                Some(ip) => {
+                    client = canonical(ip);
+                    if !self.is_trusted(client) {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        Some(client)
+    }
+}
+
+impl<B> KeyExtractor<B> for ClientIp {
+    fn extract(&self, req: &Request<B>) -> Result<String, MissingKey> {
+        self.client_ip(req)
+            .map(|ip| ip.to_string())
+            .ok_or(MissingKey::new("peer address (no SocketAddr or ConnectInfo<SocketAddr> request extension)"))
+    }
+}
+
+/// The value of a request header (an API key, a user id), or metadata of a gRPC request.
+#[derive(Debug, Clone)]
+pub struct HeaderKey {
+    name: HeaderName,
+    what: &'static str,
+}
+
+impl HeaderKey {
+    /// Keys requests by this header's value. The name must be a static, valid header name.
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name: HeaderName::from_static(name),
+            what: name,
+        }
+    }
+}
+
+impl<B> KeyExtractor<B> for HeaderKey {
+    fn extract(&self, req: &Request<B>) -> Result<String, MissingKey> {
+        let value = req
+            .headers()
+            .get(&self.name)
+            .filter(|v| !v.is_empty())
+            .ok_or(MissingKey::new(self.what))?;
+        Ok(String::from_utf8_lossy(value.as_bytes()).into_owned())
+    }
+}
+
+/// One key for every request: a global limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GlobalKey;
+
+impl<B> KeyExtractor<B> for GlobalKey {
+    fn extract(&self, _: &Request<B>) -> Result<String, MissingKey> {
+        Ok(String::from("global"))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses count as the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Splits a comma-separated header value, ignoring commas inside quoted strings.
+fn split_list(value: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, &b) in value.iter().enumerate() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match b {
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                out.push(value[start..i].trim_ascii());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim_ascii());
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// The `for=` node of one `Forwarded` element (RFC 7239 §4, §6). `None` when absent or not
+/// an IP address (`unknown`, obfuscated identifiers, garbage).
+fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
+    element
+        .split(|&b| b == b';')
+        .map(<[u8]>::trim_ascii)
+        .find_map(|pair| {
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            pair[..eq]
+                .eq_ignore_ascii_case(b"for")
+                .then(|| parse_node(pair[eq + 1..].trim_ascii()))
+                .flatten()
+        })
+}
+
+/// A node: `1.2.3.4`, `1.2.3.4:80`, `"[2001:db8::1]:80"`, `2001:db8::1` (X-Forwarded-For).
+fn parse_node(node: &[u8]) -> Option<IpAddr> {
+    let node = std::str::from_utf8(node).ok()?.trim();
+    let node = node
+        .strip_prefix('"')
+        .and_then(|n| n.strip_suffix('"'))
+        .unwrap_or(node);
+    if let Some(rest) = node.strip_prefix('[') {
+        let end = rest.find(']')?;
+        return rest[..end].parse().ok();
+    }
+    if let Ok(ip) = node.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    // IPv4 with a port.
+    let (host, port) = node.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn req(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut r = Request::new(());
+        r.extensions_mut().insert(peer.parse::<SocketAddr>().unwrap());
+        for (k, v) in headers {
+            r.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        r
+    }
+
+    fn proxies() -> ClientIp {
+        ClientIp::trusting(["10.0.0.0/8", "::1"]).unwrap()
+    }
+
+    #[test]
+    fn forged_header_from_an_untrusted_peer_is_ignored() {
+        let r = req("198.51.100.1:1234", &[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=2.2.2.2")]);
+        assert_eq!(proxies().extract(&r).unwrap(), "198.51.100.1");
+    }
+
+    #[test]
+    fn rightmost_untrusted_hop_is_the_client() {
+        // The client prepended a forged 6.6.6.6; the proxies appended the truth.
+        let r = req("10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.1.1.1")]);
+        assert_eq!(proxies().extract(&r).unwrap(), "203.0.113.9");
+        // Several header lines form one list, in order.
+        let r = req("10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "203.0.113.9")]);
+        assert_eq!(proxies().extract(&r).unwrap(), "203.0.113.9");
+    }
+
+    #[test]
+    fn forwarded_wins_over_x_forwarded_for() {
+        let r = req(
+            "10.0.0.1:1",
+            &[
+                ("x-forwarded-for", "7.7.7.7"),
+                ("forwarded", "for=6.6.6.6, for=\"[2001:db8::7]:443\";proto=https, For=10.2.2.2"),
+            ],
+        );
+        assert_eq!(proxies().extract(&r).unwrap(), "2001:db8::7");
+    }
+
+    #[test]
+    fn all_trusted_chain_gives_the_leftmost() {
+        let r = req("10.0.0.1:1", &[("x-forwarded-for", "10.9.9.9, 10.8.8.8")]);
+        assert_eq!(proxies().extract(&r).unwrap(), "10.9.9.9");
+    }
+
+    #[test]
+    fn malformed_hop_stops_at_the_last_good_one() {
+        let r = req("10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6, garbage, 10.3.3.3")]);
+        assert_eq!(proxies().extract(&r).unwrap(), "10.3.3.3");
+        let r = req("10.0.0.1:1", &[("forwarded", "for=unknown")]);
+        assert_eq!(proxies().extract(&r).unwrap(), "10.0.0.1");
+    }
+
+    #[test]
+    fn ipv4_with_port_and_mapped_v6() {
+        let r = req("[::ffff:10.0.0.1]:1", &[("x-forwarded-for", "203.0.113.9:5555")]);
+        assert_eq!(proxies().extract(&r).unwrap(), "203.0.113.9");
+    }
+
+    #[test]
+    fn header_and_peer_keys() {
+        let r = req("192.0.2.1:9", &[("x-api-key", "abc")]);
+        assert_eq!(HeaderKey::new("x-api-key").extract(&r).unwrap(), "abc");
+        assert!(HeaderKey::new("x-user").extract(&r).is_err());
+        assert_eq!(PeerIp.extract(&r).unwrap(), "192.0.2.1");
+        assert!(PeerIp.extract(&Request::new(())).is_err());
+        assert!(ClientIp::trusting(["nope"]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_forwarding_header_bytes_never_panic(
+            xff in proptest::collection::vec(any::<u8>(), 0..200),
+            fwd in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut r = Request::new(());
+            r.extensions_mut().insert("10.0.0.1:1".parse::<SocketAddr>().unwrap());
+            if let Ok(v) = http::HeaderValue::from_bytes(&xff) {
+                r.headers_mut().insert("x-forwarded-for", v);
+            }
+            if let Ok(v) = http::HeaderValue::from_bytes(&fwd) {
+                r.headers_mut().insert("forwarded", v);
+            }
+            let ip = proxies().client_ip(&r);
+            prop_assert!(ip.is_some());
+        }
+    }
+}

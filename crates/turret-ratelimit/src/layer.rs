@@ -1,0 +1,296 @@
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, atomic::AtomicBool},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use tower_layer::Layer;
+
+use crate::{
+    Backend, Decision, HeaderMode, MemoryBackend, PeerIp, Policy, Quota,
+    service::RateLimit,
+};
+
+/// What a refusal looks like: implemented for closures `Fn(&Limited) -> Response<Bytes>`.
+/// The layer adds `Retry-After` and the rate-limit fields afterwards.
+pub trait OnLimited: Clone + Send + Sync + 'static {
+    /// Builds the refusal.
+    fn on_limited(&self, limited: &Limited<'_>) -> Response<Bytes>;
+}
+
+impl<F> OnLimited for F
+where
+    F: Fn(&Limited<'_>) -> Response<Bytes> + Clone + Send + Sync + 'static,
+{
+    fn on_limited(&self, limited: &Limited<'_>) -> Response<Bytes> {
+        self(limited)
+    }
+}
+
+/// What the [`OnLimited`] hook knows about a refusal.
+#[derive(Debug)]
+pub struct Limited<'a> {
+    /// The policy that refused.
+    pub policy: &'a Policy,
+    /// The client's key.
+    pub key: &'a str,
+    /// The decision.
+    pub decision: &'a Decision,
+}
+
+/// The default refusal: `429 Too Many Requests`, `text/plain`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultOnLimited;
+
+impl OnLimited for DefaultOnLimited {
+    fn on_limited(&self, _: &Limited<'_>) -> Response<Bytes> {
+        let mut res = Response::new(Bytes::from_static(b"Too Many Requests\n"));
+        *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        res
+    }
+}
+
+/// What to do when the backend (Redis) cannot decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// Let the request through (the default): an outage of Redis is not an outage of the
+    /// service. Counted in `turret_ratelimit_backend_errors_total`.
+    #[default]
+    Open,
+    /// Answer `503 Service Unavailable`.
+    Closed,
+}
+
+/// What to do when a request has no key (no peer address, no API-key header, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingKeyAction {
+    /// Answer `500` and log what is missing (the default): a misconfiguration is loud.
+    #[default]
+    Reject,
+    /// Count every such request against one shared key.
+    SharedKey,
+}
+
+/// Local memory of clients refused until a known time, so that a flood from one client is
+/// refused without asking Redis (bounded; never refuses past the time Redis gave).
+#[derive(Debug, Default)]
+pub(crate) struct Offenders {
+    map: Mutex<HashMap<(Arc<str>, String), Instant>>,
+}
+
+const MAX_OFFENDERS: usize = 100_000;
+
+impl Offenders {
+    pub(crate) fn blocked_until(&self, policy: &Arc<str>, key: &str) -> Option<Instant> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let until = *map.get(&(policy.clone(), key.to_owned()))?;
+        (until > Instant::now()).then_some(until)
+    }
+
+    pub(crate) fn block(&self, policy: &Arc<str>, key: &str, until: Instant) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_OFFENDERS {
+            let now = Instant::now();
+            map.retain(|_, t| *t > now);
+            if map.len() >= MAX_OFFENDERS {
+                return;
+            }
+        }
+        map.insert((policy.clone(), key.to_owned()), until);
+    }
+}
+
+/// Settings shared by every clone of the layer and its services.
+#[derive(Clone)]
+pub(crate) struct Shared<K, Bk, L> {
+    pub(crate) policies: Vec<Policy>,
+    pub(crate) exempt: Vec<String>,
+    pub(crate) allow: Vec<String>,
+    pub(crate) key: K,
+    pub(crate) backend: Bk,
+    pub(crate) on_limited: L,
+    pub(crate) header_mode: HeaderMode,
+    pub(crate) failure: FailureMode,
+    pub(crate) fallback: Option<MemoryBackend>,
+    pub(crate) missing: MissingKeyAction,
+    pub(crate) offenders: Arc<Offenders>,
+    pub(crate) degraded: Arc<AtomicBool>,
+}
+
+/// Limits requests per key; refuses with `429` and the standard header fields.
+///
+/// See the [crate documentation](crate) for examples.
+#[derive(Clone)]
+pub struct RateLimitLayer<K = PeerIp, Bk = MemoryBackend, L = DefaultOnLimited> {
+    shared: Shared<K, Bk, L>,
+}
+
+impl<K: fmt::Debug, Bk: fmt::Debug, L> fmt::Debug for RateLimitLayer<K, Bk, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shared;
+        f.debug_struct("RateLimitLayer")
+            .field("policies", &s.policies)
+            .field("exempt", &s.exempt)
+            .field("key", &s.key)
+            .field("backend", &s.backend)
+            .field("failure", &s.failure)
+            .finish()
+    }
+}
+
+impl RateLimitLayer {
+    /// One policy, `"default"`, applying `quota` to every request, keyed by peer IP, in
+    /// memory.
+    pub fn new(quota: Quota) -> Self {
+        Self::policies([Policy::new("default", quota)])
+    }
+
+    /// These policies, tried in order; the first that matches a request applies. Requests no
+    /// policy matches are not limited.
+    pub fn policies(policies: impl IntoIterator<Item = Policy>) -> Self {
+        Self {
+            shared: Shared {
+                policies: policies.into_iter().collect(),
+                exempt: Vec::new(),
+                allow: Vec::new(),
+                key: PeerIp,
+                backend: MemoryBackend::new(),
+                on_limited: DefaultOnLimited,
+                header_mode: HeaderMode::Always,
+                failure: FailureMode::Open,
+                fallback: None,
+                missing: MissingKeyAction::Reject,
+                offenders: Arc::default(),
+                degraded: Arc::default(),
+            },
+        }
+    }
+}
+
+impl<K, Bk, L> RateLimitLayer<K, Bk, L> {
+    fn into_shared(self) -> Shared<K, Bk, L> {
+        self.shared
+    }
+
+    fn map<F: FnOnce(&mut Shared<K, Bk, L>)>(mut self, f: F) -> Self {
+        f(&mut self.shared);
+        self
+    }
+
+    /// Adds a policy, tried before the ones already present.
+    pub fn policy(self, policy: Policy) -> Self {
+        self.map(|s| s.policies.insert(0, policy))
+    }
+
+    /// Never limits requests to this exact path (health checks, metrics).
+    pub fn exempt(self, path: &str) -> Self {
+        self.map(|s| s.exempt.push(path.to_owned()))
+    }
+
+    /// Never limits requests with this key (e.g. an internal client's address).
+    pub fn allow_key(self, key: &str) -> Self {
+        self.map(|s| s.allow.push(key.to_owned()))
+    }
+
+    /// Which responses carry the rate-limit fields (default: all).
+    pub fn headers(self, mode: HeaderMode) -> Self {
+        self.map(|s| s.header_mode = mode)
+    }
+
+    /// What to do when Redis cannot decide (default: let the request through).
+    pub fn failure_mode(self, mode: FailureMode) -> Self {
+        self.map(|s| s.failure = mode)
+    }
+
+    /// While Redis cannot decide, decide with an in-memory limiter of this instance instead
+    /// (each instance then enforces the quota on its own).
+    pub fn fallback_to_memory(self) -> Self {
+        self.map(|s| s.fallback = Some(MemoryBackend::new()))
+    }
+
+    /// What to do when a request has no key (default: `500` and a log line).
+    pub fn on_missing_key(self, action: MissingKeyAction) -> Self {
+        self.map(|s| s.missing = action)
+    }
+
+    /// Keys requests with another extractor.
+    pub fn key<K2>(self, key: K2) -> RateLimitLayer<K2, Bk, L> {
+        let s = self.into_shared();
+        RateLimitLayer {
+            shared: Shared {
+                policies: s.policies,
+                exempt: s.exempt,
+                allow: s.allow,
+                key,
+                backend: s.backend,
+                on_limited: s.on_limited,
+                header_mode: s.header_mode,
+                failure: s.failure,
+                fallback: s.fallback,
+                missing: s.missing,
+                offenders: s.offenders,
+                degraded: s.degraded,
+            },
+        }
+    }
+
+    /// Keeps state in another backend (e.g. [`crate::RedisBackend`] for a fleet).
+    pub fn backend<Bk2: Backend>(self, backend: Bk2) -> RateLimitLayer<K, Bk2, L> {
+        let s = self.into_shared();
+        RateLimitLayer {
+            shared: Shared {
+                policies: s.policies,
+                exempt: s.exempt,
+                allow: s.allow,
+                key: s.key,
+                backend,
+                on_limited: s.on_limited,
+                header_mode: s.header_mode,
+                failure: s.failure,
+                fallback: s.fallback,
+                missing: s.missing,
+                offenders: s.offenders,
+                degraded: s.degraded,
+            },
+        }
+    }
+
+    /// Builds refusals with this hook.
+    pub fn on_limited<L2: OnLimited>(self, on_limited: L2) -> RateLimitLayer<K, Bk, L2> {
+        let s = self.into_shared();
+        RateLimitLayer {
+            shared: Shared {
+                policies: s.policies,
+                exempt: s.exempt,
+                allow: s.allow,
+                key: s.key,
+                backend: s.backend,
+                on_limited,
+                header_mode: s.header_mode,
+                failure: s.failure,
+                fallback: s.fallback,
+                missing: s.missing,
+                offenders: s.offenders,
+                degraded: s.degraded,
+            },
+        }
+    }
+}
+
+impl<S, K: Clone, Bk: Clone, L: Clone> Layer<S> for RateLimitLayer<K, Bk, L> {
+    type Service = RateLimit<S, K, Bk, L>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            shared: Arc::new(self.shared.clone()),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Rate limiting for any tower service: per client, per route, per API key, in memory for
+//! one instance or on Redis so that a whole fleet shares one quota.
+//!
+//! A refusal is `429 Too Many Requests` with `Retry-After` (rounded up, never 0) and the
+//! rate-limit fields of draft-ietf-httpapi-ratelimit-headers-10 (`RateLimit-Policy:
+//! "default";q=100;w=60`, `RateLimit: "default";r=0;t=12`) plus the de-facto
+//! `X-RateLimit-Limit`, `-Remaining` and `-Reset` (delay-seconds). Admitted responses carry the
+//! same fields ([`HeaderMode`]). A gRPC request (`content-type: application/grpc…`) is refused
+//! with a trailers-only response, HTTP 200 and `grpc-status: 8` (RESOURCE_EXHAUSTED).
+//!
+//! The decision is made in `call`, per key, so it holds behind axum's per-request cloning
+//! (unlike `tower::limit::RateLimit`, whose budget is per clone).
+//!
+//! # Example
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use turret_ratelimit::{Quota, RateLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::new(Quota::per_minute(2)).exempt("/health"))
+//!     .service(service_fn(|_req: Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+//!     }));
+//!
+//! let request = || {
+//!     let mut req = Request::new(String::new());
+//!     // axum inserts the peer address as `ConnectInfo<SocketAddr>` (feature `axum`).
+//!     req.extensions_mut().insert("203.0.113.7:50000".parse::<SocketAddr>().unwrap());
+//!     req
+//! };
+//! let first = svc.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(first.status(), StatusCode::OK);
+//! assert_eq!(first.headers()["ratelimit"], "\"default\";r=1;t=30");
+//! svc.clone().oneshot(request()).await.unwrap();
+//!
+//! let third = svc.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(third.headers()["retry-after"], "30");
+//! # }
+//! ```
+//!
+//! # Per API key, per route, and a fleet on Redis
+//!
+//! ```no_run
+//! use http::Method;
+//! use turret_ratelimit::{ClientIp, HeaderKey, Policy, Quota, RateLimitLayer, RedisBackend};
+//! use turret_redis::{Redis, RedisConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Per API key: 1,000 an hour, searches cost 5.
+//! let per_key = RateLimitLayer::new(Quota::per_hour(1000))
+//!     .key(HeaderKey::new("x-api-key"));
+//!
+//! // Per client IP behind a load balancer at 10.0.0.0/8, stricter on writes.
+//! let per_route = RateLimitLayer::new(Quota::per_minute(100))
+//!     .policy(Policy::new("writes", Quota::per_minute(10)).methods([Method::POST, Method::PUT]))
+//!     .policy(Policy::new("search", Quota::per_minute(100)).path("/search").cost(|_| 5))
+//!     .key(ClientIp::trusting(["10.0.0.0/8"])?)
+//!     .exempt("/health");
+//!
+//! // The same quota for every instance: state on Redis, decided by one script per request.
+//! let redis = Redis::connect(RedisConfig::from_url("redis://127.0.0.1:6379")?).await?;
+//! let fleet = RateLimitLayer::new(Quota::per_minute(100))
+//!     .backend(RedisBackend::new(redis))
+//!     .fallback_to_memory(); // while Redis is down, each instance limits on its own
+//! # let _ = (per_key, per_route, fleet); Ok(()) }
+//! ```
+//!
+//! # Algorithms
+//!
+//! [`Algorithm::Gcra`] (default), [`Algorithm::FixedWindow`], [`Algorithm::SlidingLog`] and
+//! [`Algorithm::SlidingWindow`]; the maths are pure functions shared in meaning by the
+//! memory backend and the Redis scripts. On Redis, time is Redis' own (`TIME`), so every
+//! instance agrees; a refusal writes nothing; a client refused until a known time is refused
+//! again locally until then, without a round trip.
+
+mod algorithm;
+mod backend;
+mod body;
+mod clock;
+mod headers;
+mod key;
+mod layer;
+mod policy;
+mod quota;
+mod service;
+#[cfg(test)]
+mod tests;
+
+pub use algorithm::Decision;
+#[cfg(feature = "redis")]
+pub use backend::RedisBackend;
+pub use backend::{Backend, BackendError, Decide, DecisionFuture, MemoryBackend};
+pub use backend::memory::DEFAULT_MAX_KEYS;
+pub use body::ResponseBody;
+pub use clock::{Clock, FakeClock, MonotonicClock};
+pub use headers::HeaderMode;
+pub use key::{ClientIp, GlobalKey, HeaderKey, KeyExtractor, MissingKey, PeerIp};
+pub use layer::{DefaultOnLimited, FailureMode, Limited, MissingKeyAction, OnLimited, RateLimitLayer};
+pub use policy::{Policy, RequestHead};
+pub use quota::{Algorithm, Quota};
+pub use service::{RateLimit, ResponseFuture};
