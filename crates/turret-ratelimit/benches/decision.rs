@@ -6,7 +6,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use turret_ratelimit::{MemoryBackend, Quota};
 
 fn keys(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255)).collect()
+    (0..n)
+        .map(|i| format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255))
+        .collect()
 }
 
 fn decision(c: &mut Criterion) {

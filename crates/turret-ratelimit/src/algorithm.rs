@@ -41,7 +41,12 @@ impl Decision {
 
 /// GCRA. `tat` is the theoretical arrival time; returns the decision and, when admitted,
 /// the new `tat` to store (nothing is written on a refusal).
-pub(crate) fn gcra(tat: Option<u64>, now: u64, quota: &Quota, cost: u32) -> (Decision, Option<u64>) {
+pub(crate) fn gcra(
+    tat: Option<u64>,
+    now: u64,
+    quota: &Quota,
+    cost: u32,
+) -> (Decision, Option<u64>) {
     let t = quota.emission_interval_micros();
     let tau = quota.tolerance_micros();
     let limit = quota.count();
@@ -84,7 +89,13 @@ pub(crate) fn fixed_window(
     if count + cost > limit {
         let retry = (cost <= limit).then_some(reset);
         (
-            Decision::from_micros(false, quota.count(), limit.saturating_sub(count), reset, retry),
+            Decision::from_micros(
+                false,
+                quota.count(),
+                limit.saturating_sub(count),
+                reset,
+                retry,
+            ),
             None,
         )
     } else {
@@ -168,7 +179,13 @@ pub(crate) fn sliding_log(log: &mut VecDeque<u64>, now: u64, quota: &Quota, cost
             log[i] + w - now
         });
         let reset = log.back().map_or(0, |&t| t + w - now);
-        Decision::from_micros(false, quota.count(), limit.saturating_sub(count), reset, retry)
+        Decision::from_micros(
+            false,
+            quota.count(),
+            limit.saturating_sub(count),
+            reset,
+            retry,
+        )
     } else {
         for _ in 0..cost {
             log.push_back(now);
@@ -223,7 +240,10 @@ mod tests {
             }
         }
         for &start in &admitted {
-            let in_window = admitted.iter().filter(|&&t| t >= start && t < start + S).count();
+            let in_window = admitted
+                .iter()
+                .filter(|&&t| t >= start && t < start + S)
+                .count();
             assert!(in_window <= 10, "{in_window} in one second");
         }
         // Long-run rate: 5 burst + 5/s × 4 s.
@@ -335,7 +355,10 @@ mod tests {
                     assert!(probe.decide(now + wait, &q, 1).allowed, "{alg:?}");
                     if wait > 1 {
                         let mut probe = mem.clone();
-                        assert!(!probe.decide(now + wait - 2, &q, 1).allowed, "{alg:?} early");
+                        assert!(
+                            !probe.decide(now + wait - 2, &q, 1).allowed,
+                            "{alg:?} early"
+                        );
                     }
                 }
                 now += 37_000;

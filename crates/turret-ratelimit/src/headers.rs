@@ -39,7 +39,13 @@ pub(crate) fn retry_secs(d: &Decision) -> Option<u64> {
 /// Writes the fields for one decision. On a refusal `t` is the time until the request
 /// would be admitted (equal to `Retry-After`, so `Retry-After` is never earlier than `t`);
 /// on an admission it is the time until the quota is whole again.
-pub(crate) fn write(headers: &mut HeaderMap, policy: &Policy, d: &Decision, refused: bool, mode: HeaderMode) {
+pub(crate) fn write(
+    headers: &mut HeaderMap,
+    policy: &Policy,
+    d: &Decision,
+    refused: bool,
+    mode: HeaderMode,
+) {
     let retry = if refused { retry_secs(d) } else { None };
     if let Some(secs) = retry {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
@@ -56,8 +62,15 @@ pub(crate) fn write(headers: &mut HeaderMap, policy: &Policy, d: &Decision, refu
     if let Ok(v) = HeaderValue::from_str(&policy.header_policy) {
         headers.insert(RATELIMIT_POLICY.clone(), v);
     }
-    let name_end = policy.header_policy.find(';').unwrap_or(policy.header_policy.len());
-    let value = format!("{};r={};t={t}", &policy.header_policy[..name_end], d.remaining);
+    let name_end = policy
+        .header_policy
+        .find(';')
+        .unwrap_or(policy.header_policy.len());
+    let value = format!(
+        "{};r={};t={t}",
+        &policy.header_policy[..name_end],
+        d.remaining
+    );
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(RATELIMIT.clone(), v);
     }
@@ -85,7 +98,13 @@ mod tests {
     fn allowed_response_fields_are_structured_fields() {
         let policy = Policy::new("per-ip", Quota::per_minute(100));
         let mut h = HeaderMap::new();
-        write(&mut h, &policy, &decision(true, 42, 30_500, None), false, HeaderMode::Always);
+        write(
+            &mut h,
+            &policy,
+            &decision(true, 42, 30_500, None),
+            false,
+            HeaderMode::Always,
+        );
         assert_eq!(h["ratelimit-policy"], "\"per-ip\";q=100;w=60");
         assert_eq!(h["ratelimit"], "\"per-ip\";r=42;t=31");
         assert_eq!(h["x-ratelimit-limit"], "100");
@@ -94,26 +113,58 @@ mod tests {
         assert!(h.get("retry-after").is_none());
 
         // Both parse as SF Lists with the documented parameters.
-        let list = sfv::Parser::new(h["ratelimit"].to_str().unwrap()).parse::<sfv::List>().unwrap();
-        let sfv::ListEntry::Item(item) = &list[0] else { panic!("an item") };
-        assert_eq!(item.bare_item, sfv::BareItem::String(sfv::string_ref("per-ip").to_owned()));
-        assert_eq!(item.params.get("r"), Some(&sfv::BareItem::Integer(sfv::integer(42))));
-        let policy = sfv::Parser::new(h["ratelimit-policy"].to_str().unwrap()).parse::<sfv::List>().unwrap();
-        let sfv::ListEntry::Item(item) = &policy[0] else { panic!("an item") };
-        assert_eq!(item.params.get("q"), Some(&sfv::BareItem::Integer(sfv::integer(100))));
-        assert_eq!(item.params.get("w"), Some(&sfv::BareItem::Integer(sfv::integer(60))));
+        let list = sfv::Parser::new(h["ratelimit"].to_str().unwrap())
+            .parse::<sfv::List>()
+            .unwrap();
+        let sfv::ListEntry::Item(item) = &list[0] else {
+            panic!("an item")
+        };
+        assert_eq!(
+            item.bare_item,
+            sfv::BareItem::String(sfv::string_ref("per-ip").to_owned())
+        );
+        assert_eq!(
+            item.params.get("r"),
+            Some(&sfv::BareItem::Integer(sfv::integer(42)))
+        );
+        let policy = sfv::Parser::new(h["ratelimit-policy"].to_str().unwrap())
+            .parse::<sfv::List>()
+            .unwrap();
+        let sfv::ListEntry::Item(item) = &policy[0] else {
+            panic!("an item")
+        };
+        assert_eq!(
+            item.params.get("q"),
+            Some(&sfv::BareItem::Integer(sfv::integer(100)))
+        );
+        assert_eq!(
+            item.params.get("w"),
+            Some(&sfv::BareItem::Integer(sfv::integer(60)))
+        );
     }
 
     #[test]
     fn refusal_retry_after_rounds_up_and_matches_t() {
         let policy = Policy::new("p", Quota::per_second(10));
         let mut h = HeaderMap::new();
-        write(&mut h, &policy, &decision(false, 0, 1000, Some(100)), true, HeaderMode::Always);
+        write(
+            &mut h,
+            &policy,
+            &decision(false, 0, 1000, Some(100)),
+            true,
+            HeaderMode::Always,
+        );
         assert_eq!(h["retry-after"], "1", "never 'retry after 0 s'");
         assert_eq!(h["ratelimit"], "\"p\";r=0;t=1");
         assert_eq!(h["x-ratelimit-reset"], "1");
         let mut h = HeaderMap::new();
-        write(&mut h, &policy, &decision(false, 0, 1000, Some(2001)), true, HeaderMode::Never);
+        write(
+            &mut h,
+            &policy,
+            &decision(false, 0, 1000, Some(2001)),
+            true,
+            HeaderMode::Never,
+        );
         assert_eq!(h["retry-after"], "3");
         assert!(h.get("ratelimit").is_none());
     }

@@ -61,8 +61,9 @@ pub(crate) fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
         return Some(addr.ip());
     }
     #[cfg(feature = "axum")]
-    if let Some(axum::extract::ConnectInfo(addr)) =
-        req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>()
+    if let Some(axum::extract::ConnectInfo(addr)) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
     {
         return Some(addr.ip());
     }
@@ -169,7 +170,9 @@ impl<B> KeyExtractor<B> for ClientIp {
     fn extract(&self, req: &Request<B>) -> Result<String, MissingKey> {
         self.client_ip(req)
             .map(|ip| ip.to_string())
-            .ok_or(MissingKey::new("peer address (no SocketAddr or ConnectInfo<SocketAddr> request extension)"))
+            .ok_or(MissingKey::new(
+                "peer address (no SocketAddr or ConnectInfo<SocketAddr> request extension)",
+            ))
     }
 }
 
@@ -288,7 +291,8 @@ mod tests {
 
     fn req(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut r = Request::new(());
-        r.extensions_mut().insert(peer.parse::<SocketAddr>().unwrap());
+        r.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
         for (k, v) in headers {
             r.headers_mut().append(
                 HeaderName::from_bytes(k.as_bytes()).unwrap(),
@@ -304,17 +308,29 @@ mod tests {
 
     #[test]
     fn forged_header_from_an_untrusted_peer_is_ignored() {
-        let r = req("198.51.100.1:1234", &[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=2.2.2.2")]);
+        let r = req(
+            "198.51.100.1:1234",
+            &[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=2.2.2.2")],
+        );
         assert_eq!(proxies().extract(&r).unwrap(), "198.51.100.1");
     }
 
     #[test]
     fn rightmost_untrusted_hop_is_the_client() {
         // The client prepended a forged 6.6.6.6; the proxies appended the truth.
-        let r = req("10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.1.1.1")]);
+        let r = req(
+            "10.0.0.1:1",
+            &[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.1.1.1")],
+        );
         assert_eq!(proxies().extract(&r).unwrap(), "203.0.113.9");
         // Several header lines form one list, in order.
-        let r = req("10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "203.0.113.9")]);
+        let r = req(
+            "10.0.0.1:1",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-for", "203.0.113.9"),
+            ],
+        );
         assert_eq!(proxies().extract(&r).unwrap(), "203.0.113.9");
     }
 
@@ -324,7 +340,10 @@ mod tests {
             "10.0.0.1:1",
             &[
                 ("x-forwarded-for", "7.7.7.7"),
-                ("forwarded", "for=6.6.6.6, for=\"[2001:db8::7]:443\";proto=https, For=10.2.2.2"),
+                (
+                    "forwarded",
+                    "for=6.6.6.6, for=\"[2001:db8::7]:443\";proto=https, For=10.2.2.2",
+                ),
             ],
         );
         assert_eq!(proxies().extract(&r).unwrap(), "2001:db8::7");
@@ -338,7 +357,10 @@ mod tests {
 
     #[test]
     fn malformed_hop_stops_at_the_last_good_one() {
-        let r = req("10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6, garbage, 10.3.3.3")]);
+        let r = req(
+            "10.0.0.1:1",
+            &[("x-forwarded-for", "6.6.6.6, garbage, 10.3.3.3")],
+        );
         assert_eq!(proxies().extract(&r).unwrap(), "10.3.3.3");
         let r = req("10.0.0.1:1", &[("forwarded", "for=unknown")]);
         assert_eq!(proxies().extract(&r).unwrap(), "10.0.0.1");
@@ -346,7 +368,10 @@ mod tests {
 
     #[test]
     fn ipv4_with_port_and_mapped_v6() {
-        let r = req("[::ffff:10.0.0.1]:1", &[("x-forwarded-for", "203.0.113.9:5555")]);
+        let r = req(
+            "[::ffff:10.0.0.1]:1",
+            &[("x-forwarded-for", "203.0.113.9:5555")],
+        );
         assert_eq!(proxies().extract(&r).unwrap(), "203.0.113.9");
     }
 
@@ -358,6 +383,16 @@ mod tests {
         assert_eq!(PeerIp.extract(&r).unwrap(), "192.0.2.1");
         assert!(PeerIp.extract(&Request::new(())).is_err());
         assert!(ClientIp::trusting(["nope"]).is_err());
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn peer_ip_reads_axum_connect_info() {
+        let mut r = Request::new(());
+        r.extensions_mut().insert(axum::extract::ConnectInfo(
+            "192.0.2.44:80".parse::<SocketAddr>().unwrap(),
+        ));
+        assert_eq!(PeerIp.extract(&r).unwrap(), "192.0.2.44");
     }
 
     proptest! {

@@ -10,8 +10,7 @@ use http::{HeaderValue, Response, StatusCode};
 use tower_layer::Layer;
 
 use crate::{
-    Backend, Decision, HeaderMode, MemoryBackend, PeerIp, Policy, Quota,
-    service::RateLimit,
+    Backend, Decision, HeaderMode, MemoryBackend, PeerIp, Policy, Quota, service::RateLimit,
 };
 
 /// What a refusal looks like: implemented for closures `Fn(&Limited) -> Response<Bytes>`.

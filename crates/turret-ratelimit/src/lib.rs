@@ -95,13 +95,15 @@ mod tests;
 pub use algorithm::Decision;
 #[cfg(feature = "redis")]
 pub use backend::RedisBackend;
-pub use backend::{Backend, BackendError, Decide, DecisionFuture, MemoryBackend};
 pub use backend::memory::DEFAULT_MAX_KEYS;
+pub use backend::{Backend, BackendError, Decide, DecisionFuture, MemoryBackend};
 pub use body::ResponseBody;
 pub use clock::{Clock, FakeClock, MonotonicClock};
 pub use headers::HeaderMode;
 pub use key::{ClientIp, GlobalKey, HeaderKey, KeyExtractor, MissingKey, PeerIp};
-pub use layer::{DefaultOnLimited, FailureMode, Limited, MissingKeyAction, OnLimited, RateLimitLayer};
+pub use layer::{
+    DefaultOnLimited, FailureMode, Limited, MissingKeyAction, OnLimited, RateLimitLayer,
+};
 pub use policy::{Policy, RequestHead};
 pub use quota::{Algorithm, Quota};
 pub use service::{RateLimit, ResponseFuture};

@@ -79,7 +79,13 @@ impl Policy {
     pub fn new(name: &str, quota: Quota) -> Self {
         let name: String = name
             .chars()
-            .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let header_policy = format!(
             "\"{name}\";q={};w={}",
@@ -143,10 +149,10 @@ impl Policy {
     }
 
     pub(crate) fn matches(&self, head: RequestHead<'_>) -> bool {
-        if let Some(methods) = &self.methods {
-            if !methods.contains(head.method) {
-                return false;
-            }
+        if let Some(methods) = &self.methods
+            && !methods.contains(head.method)
+        {
+            return false;
         }
         match &self.path {
             PathMatch::Any => true,

@@ -150,5 +150,4 @@ impl Quota {
         self.emission_interval_micros()
             .saturating_mul(u64::from(self.burst))
     }
-
 }

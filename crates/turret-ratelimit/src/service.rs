@@ -12,9 +12,9 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{
-    Backend, BackendError, Decide, Decision, FailureMode, KeyExtractor, Limited,
-    MissingKeyAction, OnLimited, RateLimitLayer, RequestHead, ResponseBody,
-    backend::DecisionFuture, headers, layer::Shared,
+    Backend, BackendError, Decide, Decision, FailureMode, KeyExtractor, Limited, MissingKeyAction,
+    OnLimited, RateLimitLayer, RequestHead, ResponseBody, backend::DecisionFuture, headers,
+    layer::Shared,
 };
 
 /// The rate-limit middleware: see [`RateLimitLayer`].
@@ -65,6 +65,24 @@ impl<S, K, Bk, L> RateLimit<S, K, Bk, L> {
     /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
+    }
+}
+
+impl<S, K, Bk, L> RateLimit<S, K, Bk, L> {
+    fn respond<ReqBody>(
+        &mut self,
+        req: Request<ReqBody>,
+        verdict: Verdict,
+    ) -> ResponseFuture<S, ReqBody, K, Bk, L>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        match verdict {
+            Verdict::Refuse(res) => ResponseFuture::ready(res, self.shared.clone()),
+            Verdict::Pass(stamp) => {
+                ResponseFuture::call(self.inner.call(req), stamp, self.shared.clone())
+            }
+        }
     }
 }
 
@@ -119,34 +137,36 @@ where
                 MissingKeyAction::SharedKey => MISSING_KEY.to_owned(),
             },
         };
-        if shared.allow.iter().any(|k| *k == key) {
+        if shared.allow.contains(&key) {
             return ResponseFuture::call(self.inner.call(req), None, self.shared.clone());
         }
         let cost = policy.cost_of(head);
         let grpc = is_grpc(&req);
 
-        if !shared.backend.is_local() {
-            if let Some(until) = shared.offenders.blocked_until(&policy.name, &key) {
-                // Refused by Redis until `until`: refuse again without asking.
-                let decision = Decision {
-                    allowed: false,
-                    limit: policy.quota.count(),
-                    remaining: 0,
-                    reset_after: until - Instant::now(),
-                    retry_after: Some(until - Instant::now()),
-                };
-                return match verdict(shared, idx, &key, cost, Ok(decision), grpc, None) {
-                    Verdict::Refuse(res) => ResponseFuture::ready(res, self.shared.clone()),
-                    Verdict::Pass(stamp) => ResponseFuture::call(self.inner.call(req), stamp, self.shared.clone()),
-                };
-            }
+        if !shared.backend.is_local()
+            && let Some(until) = shared.offenders.blocked_until(&policy.name, &key)
+        {
+            // Refused by Redis until `until`: refuse again without asking.
+            let wait = until.saturating_duration_since(Instant::now());
+            let decision = Decision {
+                allowed: false,
+                limit: policy.quota.count(),
+                remaining: 0,
+                reset_after: wait,
+                retry_after: Some(wait),
+            };
+            let verdict = verdict(shared, idx, &key, cost, Ok(decision), grpc, None);
+            return self.respond(req, verdict);
         }
 
-        match shared.backend.decide(&policy.name, &key, &policy.quota, cost) {
-            Decide::Ready(result) => match verdict(shared, idx, &key, cost, result, grpc, None) {
-                Verdict::Refuse(res) => ResponseFuture::ready(res, self.shared.clone()),
-                Verdict::Pass(stamp) => ResponseFuture::call(self.inner.call(req), stamp, self.shared.clone()),
-            },
+        match shared
+            .backend
+            .decide(&policy.name, &key, &policy.quota, cost)
+        {
+            Decide::Ready(result) => {
+                let verdict = verdict(shared, idx, &key, cost, result, grpc, None);
+                self.respond(req, verdict)
+            }
             Decide::Pending(decision) => {
                 // The inner service is driven to readiness by `poll_ready`; take that one and
                 // leave a clone behind for the next request.
@@ -245,7 +265,13 @@ fn verdict<K, Bk, L: OnLimited>(
             decision: &decision,
         })
     };
-    headers::write(res.headers_mut(), policy, &decision, true, shared.header_mode);
+    headers::write(
+        res.headers_mut(),
+        policy,
+        &decision,
+        true,
+        shared.header_mode,
+    );
     Verdict::Refuse(res)
 }
 
@@ -253,9 +279,15 @@ fn verdict<K, Bk, L: OnLimited>(
 fn grpc_refusal() -> Response<Bytes> {
     let mut res = Response::new(Bytes::new());
     let h = res.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     h.insert("grpc-status", HeaderValue::from_static("8"));
-    h.insert("grpc-message", HeaderValue::from_static("rate%20limit%20exceeded"));
+    h.insert(
+        "grpc-message",
+        HeaderValue::from_static("rate%20limit%20exceeded"),
+    );
     res
 }
 
@@ -307,7 +339,11 @@ impl<S, ReqBody, K, Bk, L> ResponseFuture<S, ReqBody, K, Bk, L>
 where
     S: Service<Request<ReqBody>>,
 {
-    fn call(future: S::Future, stamp: Option<(usize, Decision)>, shared: Arc<Shared<K, Bk, L>>) -> Self {
+    fn call(
+        future: S::Future,
+        stamp: Option<(usize, Decision)>,
+        shared: Arc<Shared<K, Bk, L>>,
+    ) -> Self {
         Self {
             state: State::Calling { future, stamp },
             shared,
@@ -342,8 +378,18 @@ where
                         this.state.set(State::Ready { response: None });
                         continue;
                     };
-                    match verdict(this.shared, p.idx, &p.key, p.cost, result, p.grpc, Some(p.started)) {
-                        Verdict::Refuse(res) => this.state.set(State::Ready { response: Some(res) }),
+                    match verdict(
+                        this.shared,
+                        p.idx,
+                        &p.key,
+                        p.cost,
+                        result,
+                        p.grpc,
+                        Some(p.started),
+                    ) {
+                        Verdict::Refuse(res) => this.state.set(State::Ready {
+                            response: Some(res),
+                        }),
                         Verdict::Pass(stamp) => {
                             let mut inner = p.inner;
                             let future = inner.call(p.req);
@@ -356,7 +402,13 @@ where
                     if let Some((idx, decision)) = stamp.take() {
                         let policy = &this.shared.policies[idx];
                         // A shadow refusal passes: it carries the fields, not `Retry-After`.
-                        headers::write(res.headers_mut(), policy, &decision, false, this.shared.header_mode);
+                        headers::write(
+                            res.headers_mut(),
+                            policy,
+                            &decision,
+                            false,
+                            this.shared.header_mode,
+                        );
                     }
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 }

@@ -7,11 +7,16 @@ use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
 use crate::*;
 
-type Svc = tower::util::BoxCloneService<Request<String>, Response<ResponseBody<String>>, Infallible>;
+type Svc =
+    tower::util::BoxCloneService<Request<String>, Response<ResponseBody<String>>, Infallible>;
 
-fn handler() -> impl Service<Request<String>, Response = Response<String>, Error = Infallible, Future: Send> + Clone + Send
-{
-    service_fn(|_req: Request<String>| async { Ok::<_, Infallible>(Response::new(String::from("ok"))) })
+fn handler()
+-> impl Service<Request<String>, Response = Response<String>, Error = Infallible, Future: Send>
++ Clone
++ Send {
+    service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::from("ok")))
+    })
 }
 
 fn stack<K, L>(layer: RateLimitLayer<K, MemoryBackend, L>) -> Svc
@@ -23,8 +28,13 @@ where
 }
 
 fn req(method: Method, path: &str, ip: &str) -> Request<String> {
-    let mut r = Request::builder().method(method).uri(path).body(String::new()).unwrap();
-    r.extensions_mut().insert(format!("{ip}:4000").parse::<SocketAddr>().unwrap());
+    let mut r = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(String::new())
+        .unwrap();
+    r.extensions_mut()
+        .insert(format!("{ip}:4000").parse::<SocketAddr>().unwrap());
     r
 }
 
@@ -39,11 +49,16 @@ async fn status(svc: &Svc, r: Request<String>) -> StatusCode {
 #[tokio::test]
 async fn requests_beyond_the_quota_get_429_with_exact_fields() {
     let clock = FakeClock::default();
-    let svc = stack(RateLimitLayer::new(Quota::per_minute(3)).backend(MemoryBackend::with_clock(clock.clone())));
+    let svc = stack(
+        RateLimitLayer::new(Quota::per_minute(3)).backend(MemoryBackend::with_clock(clock.clone())),
+    );
     for remaining in [2, 1, 0] {
         let res = svc.clone().oneshot(get("/", "192.0.2.1")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        assert_eq!(res.headers()["x-ratelimit-remaining"], remaining.to_string().as_str());
+        assert_eq!(
+            res.headers()["x-ratelimit-remaining"],
+            remaining.to_string().as_str()
+        );
         assert_eq!(res.headers()["ratelimit-policy"], "\"default\";q=3;w=60");
         assert!(res.headers().get("retry-after").is_none());
     }
@@ -62,7 +77,10 @@ async fn requests_beyond_the_quota_get_429_with_exact_fields() {
     assert_eq!(status(&svc, get("/", "192.0.2.2")).await, StatusCode::OK);
     clock.advance(Duration::from_secs(20));
     assert_eq!(status(&svc, get("/", "192.0.2.1")).await, StatusCode::OK);
-    assert_eq!(status(&svc, get("/", "192.0.2.1")).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        status(&svc, get("/", "192.0.2.1")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
 
 #[tokio::test]
@@ -72,7 +90,13 @@ async fn quota_holds_when_the_service_is_cloned_per_request() {
     let mut ok = 0;
     for _ in 0..20 {
         let mut clone = svc.clone();
-        let r = clone.ready().await.unwrap().call(get("/", "198.51.100.9")).await.unwrap();
+        let r = clone
+            .ready()
+            .await
+            .unwrap()
+            .call(get("/", "198.51.100.9"))
+            .await
+            .unwrap();
         ok += usize::from(r.status() == StatusCode::OK);
     }
     assert_eq!(ok, 5);
@@ -86,67 +110,125 @@ async fn exempt_paths_and_allowed_keys_are_never_limited() {
             .allow_key("127.0.0.1"),
     );
     for _ in 0..5 {
-        assert_eq!(status(&svc, get("/health", "192.0.2.1")).await, StatusCode::OK);
+        assert_eq!(
+            status(&svc, get("/health", "192.0.2.1")).await,
+            StatusCode::OK
+        );
         assert_eq!(status(&svc, get("/", "127.0.0.1")).await, StatusCode::OK);
     }
-    let res = svc.clone().oneshot(get("/health", "192.0.2.1")).await.unwrap();
-    assert!(res.headers().get("ratelimit").is_none(), "exempt responses carry no fields");
+    let res = svc
+        .clone()
+        .oneshot(get("/health", "192.0.2.1"))
+        .await
+        .unwrap();
+    assert!(
+        res.headers().get("ratelimit").is_none(),
+        "exempt responses carry no fields"
+    );
     assert_eq!(status(&svc, get("/", "192.0.2.1")).await, StatusCode::OK);
-    assert_eq!(status(&svc, get("/", "192.0.2.1")).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        status(&svc, get("/", "192.0.2.1")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
 
 #[tokio::test]
 async fn the_first_matching_policy_applies() {
     let svc = stack(
-        RateLimitLayer::new(Quota::per_minute(100))
-            .policy(Policy::new("writes", Quota::per_minute(1)).methods([Method::POST]).path_prefix("/api/")),
+        RateLimitLayer::new(Quota::per_minute(100)).policy(
+            Policy::new("writes", Quota::per_minute(1))
+                .methods([Method::POST])
+                .path_prefix("/api/"),
+        ),
     );
-    assert_eq!(status(&svc, req(Method::POST, "/api/x", "192.0.2.1")).await, StatusCode::OK);
-    let res = svc.clone().oneshot(req(Method::POST, "/api/y", "192.0.2.1")).await.unwrap();
+    assert_eq!(
+        status(&svc, req(Method::POST, "/api/x", "192.0.2.1")).await,
+        StatusCode::OK
+    );
+    let res = svc
+        .clone()
+        .oneshot(req(Method::POST, "/api/y", "192.0.2.1"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.headers()["ratelimit-policy"], "\"writes\";q=1;w=60");
     // GETs and other paths fall to the default policy, with its own budget.
-    let res = svc.clone().oneshot(get("/api/x", "192.0.2.1")).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(get("/api/x", "192.0.2.1"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["ratelimit"], "\"default\";r=99;t=1");
-    assert_eq!(status(&svc, req(Method::POST, "/other", "192.0.2.1")).await, StatusCode::OK);
+    assert_eq!(
+        status(&svc, req(Method::POST, "/other", "192.0.2.1")).await,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn requests_no_policy_matches_are_not_limited() {
-    let svc = stack(RateLimitLayer::policies([Policy::new("api", Quota::per_minute(1)).path_prefix("/api")]));
+    let svc = stack(RateLimitLayer::policies([Policy::new(
+        "api",
+        Quota::per_minute(1),
+    )
+    .path_prefix("/api")]));
     for _ in 0..3 {
-        assert_eq!(status(&svc, get("/static/a.css", "192.0.2.1")).await, StatusCode::OK);
+        assert_eq!(
+            status(&svc, get("/static/a.css", "192.0.2.1")).await,
+            StatusCode::OK
+        );
     }
 }
 
 #[tokio::test]
 async fn weighted_requests_spend_their_cost() {
-    let svc = stack(RateLimitLayer::new(Quota::per_minute(10)).policy(
-        Policy::new("search", Quota::per_minute(10))
-            .path("/search")
-            .cost(|r| if r.uri.query() == Some("deep") { 6 } else { 1 }),
-    ));
-    let res = svc.clone().oneshot(get("/search?deep", "192.0.2.1")).await.unwrap();
+    let svc = stack(
+        RateLimitLayer::new(Quota::per_minute(10)).policy(
+            Policy::new("search", Quota::per_minute(10))
+                .path("/search")
+                .cost(|r| if r.uri.query() == Some("deep") { 6 } else { 1 }),
+        ),
+    );
+    let res = svc
+        .clone()
+        .oneshot(get("/search?deep", "192.0.2.1"))
+        .await
+        .unwrap();
     assert_eq!(res.headers()["x-ratelimit-remaining"], "4");
-    assert_eq!(status(&svc, get("/search?deep", "192.0.2.1")).await, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(status(&svc, get("/search", "192.0.2.1")).await, StatusCode::OK);
+    assert_eq!(
+        status(&svc, get("/search?deep", "192.0.2.1")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        status(&svc, get("/search", "192.0.2.1")).await,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn missing_key_is_a_500_by_default_or_a_shared_key() {
     let svc = stack(RateLimitLayer::new(Quota::per_minute(1)));
     let no_peer = || Request::new(String::new());
-    assert_eq!(status(&svc, no_peer()).await, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        status(&svc, no_peer()).await,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
 
-    let svc = stack(RateLimitLayer::new(Quota::per_minute(1)).on_missing_key(MissingKeyAction::SharedKey));
+    let svc = stack(
+        RateLimitLayer::new(Quota::per_minute(1)).on_missing_key(MissingKeyAction::SharedKey),
+    );
     assert_eq!(status(&svc, no_peer()).await, StatusCode::OK);
     assert_eq!(status(&svc, no_peer()).await, StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test]
 async fn shadow_policy_never_refuses_but_reports() {
-    let svc = stack(RateLimitLayer::policies([Policy::new("dark", Quota::per_minute(1)).shadow(true)]));
+    let svc = stack(RateLimitLayer::policies([Policy::new(
+        "dark",
+        Quota::per_minute(1),
+    )
+    .shadow(true)]));
     assert_eq!(status(&svc, get("/", "192.0.2.1")).await, StatusCode::OK);
     let res = svc.clone().oneshot(get("/", "192.0.2.1")).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -159,7 +241,8 @@ async fn grpc_refusal_is_trailers_only_resource_exhausted() {
     let svc = stack(RateLimitLayer::new(Quota::per_minute(1)));
     let grpc = || {
         let mut r = req(Method::POST, "/catalog.Catalog/Get", "192.0.2.1");
-        r.headers_mut().insert("content-type", "application/grpc+proto".parse().unwrap());
+        r.headers_mut()
+            .insert("content-type", "application/grpc+proto".parse().unwrap());
         r
     };
     assert_eq!(status(&svc, grpc()).await, StatusCode::OK);
@@ -167,7 +250,14 @@ async fn grpc_refusal_is_trailers_only_resource_exhausted() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["grpc-status"], "8");
     assert_eq!(res.headers()["content-type"], "application/grpc");
-    assert!(res.into_body().collect().await.unwrap().to_bytes().is_empty());
+    assert!(
+        res.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -192,17 +282,25 @@ async fn on_limited_hook_and_header_modes() {
 
 #[tokio::test]
 async fn forged_forwarding_headers_do_not_change_the_key() {
-    let svc = stack(RateLimitLayer::new(Quota::per_minute(1)).key(ClientIp::trusting(["10.0.0.0/8"]).unwrap()));
+    let svc = stack(
+        RateLimitLayer::new(Quota::per_minute(1)).key(ClientIp::trusting(["10.0.0.0/8"]).unwrap()),
+    );
     assert_eq!(status(&svc, get("/", "198.51.100.1")).await, StatusCode::OK);
     for forged in ["1.1.1.1", "2.2.2.2", "1.1.1.1, 3.3.3.3"] {
         let mut r = get("/", "198.51.100.1");
-        r.headers_mut().insert("x-forwarded-for", forged.parse().unwrap());
-        assert_eq!(status(&svc, r).await, StatusCode::TOO_MANY_REQUESTS, "{forged}");
+        r.headers_mut()
+            .insert("x-forwarded-for", forged.parse().unwrap());
+        assert_eq!(
+            status(&svc, r).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{forged}"
+        );
     }
     // Through the trusted proxy, each client has its own budget.
     for client in ["203.0.113.1", "203.0.113.2"] {
         let mut r = get("/", "10.0.0.5");
-        r.headers_mut().insert("x-forwarded-for", client.parse().unwrap());
+        r.headers_mut()
+            .insert("x-forwarded-for", client.parse().unwrap());
         assert_eq!(status(&svc, r).await, StatusCode::OK, "{client}");
     }
 }

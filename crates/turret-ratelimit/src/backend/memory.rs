@@ -201,7 +201,10 @@ struct MapKeyRef<'a> {
     key: &'a str,
 }
 
-fn map_get_mut<'m>(map: &'m mut HashMap<MapKey, Entry>, k: &MapKeyRef<'_>) -> Option<&'m mut Entry> {
+fn map_get_mut<'m>(
+    map: &'m mut HashMap<MapKey, Entry>,
+    k: &MapKeyRef<'_>,
+) -> Option<&'m mut Entry> {
     map.get_mut(k as &dyn KeyPair)
 }
 
@@ -249,9 +252,16 @@ fn make_room(map: &mut HashMap<MapKey, Entry>, now: u64, max: usize) {
     map.retain(|_, e| !e.state.is_idle(now, &e.quota));
     if map.len() >= max {
         let evict = (max / 8).max(1);
-        let victims: Vec<_> = map.keys().take(evict).map(|k| (k.policy.clone(), k.key.clone())).collect();
+        let victims: Vec<_> = map
+            .keys()
+            .take(evict)
+            .map(|k| (k.policy.clone(), k.key.clone()))
+            .collect();
         for (policy, key) in victims {
-            map.remove(&MapKeyRef { policy: &policy, key: &key } as &dyn KeyPair);
+            map.remove(&MapKeyRef {
+                policy: &policy,
+                key: &key,
+            } as &dyn KeyPair);
         }
         metrics::counter!("turret_ratelimit_memory_evictions_total").increment(evict as u64);
     }

@@ -9,7 +9,8 @@ use crate::{Algorithm, Decision, Quota};
 
 /// Reads `TIME` as microseconds. Scripts replicate their effects (Redis ≥ 5 default), so a
 /// script may read the clock before writing.
-const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) ";
+const NOW: &str =
+    "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) ";
 
 /// GCRA. KEYS[1] = tat. ARGV = emission interval, tolerance, cost, count (µs / units).
 /// Returns {allowed, remaining, reset_us, retry_us (-1: never)}. No write on a refusal.

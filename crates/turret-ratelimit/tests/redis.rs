@@ -1,0 +1,341 @@
+//! The rate limiter against a real redis-server and a real 3-master Redis Cluster.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use http::{Request, Response, StatusCode};
+use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
+use turret_ratelimit::{
+    Algorithm, Backend, Decide, FailureMode, Quota, RateLimitLayer, RedisBackend, ResponseBody,
+};
+use turret_redis::{BreakerConfig, Redis, RedisConfig};
+use turret_testkit::{RedisCluster, RedisServer};
+
+type Svc = BoxCloneService<Request<String>, Response<ResponseBody<String>>, Infallible>;
+
+fn config(url: &str) -> RedisConfig {
+    RedisConfig::from_url(url)
+        .unwrap()
+        .command_timeout(Duration::from_millis(500))
+}
+
+async fn redis(url: &str) -> Redis {
+    Redis::connect(config(url)).await.unwrap()
+}
+
+/// A service counting the requests that reached it.
+fn service(
+    layer: RateLimitLayer<turret_ratelimit::PeerIp, RedisBackend>,
+    hits: Arc<AtomicUsize>,
+) -> Svc {
+    BoxCloneService::new(ServiceBuilder::new().layer(layer).service(service_fn(
+        move |_: Request<String>| {
+            hits.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
+        },
+    )))
+}
+
+fn get(ip: &str) -> Request<String> {
+    let mut r = Request::new(String::new());
+    r.extensions_mut()
+        .insert(format!("{ip}:1").parse::<SocketAddr>().unwrap());
+    r
+}
+
+async fn decide(backend: &RedisBackend, key: &str, quota: &Quota) -> turret_ratelimit::Decision {
+    match backend.decide("p", key, quota, 1) {
+        Decide::Pending(f) => f.await.unwrap(),
+        Decide::Ready(r) => r.unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn every_algorithm_admits_exactly_the_quota_then_refuses_with_a_retry_time() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::new(redis(&server.url()).await);
+    backend.preload().await.unwrap();
+    for alg in [
+        Algorithm::Gcra,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingLog,
+        Algorithm::SlidingWindow,
+    ] {
+        // A long period: the whole test happens "at once" for the quota.
+        let quota = Quota::per_hour(5).algorithm(alg);
+        let key = format!("k-{alg:?}");
+        for i in 0..5u32 {
+            let d = decide(&backend, &key, &quota).await;
+            assert!(d.allowed, "{alg:?} request {i}");
+            assert_eq!(d.remaining, 4 - i, "{alg:?}");
+            assert_eq!(d.limit, 5);
+        }
+        let d = decide(&backend, &key, &quota).await;
+        assert!(!d.allowed, "{alg:?}");
+        assert_eq!(d.remaining, 0);
+        let retry = d.retry_after.expect("a retry time");
+        assert!(
+            retry > Duration::ZERO && retry <= Duration::from_secs(3600),
+            "{alg:?} {retry:?}"
+        );
+        if alg == Algorithm::Gcra {
+            // One request's worth comes back every 12 minutes.
+            assert!(
+                retry > Duration::from_secs(719) && retry <= Duration::from_secs(720),
+                "{retry:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn gcra_on_redis_refills_at_the_rate() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::new(redis(&server.url()).await);
+    let quota = Quota::per_second(20).burst(1); // one every 50 ms
+    assert!(decide(&backend, "k", &quota).await.allowed);
+    let d = decide(&backend, "k", &quota).await;
+    assert!(!d.allowed);
+    tokio::time::sleep(d.retry_after.unwrap()).await;
+    assert!(
+        decide(&backend, "k", &quota).await.allowed,
+        "admitted after retry_after"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_writes_nothing_and_keys_expire() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::new(redis(&server.url()).await);
+    let quota = Quota::per_minute(0);
+    assert!(!decide(&backend, "nobody", &quota).await.allowed);
+    let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+    assert!(keys.is_empty(), "{keys:?}");
+    assert!(
+        decide(&backend, "someone", &Quota::per_minute(10))
+            .await
+            .allowed
+    );
+    let key = backend.redis_key("p", "someone", Algorithm::Gcra);
+    let ttl: i64 = server.cmd(&["PTTL", &key]);
+    assert!(
+        ttl > 0 && ttl <= 6_002,
+        "expires when the quota is whole again: {ttl}"
+    );
+}
+
+#[tokio::test]
+async fn hostile_keys_stay_in_their_namespace() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::new(redis(&server.url()).await);
+    let quota = Quota::per_minute(10);
+    let long = "x".repeat(64 * 1024);
+    for key in ["}{evil}", "a:b:*", "line\nbreak\0nul", "", long.as_str()] {
+        assert!(decide(&backend, key, &quota).await.allowed);
+    }
+    let keys: Vec<String> = server.cmd(&["KEYS", "*"]);
+    assert_eq!(keys.len(), 5);
+    for k in keys {
+        assert!(
+            k.starts_with("turret:rl:{p/") || k.starts_with("turret:rl:{#"),
+            "{k}"
+        );
+        assert!(k.ends_with("}:gcra"), "{k}");
+        assert_eq!(k.matches('{').count(), 1, "{k}");
+        assert!(k.len() < 100, "long keys are hashed: {}", k.len());
+    }
+}
+
+/// `instances` layers, each with its own Redis connection, share one quota: `total`
+/// concurrent requests from one client pass exactly `quota.count()` times.
+async fn fleet_admits_exactly_the_quota(url: &str, quota: Quota) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let mut fleet = Vec::new();
+    for _ in 0..4 {
+        let layer = RateLimitLayer::new(quota).backend(RedisBackend::new(redis(url).await));
+        fleet.push(service(layer, hits.clone()));
+    }
+    let total = 2000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let svc = fleet[i % fleet.len()].clone();
+        tasks.spawn(async move { svc.oneshot(get("203.0.113.50")).await.unwrap().status() });
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    while let Some(status) = tasks.join_next().await {
+        match status.unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, quota.count() as usize, "{quota:?}");
+    assert_eq!(limited, total - ok);
+    assert_eq!(hits.load(Ordering::Relaxed), ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_share_one_quota_on_one_node() {
+    let server = RedisServer::start();
+    fleet_admits_exactly_the_quota(&server.url(), Quota::per_hour(100)).await;
+    fleet_admits_exactly_the_quota(
+        &server.url(),
+        Quota::per_hour(150).algorithm(Algorithm::FixedWindow),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_share_one_quota_on_a_cluster() {
+    let cluster = RedisCluster::start(3);
+    fleet_admits_exactly_the_quota(&cluster.url(), Quota::per_hour(100)).await;
+    fleet_admits_exactly_the_quota(
+        &cluster.url(),
+        Quota::per_hour(120).algorithm(Algorithm::SlidingLog),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_client_is_refused_locally_until_its_retry_time() {
+    let mut server = RedisServer::start();
+    let layer = RateLimitLayer::new(Quota::per_hour(1))
+        .backend(RedisBackend::new(redis(&server.url()).await));
+    let svc = service(layer, Arc::default());
+    assert_eq!(
+        svc.clone()
+            .oneshot(get("192.0.2.1"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        svc.clone()
+            .oneshot(get("192.0.2.1"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Redis is gone, yet the offender is still refused (fail-open would have let it pass).
+    server.stop();
+    let res = svc.clone().oneshot(get("192.0.2.1")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3590..=3600).contains(&retry), "{retry}");
+}
+
+async fn redis_down_layer(server: &RedisServer, mode: FailureMode, fallback: bool) -> Svc {
+    let cfg = config(&server.url())
+        .command_timeout(Duration::from_millis(200))
+        .breaker(BreakerConfig {
+            failure_threshold: 3,
+            cool_down: Duration::from_millis(300),
+        });
+    let mut layer = RateLimitLayer::new(Quota::per_hour(3))
+        .backend(RedisBackend::new(Redis::connect(cfg).await.unwrap()))
+        .failure_mode(mode);
+    if fallback {
+        layer = layer.fallback_to_memory();
+    }
+    service(layer, Arc::default())
+}
+
+#[tokio::test]
+async fn redis_stopped_fail_open_passes_fail_closed_refuses_both_fast_then_limits_again() {
+    let mut server = RedisServer::start();
+    let open = redis_down_layer(&server, FailureMode::Open, false).await;
+    let closed = redis_down_layer(&server, FailureMode::Closed, false).await;
+    for svc in [&open, &closed] {
+        assert_eq!(
+            svc.clone()
+                .oneshot(get("192.0.2.7"))
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+    }
+    server.stop();
+    // Until the breaker opens each request may wait for the command timeout; afterwards
+    // 100 requests together cost far less than one timeout each.
+    for _ in 0..3 {
+        open.clone().oneshot(get("192.0.2.7")).await.unwrap();
+        closed.clone().oneshot(get("192.0.2.7")).await.unwrap();
+    }
+    let start = Instant::now();
+    for i in 0..100 {
+        let ip = format!("198.51.100.{i}");
+        assert_eq!(
+            open.clone().oneshot(get(&ip)).await.unwrap().status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            closed.clone().oneshot(get(&ip)).await.unwrap().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(200),
+        "200 requests with Redis down took {elapsed:?}"
+    );
+
+    server.restart();
+    // After restart (and a breaker cool-down) the quota is enforced again: the fresh server
+    // is empty, so a client gets 3 requests and then 429s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut statuses = Vec::new();
+    while Instant::now() < deadline {
+        statuses.clear();
+        for _ in 0..4 {
+            statuses.push(
+                open.clone()
+                    .oneshot(get("192.0.2.99"))
+                    .await
+                    .unwrap()
+                    .status(),
+            );
+        }
+        if statuses.contains(&StatusCode::TOO_MANY_REQUESTS) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "limiting resumed: {statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn redis_stopped_with_fallback_limits_locally() {
+    let mut server = RedisServer::start();
+    let svc = redis_down_layer(&server, FailureMode::Open, true).await;
+    server.stop();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            svc.clone()
+                .oneshot(get("192.0.2.8"))
+                .await
+                .unwrap()
+                .status(),
+        );
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(ok, 3, "{statuses:?}");
+}
