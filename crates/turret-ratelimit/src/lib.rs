@@ -83,6 +83,7 @@ mod algorithm;
 mod backend;
 mod body;
 mod clock;
+mod concurrency;
 mod headers;
 mod key;
 mod layer;
@@ -99,6 +100,12 @@ pub use backend::memory::DEFAULT_MAX_KEYS;
 pub use backend::{Backend, BackendError, Decide, DecisionFuture, MemoryBackend};
 pub use body::ResponseBody;
 pub use clock::{Clock, FakeClock, MonotonicClock};
+#[cfg(feature = "redis")]
+pub use concurrency::RedisConcurrency;
+pub use concurrency::{
+    Acquire, AcquireFuture, ConcurrencyBackend, ConcurrencyFuture, ConcurrencyLimit,
+    ConcurrencyLimitLayer, MemoryConcurrency, Permit, PermitBody,
+};
 pub use headers::HeaderMode;
 pub use key::{ClientIp, GlobalKey, HeaderKey, KeyExtractor, MissingKey, PeerIp};
 pub use layer::{

@@ -304,3 +304,98 @@ async fn forged_forwarding_headers_do_not_change_the_key() {
         assert_eq!(status(&svc, r).await, StatusCode::OK, "{client}");
     }
 }
+
+mod concurrency {
+    use std::sync::Arc;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A handler that waits until told, then answers with a body.
+    fn gated(
+        gate: Arc<Notify>,
+    ) -> impl Service<Request<String>, Response = Response<String>, Error = Infallible, Future: Send>
+    + Clone {
+        service_fn(move |_req: Request<String>| {
+            let gate = gate.clone();
+            async move {
+                gate.notified().await;
+                Ok::<_, Infallible>(Response::new(String::from("body")))
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn slot_is_held_until_the_body_ends_or_is_dropped() {
+        let backend = MemoryConcurrency::new();
+        let svc = ServiceBuilder::new()
+            .layer(ConcurrencyLimitLayer::new("c", 1).backend(backend.clone()))
+            .service(handler());
+        let res = svc.clone().oneshot(get("/", "192.0.2.1")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(backend.len(), 1, "the unread body holds the slot");
+        let refused = svc.clone().oneshot(get("/", "192.0.2.1")).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            refused.headers()["ratelimit-policy"],
+            "\"c\";q=1;qu=\"concurrent-requests\""
+        );
+        assert_eq!(refused.headers()["ratelimit"], "\"c\";r=0;t=1");
+        assert_eq!(refused.headers()["retry-after"], "1");
+        // Another key is not affected.
+        assert_eq!(
+            svc.clone()
+                .oneshot(get("/", "192.0.2.2"))
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+
+        // 192.0.2.2's response was dropped at once: only 192.0.2.1 holds a slot.
+        assert_eq!(backend.len(), 1);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, Bytes::from_static(b"ok"));
+        assert!(
+            backend.is_empty(),
+            "reading the body to its end gave the slot back"
+        );
+        let again = svc.clone().oneshot(get("/", "192.0.2.1")).await.unwrap();
+        assert_eq!(again.status(), StatusCode::OK);
+        assert_eq!(backend.len(), 1);
+        drop(again);
+        assert!(backend.is_empty(), "dropping the body gave the slot back");
+    }
+
+    #[tokio::test]
+    async fn cancelled_request_gives_its_slot_back() {
+        let backend = MemoryConcurrency::new();
+        let gate = Arc::new(Notify::new());
+        let svc = ServiceBuilder::new()
+            .layer(ConcurrencyLimitLayer::new("c", 1).backend(backend.clone()))
+            .service(gated(gate.clone()));
+        let pending = tokio::spawn(svc.clone().oneshot(get("/", "192.0.2.1")));
+        tokio::task::yield_now().await;
+        while backend.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            svc.clone()
+                .oneshot(get("/", "192.0.2.1"))
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        pending.abort();
+        let _ = pending.await;
+        assert!(backend.is_empty(), "the aborted request released its slot");
+        let next = tokio::spawn(svc.clone().oneshot(get("/", "192.0.2.1")));
+        while backend.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        assert_eq!(next.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+}

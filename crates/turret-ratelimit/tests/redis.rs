@@ -339,3 +339,59 @@ async fn redis_stopped_with_fallback_limits_locally() {
     let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
     assert_eq!(ok, 3, "{statuses:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_leases_are_shared_by_the_fleet_and_expire() {
+    use turret_ratelimit::{ConcurrencyBackend, ConcurrencyLimitLayer, RedisConcurrency};
+
+    let server = RedisServer::start();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut fleet = Vec::new();
+    for _ in 0..4 {
+        let backend = RedisConcurrency::new(redis(&server.url()).await);
+        let gate = gate.clone();
+        fleet.push(BoxCloneService::new(
+            ServiceBuilder::new()
+                .layer(ConcurrencyLimitLayer::new("exports", 3).backend(backend))
+                .service(service_fn(move |_: Request<String>| {
+                    let gate = gate.clone();
+                    async move {
+                        let _permit = gate.acquire().await.unwrap();
+                        Ok::<_, Infallible>(Response::new(String::from("ok")))
+                    }
+                })),
+        ));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let svc = fleet[i % 4].clone();
+        tasks.spawn(async move { svc.oneshot(get("192.0.2.30")).await.unwrap().status() });
+    }
+    // 17 are refused while 3 hold their slots.
+    let mut refused = 0;
+    while refused < 17 {
+        let status = tasks.join_next().await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        refused += 1;
+    }
+    gate.add_permits(3);
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+
+    // A lease whose holder vanished (its permit never released) expires by itself.
+    let backend =
+        RedisConcurrency::new(redis(&server.url()).await).lease(Duration::from_millis(200));
+    let acquire = |b: &RedisConcurrency| match b.acquire("p", "ghost", 1) {
+        turret_ratelimit::Acquire::Pending(f) => f,
+        turret_ratelimit::Acquire::Ready(_) => unreachable!("redis decides asynchronously"),
+    };
+    let permit = acquire(&backend).await.unwrap().expect("first slot");
+    std::mem::forget(permit);
+    assert!(acquire(&backend).await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        acquire(&backend).await.unwrap().is_some(),
+        "the dead holder's lease expired"
+    );
+}
