@@ -87,8 +87,10 @@ pub trait ConcurrencyBackend: Clone + Send + Sync + 'static {
 /// map is bounded by the number of requests in flight.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryConcurrency {
-    counts: Arc<Mutex<HashMap<(Arc<str>, Arc<str>), u32>>>,
+    counts: Arc<Counts>,
 }
+
+type Counts = Mutex<HashMap<(Arc<str>, Arc<str>), u32>>;
 
 impl MemoryConcurrency {
     /// An empty table.
@@ -546,20 +548,23 @@ where
         info: &Info,
     ) -> Self {
         match outcome(result, info) {
-            Ok(permit) => Self::calling(inner.call(req), permit),
-            Err(res) => Self::ready(res),
+            Outcome::Call(permit) => Self::calling(inner.call(req), permit),
+            Outcome::Refuse(res) => Self::ready(res),
         }
     }
 }
 
-/// `Ok(permit)` to call the inner service (without a permit when failing open), or the
-/// refusal.
-fn outcome(
-    result: Result<Option<Permit>, BackendError>,
-    info: &Info,
-) -> Result<Option<Permit>, Response<Bytes>> {
+/// What happens to a request once its slot is decided.
+enum Outcome {
+    /// Call the inner service, holding the permit (none when failing open).
+    Call(Option<Permit>),
+    /// Answer with this instead.
+    Refuse(Response<Bytes>),
+}
+
+fn outcome(result: Result<Option<Permit>, BackendError>, info: &Info) -> Outcome {
     match result {
-        Ok(Some(permit)) => Ok(Some(permit)),
+        Ok(Some(permit)) => Outcome::Call(Some(permit)),
         Ok(None) => {
             metrics::counter!("turret_ratelimit_decisions_total", "policy" => info.name.to_string(), "outcome" => "limited")
                 .increment(1);
@@ -578,14 +583,14 @@ fn outcome(
             if let Ok(v) = HeaderValue::from_bytes(&value) {
                 h.insert(RATELIMIT.clone(), v);
             }
-            Err(res)
+            Outcome::Refuse(res)
         }
         Err(e) => {
             metrics::counter!("turret_ratelimit_backend_errors_total", "policy" => info.name.to_string()).increment(1);
             tracing::debug!(policy = %info.name, error = %e, "concurrency limit backend failed");
             match info.failure {
-                FailureMode::Open => Ok(None),
-                FailureMode::Closed => Err(plain(
+                FailureMode::Open => Outcome::Call(None),
+                FailureMode::Closed => Outcome::Refuse(plain(
                     StatusCode::SERVICE_UNAVAILABLE,
                     b"Service Unavailable\n",
                 )),
@@ -611,11 +616,11 @@ where
                         continue;
                     };
                     match outcome(result, &info) {
-                        Ok(permit) => {
+                        Outcome::Call(permit) => {
                             let future = inner.call(req);
                             this.state.set(CState::Calling { future, permit });
                         }
-                        Err(res) => this.state.set(CState::Ready {
+                        Outcome::Refuse(res) => this.state.set(CState::Ready {
                             response: Some(res),
                         }),
                     }
