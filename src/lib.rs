@@ -6,6 +6,10 @@
 //! | feature | module | what |
 //! |---|---|---|
 //! | `redis` | [`redis`] | the shared Redis connection: one node or cluster, timeouts, circuit breaker, scripts, pub/sub |
+//! | `ratelimit` | [`ratelimit`] | rate limiting per key: GCRA, fixed and sliding windows, concurrency; memory or Redis |
 
 #[cfg(feature = "redis")]
 pub use turret_redis as redis;
+
+#[cfg(feature = "ratelimit")]
+pub use turret_ratelimit as ratelimit;
