@@ -292,16 +292,7 @@ struct ConcurrencyShared<K, Bk> {
 impl ConcurrencyLimitLayer {
     /// At most `max` requests in flight per peer IP, in memory, under the policy `name`.
     pub fn new(name: &str, max: u32) -> Self {
-        let name: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() && c != '"' && c != '\\' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let name = crate::policy::sanitize_name(name);
         let policy_header =
             HeaderValue::from_str(&format!("\"{name}\";q={max};qu=\"concurrent-requests\""))
                 .unwrap_or_else(|_| HeaderValue::from_static("\"concurrency\""));

@@ -2,7 +2,7 @@
 //! (`RateLimit-Policy`, `RateLimit`), the de-facto `X-RateLimit-*`, and `Retry-After`
 //! (RFC 9110 §10.2.3, delay-seconds).
 
-use std::time::Duration;
+use std::{io::Write as _, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -59,22 +59,16 @@ pub(crate) fn write(
         return;
     }
     let t = retry.unwrap_or_else(|| ceil_secs(d.reset_after));
-    if let Ok(v) = HeaderValue::from_str(&policy.header_policy) {
-        headers.insert(RATELIMIT_POLICY.clone(), v);
-    }
-    let name_end = policy
-        .header_policy
-        .find(';')
-        .unwrap_or(policy.header_policy.len());
-    let value = format!(
-        "{};r={};t={t}",
-        &policy.header_policy[..name_end],
-        d.remaining
-    );
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    let fields = &policy.fields;
+    headers.insert(RATELIMIT_POLICY.clone(), fields.policy.clone());
+    // `"name";r=…;t=…`, built once into one buffer that becomes the header value.
+    let mut value = Vec::with_capacity(fields.quoted_name.len() + 24);
+    value.extend_from_slice(&fields.quoted_name);
+    let _ = write!(value, ";r={};t={t}", d.remaining);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(RATELIMIT.clone(), v);
     }
-    headers.insert(X_LIMIT.clone(), HeaderValue::from(d.limit));
+    headers.insert(X_LIMIT.clone(), fields.limit.clone());
     headers.insert(X_REMAINING.clone(), HeaderValue::from(d.remaining));
     headers.insert(X_RESET.clone(), HeaderValue::from(t));
 }

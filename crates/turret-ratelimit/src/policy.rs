@@ -2,7 +2,7 @@
 
 use std::{fmt, sync::Arc, sync::OnceLock};
 
-use http::{HeaderMap, Method, Uri};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::Quota;
 
@@ -47,8 +47,47 @@ pub struct Policy {
     path: PathMatch,
     pub(crate) shadow: bool,
     cost: Option<CostFn>,
-    pub(crate) header_policy: Arc<str>,
+    pub(crate) fields: Arc<HeaderFields>,
     pub(crate) metrics: Arc<OnceLock<PolicyMetrics>>,
+}
+
+/// A policy name as it may appear in a Structured Field string: printable ASCII, with `"`
+/// and `\\` (and anything else) replaced by `_`.
+pub(crate) fn sanitize_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The parts of a policy's header fields that never change, made once.
+#[derive(Debug)]
+pub(crate) struct HeaderFields {
+    /// `RateLimit-Policy: "name";q=…;w=…`.
+    pub(crate) policy: HeaderValue,
+    /// `"name"`, the start of `RateLimit`.
+    pub(crate) quoted_name: Vec<u8>,
+    /// `X-RateLimit-Limit`.
+    pub(crate) limit: HeaderValue,
+}
+
+impl HeaderFields {
+    /// `name` is already restricted to printable ASCII without `"` and `\\`.
+    fn new(name: &str, quota: &Quota) -> Self {
+        let window = quota.period().as_micros().div_ceil(1_000_000).max(1);
+        let policy = format!("\"{name}\";q={};w={window}", quota.count());
+        Self {
+            policy: HeaderValue::from_str(&policy)
+                .unwrap_or_else(|_| HeaderValue::from_static("\"default\"")),
+            quoted_name: format!("\"{name}\"").into_bytes(),
+            limit: HeaderValue::from(quota.count()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -77,21 +116,8 @@ impl Policy {
     /// A policy named `name` (used in keys, headers and metrics). The name is made of
     /// printable ASCII; other characters are replaced by `_`.
     pub fn new(name: &str, quota: Quota) -> Self {
-        let name: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() && c != '"' && c != '\\' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let header_policy = format!(
-            "\"{name}\";q={};w={}",
-            quota.count(),
-            quota.period().as_micros().div_ceil(1_000_000).max(1)
-        );
+        let name = sanitize_name(name);
+        let fields = Arc::new(HeaderFields::new(&name, &quota));
         Self {
             name: name.into(),
             quota,
@@ -99,7 +125,7 @@ impl Policy {
             path: PathMatch::Any,
             shadow: false,
             cost: None,
-            header_policy: header_policy.into(),
+            fields,
             metrics: Arc::default(),
         }
     }
