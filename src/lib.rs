@@ -7,9 +7,17 @@
 //! |---|---|---|
 //! | `redis` | [`redis`] | the shared Redis connection: one node or cluster, timeouts, circuit breaker, scripts, pub/sub |
 //! | `ratelimit` | [`ratelimit`] | rate limiting per key: GCRA, fixed and sliding windows, concurrency; memory or Redis |
+//! | `conditional` | [`conditional`] | ETags and RFC 9110 preconditions: 304 on reads, 412 before a stale write reaches the handler |
+//! | `stampede` | [`stampede`] | single-flight, fleet-wide lease lock with fencing, XFetch, cache-aside, request coalescing |
 
 #[cfg(feature = "redis")]
 pub use turret_redis as redis;
 
 #[cfg(feature = "ratelimit")]
 pub use turret_ratelimit as ratelimit;
+
+#[cfg(feature = "conditional")]
+pub use turret_conditional as conditional;
+
+#[cfg(feature = "stampede")]
+pub use turret_stampede as stampede;

@@ -1,0 +1,182 @@
+//! [`ConditionalLayer`]: the configuration.
+
+use std::{fmt, sync::Arc};
+
+use http::{Method, StatusCode};
+use tower_layer::Layer;
+
+use crate::{
+    Conditional, MakeEtag, MakeResourceKey, PathAndQuery, Sha256Etag, ValidatorSource,
+    ValidatorStore,
+    store::{DynSource, erase_source},
+};
+
+/// The default bound on a body the layer buffers to compute an ETag: 1 MiB.
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 1024 * 1024;
+
+/// Where unsafe requests' preconditions are decided before the handler runs.
+#[derive(Clone, Default)]
+pub(crate) enum Backend {
+    /// Nowhere: writes go to the handler with their preconditions unevaluated.
+    #[default]
+    None,
+    /// A user's [`ValidatorSource`].
+    Source(DynSource),
+    /// The built-in store.
+    Store(ValidatorStore),
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::None => f.write_str("None"),
+            Backend::Source(_) => f.write_str("Source(..)"),
+            Backend::Store(s) => f.debug_tuple("Store").field(s).finish(),
+        }
+    }
+}
+
+/// The per-layer settings shared (in an `Arc`) by every clone of the service.
+#[derive(Debug, Clone)]
+pub(crate) struct Config<E> {
+    pub(crate) make_etag: E,
+    pub(crate) weak: bool,
+    pub(crate) max_body_size: u64,
+    pub(crate) etag_statuses: Vec<StatusCode>,
+    pub(crate) etag_methods: Vec<Method>,
+    pub(crate) require_precondition: bool,
+    pub(crate) backend: Backend,
+}
+
+/// Applies [`Conditional`] to a service: ETag generation and RFC 9110 precondition
+/// evaluation (304, 412, 428). See the [crate documentation](crate).
+#[derive(Debug, Clone)]
+pub struct ConditionalLayer<K = PathAndQuery, E = Sha256Etag> {
+    pub(crate) config: Config<E>,
+    pub(crate) make_key: K,
+}
+
+impl Default for ConditionalLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConditionalLayer {
+    /// Strong SHA-256 ETags for 200 responses to GET and HEAD with a known-size body up to
+    /// 1 MiB; preconditions on GET/HEAD evaluated against the response; no validator store.
+    pub fn new() -> Self {
+        Self {
+            config: Config {
+                make_etag: Sha256Etag,
+                weak: false,
+                max_body_size: DEFAULT_MAX_BODY_SIZE,
+                etag_statuses: vec![StatusCode::OK],
+                etag_methods: vec![Method::GET, Method::HEAD],
+                require_precondition: false,
+                backend: Backend::None,
+            },
+            make_key: PathAndQuery,
+        }
+    }
+}
+
+impl<K, E> ConditionalLayer<K, E> {
+    /// Makes generated ETags weak (`W/"…"`). Use it when a layer *inside* this one (nearer
+    /// the handler) is followed by one that re-encodes the body, e.g. compression placed
+    /// outside this layer, so that one tag covers several content-codings (RFC 9110 §8.8.3).
+    pub fn weak_etags(mut self, weak: bool) -> Self {
+        self.config.weak = weak;
+        self
+    }
+
+    /// The largest body (by its exact `size_hint`) the layer buffers to compute an ETag.
+    /// Larger bodies and bodies of unknown size stream through untouched, without an ETag.
+    pub fn max_body_size(mut self, bytes: u64) -> Self {
+        self.config.max_body_size = bytes;
+        self
+    }
+
+    /// The response statuses that get a generated ETag (default: 200).
+    pub fn etag_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.config.etag_statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// The request methods whose responses get a generated ETag (default: GET, HEAD). Adding
+    /// PUT makes the layer hash a PUT's response body and record it as the new validator.
+    pub fn etag_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.config.etag_methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Answers unsafe requests (any method but GET, HEAD, OPTIONS, TRACE, CONNECT) that carry
+    /// none of `If-Match`, `If-Unmodified-Since`, `If-None-Match` with
+    /// `428 Precondition Required` (RFC 6585 §3), before the handler runs.
+    pub fn require_precondition(mut self, require: bool) -> Self {
+        self.config.require_precondition = require;
+        self
+    }
+
+    /// Uses the built-in [`ValidatorStore`] (memory or Redis) to decide unsafe requests'
+    /// preconditions atomically before the handler runs, and to record validators.
+    pub fn validator_store(mut self, store: ValidatorStore) -> Self {
+        self.config.backend = Backend::Store(store);
+        self
+    }
+
+    /// Uses a [`ValidatorSource`] of your own (e.g. a row version in the database) to decide
+    /// unsafe requests' preconditions before the handler runs.
+    pub fn validator_source<V>(mut self, source: V) -> Self
+    where
+        V: ValidatorSource + Send + Sync + 'static,
+    {
+        self.config.backend = Backend::Source(erase_source(source));
+        self
+    }
+
+    /// Replaces how ETags are made from buffered bodies.
+    pub fn make_etag<E2: MakeEtag>(self, make_etag: E2) -> ConditionalLayer<K, E2> {
+        let Config {
+            weak,
+            max_body_size,
+            etag_statuses,
+            etag_methods,
+            require_precondition,
+            backend,
+            ..
+        } = self.config;
+        ConditionalLayer {
+            config: Config {
+                make_etag,
+                weak,
+                max_body_size,
+                etag_statuses,
+                etag_methods,
+                require_precondition,
+                backend,
+            },
+            make_key: self.make_key,
+        }
+    }
+
+    /// Replaces how a request's resource key is made (default: [`PathAndQuery`]).
+    pub fn resource_key<K2: MakeResourceKey>(self, make_key: K2) -> ConditionalLayer<K2, E> {
+        ConditionalLayer {
+            config: self.config,
+            make_key,
+        }
+    }
+}
+
+impl<S, K: Clone, E: Clone> Layer<S> for ConditionalLayer<K, E> {
+    type Service = Conditional<S, K, E>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Conditional {
+            inner,
+            make_key: self.make_key.clone(),
+            config: Arc::new(self.config.clone()),
+        }
+    }
+}

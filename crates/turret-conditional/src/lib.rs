@@ -1,0 +1,167 @@
+//! Conditional requests for any tower service: ETag generation and RFC 9110 precondition
+//! evaluation (304 Not Modified, 412 Precondition Failed, 428 Precondition Required), with
+//! lost-update prevention decided before the handler runs.
+//!
+//! # Example
+//!
+//! GET revalidation: the layer computes a strong ETag from the body, and a client that sends
+//! it back in `If-None-Match` gets a 304 without the body.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode, header};
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use turret_conditional::ConditionalLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(ConditionalLayer::new())
+//!     .service(service_fn(|_req: Request<()>| async {
+//!         Ok::<_, Infallible>(Response::new(Full::<Bytes>::from(r#"{"id":7}"#)))
+//!     }));
+//!
+//! let res = svc.clone().oneshot(Request::get("/items/7").body(()).unwrap()).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! let etag = res.headers()[header::ETAG].clone();
+//!
+//! let revalidate = Request::get("/items/7")
+//!     .header(header::IF_NONE_MATCH, etag.clone())
+//!     .body(())
+//!     .unwrap();
+//! let res = svc.oneshot(revalidate).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+//! assert_eq!(res.headers()[header::ETAG], etag);
+//! # }
+//! ```
+//!
+//! Optimistic concurrency on PUT: with a [`ValidatorStore`], the layer records the ETag of
+//! each GET and answers a PUT whose `If-Match` is stale with 412 *before* the handler runs.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Method, Request, Response, StatusCode, header};
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use turret_conditional::{ConditionalLayer, ValidatorStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(ConditionalLayer::new().validator_store(ValidatorStore::memory()))
+//!     .service(service_fn(|req: Request<()>| async move {
+//!         let mut res = Response::new(Full::<Bytes>::default());
+//!         let version = if req.method() == Method::PUT { "\"v2\"" } else { "\"v1\"" };
+//!         res.headers_mut().insert(header::ETAG, version.parse().unwrap());
+//!         Ok::<_, Infallible>(res)
+//!     }));
+//!
+//! // Read: the store learns "v1".
+//! let res = svc.clone().oneshot(Request::get("/doc").body(()).unwrap()).await.unwrap();
+//! assert_eq!(res.headers()[header::ETAG], "\"v1\"");
+//!
+//! // Write with the current tag: performed; the store now holds "v2".
+//! let put = |tag: &str| Request::put("/doc").header(header::IF_MATCH, tag).body(()).unwrap();
+//! let res = svc.clone().oneshot(put("\"v1\"")).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//!
+//! // A second writer that also read "v1" would overwrite that change: 412.
+//! let res = svc.oneshot(put("\"v1\"")).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::PRECONDITION_FAILED);
+//! # }
+//! ```
+//!
+//! # ETag generation
+//!
+//! A response to GET or HEAD with status 200 that has neither `ETag` nor `Last-Modified`, and
+//! whose body has an exact known size (`size_hint().exact()`) of at most
+//! [`max_body_size`](ConditionalLayer::max_body_size) (1 MiB), is buffered (bounded: a body
+//! that lies about its size stops being buffered at the limit and streams on) and gets a strong
+//! ETag: the first 128 bits of its SHA-256 in base64url ([`Sha256Etag`]). Bodies that are
+//! larger or of unknown size (streams) pass through untouched, without an ETag and without
+//! buffering. A handler's own `ETag` or `Last-Modified` always wins. Statuses, methods, weak
+//! tags and the hash are configurable ([`MakeEtag`]).
+//!
+//! ## Ordering with compression
+//!
+//! A strong ETag names one exact byte sequence, so each content-coding needs its own
+//! (RFC 9110 §8.8.3). Two correct set-ups with tower-http's `CompressionLayer`:
+//!
+//! - **Conditional outside compression** (`ServiceBuilder::new().layer(ConditionalLayer::new())
+//!   .layer(CompressionLayer::new())`): the layer hashes the bytes actually sent, so gzip and
+//!   identity get distinct strong tags. A compressed body whose size is unknown (tower-http
+//!   compresses as a stream) gets no generated ETag; a pre-compressed body of known size does.
+//! - **Conditional inside compression** (`…layer(CompressionLayer::new()).layer(
+//!   ConditionalLayer::new().weak_etags(true))`): the layer hashes the identity body and the
+//!   tag covers every coding, so it must be weak; `If-None-Match` uses weak comparison, so
+//!   revalidation still yields 304s, but `If-Match` / `If-Range` (strong) never match it.
+//!
+//! # Precondition evaluation (RFC 9110 §13.2.2)
+//!
+//! For GET and HEAD the inner service runs first; when its response is 2xx, the layer
+//! evaluates, in order: `If-Match` (strong; false → 412), else `If-Unmodified-Since`
+//! (false → 412), `If-None-Match` (weak; false → 304), else `If-Modified-Since` (ignored if
+//! invalid, a list, or without `Last-Modified`; false → 304), against the response's `ETag` /
+//! `Last-Modified`. A non-2xx response (404, 3xx, 5xx) passes through unchanged, as does a
+//! response the handler already made conditional (304/412). A 304 carries exactly
+//! `Content-Location`, `Date`, `ETag`, `Vary`, `Cache-Control`, `Expires` of the 200, and
+//! `Last-Modified` only without `ETag`; no body, no `Content-Length`/`Content-Type`.
+//! CONNECT, OPTIONS and TRACE are never touched.
+//!
+//! `If-Range` (GET with `Range`): the layer keeps `Range` only when `If-Range` matches the
+//! current validators known *before* the handler runs (store or source): a strong exact ETag,
+//! or a date equal to a Last-Modified at least a second old. Otherwise (no match, weak tag,
+//! invalid value, nothing known) it removes `Range`, so the handler answers a full 200.
+//!
+//! # Writes: lost-update prevention
+//!
+//! For any other method (PUT, PATCH, DELETE, POST, …), `If-Match`, `If-Unmodified-Since` and
+//! `If-None-Match` are decided before the handler runs, against:
+//!
+//! - a [`ValidatorSource`] of your own (the resource's row version, say), or
+//! - the built-in [`ValidatorStore`] (memory, or Redis for a fleet), which records the
+//!   validators of successful GETs and writes per resource key ([`MakeResourceKey`], default
+//!   the path and query) and makes check-and-claim one atomic step: of two concurrent writes
+//!   with the same `If-Match`, exactly one reaches the handler, the other gets 412. A 2xx write
+//!   records the `ETag`/`Last-Modified` it returned (DELETE removes the record; POST marks the
+//!   target changed with unknown validators); any other outcome, an inner error or a dropped
+//!   future releases the claim.
+//!
+//! Without either, write preconditions are left to the handler. With
+//! [`require_precondition`](ConditionalLayer::require_precondition), unsafe requests without a
+//! precondition get 428 (RFC 6585).
+//!
+//! # Degraded mode
+//!
+//! When the Redis store (or a source) fails, the layer fails open: writes reach the handler
+//! unchecked, GETs are unaffected. The change of state is logged once (`tracing` warn, then info
+//! on recovery) and each failure is counted in `turret_conditional_store_errors_total{kind}`.
+//!
+//! # Metrics
+//!
+//! `turret_conditional_responses_total{outcome}` with `outcome` = `304`, `412`, `428`,
+//! `etag_generated`, `passthrough` (a non-2xx GET/HEAD response left alone).
+
+mod body;
+mod etag;
+mod future;
+mod headers;
+mod layer;
+mod policy;
+mod precondition;
+mod service;
+mod store;
+
+pub use body::ResponseBody;
+pub use etag::{MakeEtag, Sha256Etag};
+pub use future::ResponseFuture;
+pub use layer::{ConditionalLayer, DEFAULT_MAX_BODY_SIZE};
+pub use policy::{MakeResourceKey, PathAndQuery};
+pub use service::Conditional;
+pub use store::{
+    BoxError, DEFAULT_CLAIM_TTL, DEFAULT_MAX_ENTRIES, DEFAULT_RECORD_TTL, StoreError,
+    ValidatorSource, ValidatorStore, Validators,
+};

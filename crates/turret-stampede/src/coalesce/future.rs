@@ -1,0 +1,274 @@
+use std::{
+    fmt,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use bytes::{Buf, BufMut as _, BytesMut};
+use http::{HeaderMap, Request, Response, response::Parts};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::{
+    ResponseBody,
+    service::{Coalesced, LeaderGuard, Outcome, SharedResponse, Waiting},
+};
+
+pin_project! {
+    /// The response future of [`super::Coalesce`].
+    pub struct ResponseFuture<F, S, ReqBody, B>
+    where
+        B: Body,
+    {
+        #[pin]
+        state: State<F, S, ReqBody, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, S, ReqBody, B>
+    where
+        B: Body,
+    {
+        // Not coalesced (a method other than GET/HEAD).
+        Passthrough {
+            #[pin]
+            fut: F,
+        },
+        // The first of identical requests: the inner call.
+        Leading {
+            #[pin]
+            fut: F,
+            guard: Option<LeaderGuard>,
+            max_body: usize,
+        },
+        // The leader collects a body small enough to share.
+        Collecting {
+            body: Option<Pin<Box<B>>>,
+            parts: Option<Parts>,
+            buf: BytesMut,
+            trailers: Option<HeaderMap>,
+            guard: Option<LeaderGuard>,
+            max_body: usize,
+        },
+        // A follower waits for the leader's outcome, holding its own ready service.
+        Waiting {
+            waiting: Waiting,
+            req: Option<Request<ReqBody>>,
+            inner: Option<S>,
+        },
+        // A released follower's own call.
+        Own {
+            #[pin]
+            fut: F,
+        },
+    }
+}
+
+impl<F, S, ReqBody, B: Body> fmt::Debug for ResponseFuture<F, S, ReqBody, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Passthrough { .. } => "passthrough",
+            State::Leading { .. } => "leading",
+            State::Collecting { .. } => "collecting",
+            State::Waiting { .. } => "waiting",
+            State::Own { .. } => "own",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<F, S, ReqBody, B: Body> ResponseFuture<F, S, ReqBody, B> {
+    pub(crate) fn passthrough(fut: F) -> Self {
+        Self {
+            state: State::Passthrough { fut },
+        }
+    }
+
+    pub(crate) fn leading(fut: F, guard: LeaderGuard, max_body: usize) -> Self {
+        Self {
+            state: State::Leading {
+                fut,
+                guard: Some(guard),
+                max_body,
+            },
+        }
+    }
+
+    pub(crate) fn waiting(waiting: Waiting, req: Request<ReqBody>, inner: S) -> Self {
+        Self {
+            state: State::Waiting {
+                waiting,
+                req: Some(req),
+                inner: Some(inner),
+            },
+        }
+    }
+}
+
+fn release(guard: &mut Option<LeaderGuard>) {
+    if let Some(mut guard) = guard.take() {
+        guard.finish(Outcome::Release);
+    }
+}
+
+fn fanned_out<B: Body>(shared: &SharedResponse) -> Response<ResponseBody<B>> {
+    let mut res = Response::new(ResponseBody::full(
+        shared.body.clone(),
+        shared.trailers.clone(),
+    ));
+    *res.status_mut() = shared.status;
+    *res.version_mut() = shared.version;
+    *res.headers_mut() = shared.headers.clone();
+    res.extensions_mut().insert(Coalesced);
+    res
+}
+
+impl<F, S, ReqBody, B, E> Future for ResponseFuture<F, S, ReqBody, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    S: Service<Request<ReqBody>, Response = Response<B>, Error = E, Future = F>,
+    B: Body,
+    B::Data: Buf,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            match this.state.as_mut().project() {
+                StateProj::Passthrough { fut } | StateProj::Own { fut } => {
+                    return Poll::Ready(ready!(fut.poll(cx)).map(|r| r.map(ResponseBody::inner)));
+                }
+                StateProj::Leading {
+                    fut,
+                    guard,
+                    max_body,
+                } => {
+                    let res = match ready!(fut.poll(cx)) {
+                        Ok(res) => res,
+                        Err(e) => {
+                            release(guard);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
+                    let fits = res
+                        .body()
+                        .size_hint()
+                        .exact()
+                        .is_some_and(|n| n <= *max_body as u64);
+                    if !fits {
+                        // Too big or streaming: the waiters make their own calls now.
+                        release(guard);
+                        return Poll::Ready(Ok(res.map(ResponseBody::inner)));
+                    }
+                    let (parts, body) = res.into_parts();
+                    let next = State::Collecting {
+                        body: Some(Box::pin(body)),
+                        parts: Some(parts),
+                        buf: BytesMut::new(),
+                        trailers: None,
+                        guard: guard.take(),
+                        max_body: *max_body,
+                    };
+                    this.state.set(next);
+                }
+                StateProj::Collecting {
+                    body,
+                    parts,
+                    buf,
+                    trailers,
+                    guard,
+                    max_body,
+                } => {
+                    let Some(inner) = body.as_mut() else {
+                        // Polled after completion.
+                        return Poll::Pending;
+                    };
+                    loop {
+                        match ready!(inner.as_mut().poll_frame(cx)) {
+                            Some(Ok(frame)) => match frame.into_data() {
+                                Ok(data) => {
+                                    buf.put(data);
+                                    if buf.len() > *max_body {
+                                        // The size hint lied: stop sharing, hand the leader
+                                        // what was read and the rest.
+                                        release(guard);
+                                        let (Some(parts), Some(inner)) =
+                                            (parts.take(), body.take())
+                                        else {
+                                            return Poll::Pending;
+                                        };
+                                        let prefix = buf.split().freeze();
+                                        return Poll::Ready(Ok(Response::from_parts(
+                                            parts,
+                                            ResponseBody::resumed(prefix, inner, None),
+                                        )));
+                                    }
+                                }
+                                Err(frame) => {
+                                    if let Ok(t) = frame.into_trailers() {
+                                        trailers.get_or_insert_with(HeaderMap::new).extend(t);
+                                    }
+                                }
+                            },
+                            Some(Err(e)) => {
+                                release(guard);
+                                let (Some(parts), Some(inner)) = (parts.take(), body.take()) else {
+                                    return Poll::Pending;
+                                };
+                                let prefix = buf.split().freeze();
+                                return Poll::Ready(Ok(Response::from_parts(
+                                    parts,
+                                    ResponseBody::resumed(prefix, inner, Some(e)),
+                                )));
+                            }
+                            None => {
+                                let Some(parts) = parts.take() else {
+                                    return Poll::Pending;
+                                };
+                                body.take();
+                                let data = buf.split().freeze();
+                                let trailers = trailers.take();
+                                if let Some(mut guard) = guard.take() {
+                                    guard.finish(Outcome::Response(Arc::new(SharedResponse {
+                                        status: parts.status,
+                                        version: parts.version,
+                                        headers: parts.headers.clone(),
+                                        body: data.clone(),
+                                        trailers: trailers.clone(),
+                                    })));
+                                }
+                                return Poll::Ready(Ok(Response::from_parts(
+                                    parts,
+                                    ResponseBody::full(data, trailers),
+                                )));
+                            }
+                        }
+                    }
+                }
+                StateProj::Waiting {
+                    waiting,
+                    req,
+                    inner,
+                } => match ready!(Pin::new(waiting).poll(cx)) {
+                    Ok(Outcome::Response(shared)) => return Poll::Ready(Ok(fanned_out(&shared))),
+                    Ok(Outcome::Release) | Err(_) => {
+                        let (Some(mut inner), Some(req)) = (inner.take(), req.take()) else {
+                            return Poll::Pending;
+                        };
+                        metrics::counter!("turret_stampede_coalesce_requests_total", "role" => "released")
+                            .increment(1);
+                        let fut = inner.call(req);
+                        this.state.set(State::Own { fut });
+                    }
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+use std::sync::Arc;
+
+use http::HeaderName;
+use tower_layer::Layer;
+
+use super::service::Coalesce;
+
+/// Default bound of a fanned-out body: 1 MiB.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) headers: Vec<HeaderName>,
+    pub(crate) max_body: usize,
+}
+
+/// Applies [`Coalesce`] to a service (see the [module docs](crate::coalesce)).
+///
+/// Each service the layer wraps gets its own table of in-flight requests, shared by that
+/// service's clones.
+#[derive(Debug, Clone)]
+pub struct CoalesceLayer {
+    config: Arc<Config>,
+}
+
+impl Default for CoalesceLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CoalesceLayer {
+    /// Requests are identical when method and URI are; bodies up to 1 MiB are fanned out.
+    pub fn new() -> Self {
+        Self {
+            config: Arc::new(Config {
+                headers: Vec::new(),
+                max_body: DEFAULT_MAX_BODY,
+            }),
+        }
+    }
+
+    /// Requests must also agree on this header (all its values, in order) to share a call:
+    /// every header the response varies on, and any credential (`authorization`, `cookie`)
+    /// that changes what the inner service answers.
+    pub fn vary_on(mut self, header: HeaderName) -> Self {
+        Arc::make_mut(&mut self.config).headers.push(header);
+        self
+    }
+
+    /// The largest body fanned out to waiters (default 1 MiB); bigger or unsized bodies
+    /// release the waiters to make their own calls.
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        Arc::make_mut(&mut self.config).max_body = bytes;
+        self
+    }
+}
+
+impl<S> Layer<S> for CoalesceLayer {
+    type Service = Coalesce<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Coalesce::with_config(inner, self.config.clone())
+    }
+}
