@@ -21,10 +21,12 @@ use turret_testkit::RedisServer;
 const ALL: &[&str] = &[
     "raw",
     "turret-memory",
+    "turret-memory-no-fields",
     "tower-governor",
     "turret-redis-gcra",
     "turret-redis-fixed",
     "incr-expire",
+    "turret-conditional",
 ];
 
 const LUA: &str = "math.randomseed(os.time())\n\

@@ -83,7 +83,11 @@ async fn every_algorithm_admits_exactly_the_quota_then_refuses_with_a_retry_time
         let retry = d.retry_after.expect("a retry time");
         // The sliding window counter may need part of the next window too: its current
         // count becomes the previous one and must decay below the quota.
-        let bound = if alg == Algorithm::SlidingWindow { 7200 } else { 3600 };
+        let bound = if alg == Algorithm::SlidingWindow {
+            7200
+        } else {
+            3600
+        };
         assert!(
             retry > Duration::ZERO && retry <= Duration::from_secs(bound),
             "{alg:?} {retry:?}"

@@ -13,7 +13,7 @@ use axum::{
 };
 use bytes::Bytes;
 use http::{StatusCode, header};
-use turret_ratelimit::{Algorithm, Quota, RateLimitLayer, RedisBackend};
+use turret_ratelimit::{Algorithm, HeaderMode, Quota, RateLimitLayer, RedisBackend};
 use turret_redis::{Redis, RedisConfig};
 
 const HUGE: u32 = 1_000_000_000;
@@ -100,6 +100,10 @@ async fn main() {
     let app = match scenario {
         "raw" => routes,
         "turret-memory" => routes.layer(RateLimitLayer::new(Quota::per_second(HUGE))),
+        "turret-memory-no-fields" => {
+            routes.layer(RateLimitLayer::new(Quota::per_second(HUGE)).headers(HeaderMode::Never))
+        }
+        "turret-conditional" => routes.layer(turret_conditional::ConditionalLayer::new()),
         "turret-redis-gcra" => routes.layer(
             RateLimitLayer::new(Quota::per_second(HUGE))
                 .backend(RedisBackend::new(redis_handle(&redis_url).await)),
