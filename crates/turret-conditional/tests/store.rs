@@ -405,3 +405,16 @@ async fn redis_down_fails_open() {
     // GETs keep working.
     assert_eq!(send(&svc, Method::GET, &[]).await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_lets_exactly_one_writer_through_across_four_instances() {
+    let cluster = turret_testkit::RedisCluster::start(3);
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        let config = RedisConfig::from_url(&cluster.url())
+            .unwrap()
+            .command_timeout(Duration::from_millis(500));
+        stores.push(ValidatorStore::redis(Redis::connect(config).await.unwrap()));
+    }
+    one_writer_wins(stores, 16).await;
+}

@@ -386,3 +386,15 @@ async fn a_corrupt_value_in_redis_is_a_miss() {
         .unwrap();
     assert_eq!(v, "computed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_on_a_cluster_compute_once_fleet_wide() {
+    let cluster = turret_testkit::RedisCluster::start(3);
+    let mut caches = Vec::new();
+    for _ in 0..4 {
+        let redis = Redis::connect(config(&cluster.url())).await.unwrap();
+        caches.push(StampedeCache::redis(redis));
+    }
+    assert_eq!(fleet_run(&caches, "hot", 100).await, 1);
+    assert_eq!(fleet_run(&caches, "hot", 100).await, 0, "all hits");
+}
