@@ -16,7 +16,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{BackendError, FailureMode, KeyExtractor, MissingKeyAction, PeerIp};
+use crate::{BackendError, FailureMode, KeyExtractor, MissingKeyAction, PeerIp, ResponseBody};
 
 /// Proof that a request holds one of its key's in-flight slots; dropping it gives the slot
 /// back (on Redis: removes the lease, which otherwise expires by itself).
@@ -637,33 +637,22 @@ pin_project! {
     #[derive(Debug)]
     pub struct PermitBody<B> {
         #[pin]
-        kind: PermitKind<B>,
+        body: ResponseBody<B>,
         permit: Option<Permit>,
-    }
-}
-
-pin_project! {
-    #[project = PermitKindProj]
-    #[derive(Debug)]
-    enum PermitKind<B> {
-        Inner { #[pin] body: B },
-        Full { data: Option<Bytes> },
     }
 }
 
 impl<B> PermitBody<B> {
     fn inner(body: B, permit: Option<Permit>) -> Self {
         Self {
-            kind: PermitKind::Inner { body },
+            body: ResponseBody::inner(body),
             permit,
         }
     }
 
     fn full(data: Bytes) -> Self {
         Self {
-            kind: PermitKind::Full {
-                data: (!data.is_empty()).then_some(data),
-            },
+            body: ResponseBody::full(data),
             permit: None,
         }
     }
@@ -678,33 +667,19 @@ impl<B: Body<Data = Bytes>> Body for PermitBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        let frame = match this.kind.project() {
-            PermitKindProj::Inner { body } => {
-                let frame = ready!(body.poll_frame(cx));
-                if body_done(&frame) {
-                    this.permit.take();
-                }
-                frame
-            }
-            PermitKindProj::Full { data } => data.take().map(|d| Ok(Frame::data(d))),
-        };
+        let frame = ready!(this.body.poll_frame(cx));
+        if body_done(&frame) {
+            this.permit.take();
+        }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            PermitKind::Inner { body } => body.is_end_stream(),
-            PermitKind::Full { data } => data.is_none(),
-        }
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            PermitKind::Inner { body } => body.size_hint(),
-            PermitKind::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-        }
+        self.body.size_hint()
     }
 }
 

@@ -174,10 +174,6 @@ impl RateLimitLayer {
 }
 
 impl<K, Bk, L> RateLimitLayer<K, Bk, L> {
-    fn into_shared(self) -> Shared<K, Bk, L> {
-        self.shared
-    }
-
     fn map<F: FnOnce(&mut Shared<K, Bk, L>)>(mut self, f: F) -> Self {
         f(&mut self.shared);
         self
@@ -221,56 +217,37 @@ impl<K, Bk, L> RateLimitLayer<K, Bk, L> {
 
     /// Keys requests with another extractor.
     pub fn key<K2>(self, key: K2) -> RateLimitLayer<K2, Bk, L> {
-        let s = self.into_shared();
+        self.rebuild(|s| (key, s.backend, s.on_limited))
+    }
+
+    /// Keeps state in another backend (e.g. [`crate::RedisBackend`] for a fleet).
+    pub fn backend<Bk2: Backend>(self, backend: Bk2) -> RateLimitLayer<K, Bk2, L> {
+        self.rebuild(|s| (s.key, backend, s.on_limited))
+    }
+
+    /// Builds refusals with this hook.
+    pub fn on_limited<L2: OnLimited>(self, on_limited: L2) -> RateLimitLayer<K, Bk, L2> {
+        self.rebuild(|s| (s.key, s.backend, on_limited))
+    }
+
+    /// The same settings with the three generic parts swapped by `f`.
+    fn rebuild<K2, Bk2, L2>(
+        self,
+        f: impl FnOnce(Generic<K, Bk, L>) -> (K2, Bk2, L2),
+    ) -> RateLimitLayer<K2, Bk2, L2> {
+        let s = self.shared;
+        let (key, backend, on_limited) = f(Generic {
+            key: s.key,
+            backend: s.backend,
+            on_limited: s.on_limited,
+        });
         RateLimitLayer {
             shared: Shared {
                 policies: s.policies,
                 exempt: s.exempt,
                 allow: s.allow,
                 key,
-                backend: s.backend,
-                on_limited: s.on_limited,
-                header_mode: s.header_mode,
-                failure: s.failure,
-                fallback: s.fallback,
-                missing: s.missing,
-                offenders: s.offenders,
-                degraded: s.degraded,
-            },
-        }
-    }
-
-    /// Keeps state in another backend (e.g. [`crate::RedisBackend`] for a fleet).
-    pub fn backend<Bk2: Backend>(self, backend: Bk2) -> RateLimitLayer<K, Bk2, L> {
-        let s = self.into_shared();
-        RateLimitLayer {
-            shared: Shared {
-                policies: s.policies,
-                exempt: s.exempt,
-                allow: s.allow,
-                key: s.key,
                 backend,
-                on_limited: s.on_limited,
-                header_mode: s.header_mode,
-                failure: s.failure,
-                fallback: s.fallback,
-                missing: s.missing,
-                offenders: s.offenders,
-                degraded: s.degraded,
-            },
-        }
-    }
-
-    /// Builds refusals with this hook.
-    pub fn on_limited<L2: OnLimited>(self, on_limited: L2) -> RateLimitLayer<K, Bk, L2> {
-        let s = self.into_shared();
-        RateLimitLayer {
-            shared: Shared {
-                policies: s.policies,
-                exempt: s.exempt,
-                allow: s.allow,
-                key: s.key,
-                backend: s.backend,
                 on_limited,
                 header_mode: s.header_mode,
                 failure: s.failure,
@@ -281,6 +258,13 @@ impl<K, Bk, L> RateLimitLayer<K, Bk, L> {
             },
         }
     }
+}
+
+/// The generic parts of the settings, handed to `rebuild`.
+struct Generic<K, Bk, L> {
+    key: K,
+    backend: Bk,
+    on_limited: L,
 }
 
 impl<S, K: Clone, Bk: Clone, L: Clone> Layer<S> for RateLimitLayer<K, Bk, L> {
