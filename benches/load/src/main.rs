@@ -20,6 +20,7 @@ use turret_testkit::RedisServer;
 
 const ALL: &[&str] = &[
     "raw",
+    "raw-plus-5-headers",
     "turret-memory",
     "turret-memory-no-fields",
     "tower-governor",

@@ -87,6 +87,30 @@ async fn incr_expire(
     next.run(req).await
 }
 
+/// The same five fields the rate limiter adds, as constants: what carrying them costs
+/// (encoding, bytes, the load generator parsing them) without any limiter.
+async fn add_five_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        "ratelimit-policy",
+        http::HeaderValue::from_static("\"default\";q=1000000000;w=1"),
+    );
+    h.insert(
+        "ratelimit",
+        http::HeaderValue::from_static("\"default\";r=999999999;t=1"),
+    );
+    h.insert(
+        "x-ratelimit-limit",
+        http::HeaderValue::from_static("1000000000"),
+    );
+    h.insert(
+        "x-ratelimit-remaining",
+        http::HeaderValue::from_static("999999999"),
+    );
+    h.insert("x-ratelimit-reset", http::HeaderValue::from_static("1"));
+    res
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -99,6 +123,7 @@ async fn main() {
         .with_state(items());
     let app = match scenario {
         "raw" => routes,
+        "raw-plus-5-headers" => routes.layer(middleware::map_response(add_five_headers)),
         "turret-memory" => routes.layer(RateLimitLayer::new(Quota::per_second(HUGE))),
         "turret-memory-no-fields" => {
             routes.layer(RateLimitLayer::new(Quota::per_second(HUGE)).headers(HeaderMode::Never))
