@@ -3,7 +3,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     fmt,
-    hash::{BuildHasher, Hash, Hasher, RandomState},
+    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
     sync::{Arc, Mutex},
 };
 
@@ -76,10 +76,26 @@ impl KeyState {
     }
 }
 
-#[derive(PartialEq, Eq, Hash)]
+/// A key with its hash, computed once per decision with the randomly seeded SipHash; the
+/// shard's map reuses it instead of hashing again.
+/// Policy and key live in one allocation, `policy NUL key` (a policy name is printable
+/// ASCII), so a lookup touches one heap block.
 struct MapKey {
-    policy: Box<str>,
-    key: Box<str>,
+    hash: u64,
+    joined: Box<str>,
+}
+
+impl MapKey {
+    fn new(hash: u64, policy: &str, key: &str) -> Self {
+        let mut joined = String::with_capacity(policy.len() + 1 + key.len());
+        joined.push_str(policy);
+        joined.push('\0');
+        joined.push_str(key);
+        Self {
+            hash,
+            joined: joined.into_boxed_str(),
+        }
+    }
 }
 
 struct Entry {
@@ -87,7 +103,29 @@ struct Entry {
     quota: Quota,
 }
 
-type Shard = Mutex<HashMap<MapKey, Entry>>;
+type Map = HashMap<MapKey, Entry, BuildHasherDefault<PreHashed>>;
+type Shard = Mutex<Map>;
+
+/// Passes on the hash `KeyPair` already computed.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; fold anything else in so the map stays correct.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// Rate-limit state in this process: the embedded default.
 ///
@@ -161,11 +199,13 @@ impl MemoryBackend {
         let mut h = self.hasher.build_hasher();
         policy.hash(&mut h);
         key.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        let hash = h.finish();
+        // The high bits choose the shard; the map's buckets use the low ones.
+        let shard = &self.shards[((hash >> 58) as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.clock.now_micros();
         // Look up without allocating the owned key.
-        let lookup = MapKeyRef { policy, key };
+        let lookup = MapKeyRef { hash, policy, key };
         if let Some(entry) = map_get_mut(&mut map, &lookup) {
             if entry.quota != *quota {
                 *entry = Entry {
@@ -182,10 +222,7 @@ impl MemoryBackend {
         let decision = state.decide(now, quota, cost);
         if decision.allowed {
             map.insert(
-                MapKey {
-                    policy: policy.into(),
-                    key: key.into(),
-                },
+                MapKey::new(hash, policy, key),
                 Entry {
                     state,
                     quota: *quota,
@@ -197,19 +234,17 @@ impl MemoryBackend {
 }
 
 struct MapKeyRef<'a> {
+    hash: u64,
     policy: &'a str,
     key: &'a str,
 }
 
-fn map_get_mut<'m>(
-    map: &'m mut HashMap<MapKey, Entry>,
-    k: &MapKeyRef<'_>,
-) -> Option<&'m mut Entry> {
+fn map_get_mut<'m>(map: &'m mut Map, k: &MapKeyRef<'_>) -> Option<&'m mut Entry> {
     map.get_mut(k as &dyn KeyPair)
 }
 
-// Lets the map be searched with borrowed `(&str, &str)`: `MapKey`'s derived `Hash` hashes
-// `policy` then `key` as `str`s, the same bytes as `dyn KeyPair`'s `Hash` below.
+// Lets the map be searched with borrowed `(&str, &str)`: both sides hash as their stored
+// `hash` (see `Hash for dyn KeyPair`), and compare by their parts.
 impl<'a> std::borrow::Borrow<dyn KeyPair + 'a> for MapKey {
     fn borrow(&self) -> &(dyn KeyPair + 'a) {
         self
@@ -217,16 +252,25 @@ impl<'a> std::borrow::Borrow<dyn KeyPair + 'a> for MapKey {
 }
 
 trait KeyPair {
+    fn hash_value(&self) -> u64;
     fn parts(&self) -> (&str, &str);
 }
 
 impl KeyPair for MapKey {
+    fn hash_value(&self) -> u64 {
+        self.hash
+    }
+
     fn parts(&self) -> (&str, &str) {
-        (&self.policy, &self.key)
+        self.joined.split_once('\0').unwrap_or((&self.joined, ""))
     }
 }
 
 impl KeyPair for MapKeyRef<'_> {
+    fn hash_value(&self) -> u64 {
+        self.hash
+    }
+
     fn parts(&self) -> (&str, &str) {
         (self.policy, self.key)
     }
@@ -234,11 +278,23 @@ impl KeyPair for MapKeyRef<'_> {
 
 impl Hash for dyn KeyPair + '_ {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let (p, k) = self.parts();
-        p.hash(state);
-        k.hash(state);
+        state.write_u64(self.hash_value());
     }
 }
+
+impl Hash for MapKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for MapKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for MapKey {}
 
 impl PartialEq for dyn KeyPair + '_ {
     fn eq(&self, other: &Self) -> bool {
@@ -248,20 +304,17 @@ impl PartialEq for dyn KeyPair + '_ {
 
 impl Eq for dyn KeyPair + '_ {}
 
-fn make_room(map: &mut HashMap<MapKey, Entry>, now: u64, max: usize) {
+fn make_room(map: &mut Map, now: u64, max: usize) {
     map.retain(|_, e| !e.state.is_idle(now, &e.quota));
     if map.len() >= max {
         let evict = (max / 8).max(1);
         let victims: Vec<_> = map
             .keys()
             .take(evict)
-            .map(|k| (k.policy.clone(), k.key.clone()))
+            .map(|k| (k.hash, k.joined.clone()))
             .collect();
-        for (policy, key) in victims {
-            map.remove(&MapKeyRef {
-                policy: &policy,
-                key: &key,
-            } as &dyn KeyPair);
+        for (hash, joined) in victims {
+            map.remove(&MapKey { hash, joined } as &dyn KeyPair);
         }
         metrics::counter!("turret_ratelimit_memory_evictions_total").increment(evict as u64);
     }
