@@ -8,6 +8,7 @@
 //! | `redis` | [`redis`] | the shared Redis connection: one node or cluster, timeouts, circuit breaker, scripts, pub/sub |
 //! | `ratelimit` | [`ratelimit`] | rate limiting per key: GCRA, fixed and sliding windows, concurrency; memory or Redis |
 //! | `conditional` | [`conditional`] | ETags and RFC 9110 preconditions: 304 on reads, 412 before a stale write reaches the handler |
+//! | `cache` | [`cache`] | RFC 9111 shared response cache (memory storage; Redis, revalidation and stale serving to come) |
 //! | `stampede` | [`stampede`] | single-flight, fleet-wide lease lock with fencing, XFetch, cache-aside, request coalescing |
 
 #[cfg(feature = "redis")]
@@ -21,3 +22,6 @@ pub use turret_conditional as conditional;
 
 #[cfg(feature = "stampede")]
 pub use turret_stampede as stampede;
+
+#[cfg(feature = "cache")]
+pub use turret_cache as cache;

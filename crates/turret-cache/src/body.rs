@@ -1,0 +1,197 @@
+//! The response body of [`ResponseCache`](crate::ResponseCache).
+
+use std::{
+    collections::VecDeque,
+    fmt,
+    future::poll_fn,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The body of a response that went through the cache: the inner body streamed through
+    /// untouched, a body the cache buffered to store it, or a stored body.
+    pub struct ResponseBody<B: Body> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B: Body> {
+        Inner {
+            #[pin]
+            body: B,
+        },
+        Buffered {
+            chunks: VecDeque<Bytes>,
+            // An error the inner body returned while it was being buffered, after `chunks`.
+            error: Option<B::Error>,
+            trailers: Option<HeaderMap>,
+        },
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    pub(crate) fn inner(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+        }
+    }
+
+    pub(crate) fn full(data: Bytes) -> Self {
+        let mut chunks = VecDeque::new();
+        if !data.is_empty() {
+            chunks.push_back(data);
+        }
+        Self::buffered(chunks, None, None)
+    }
+
+    pub(crate) fn buffered(
+        chunks: VecDeque<Bytes>,
+        error: Option<B::Error>,
+        trailers: Option<HeaderMap>,
+    ) -> Self {
+        Self {
+            kind: Kind::Buffered {
+                chunks,
+                error,
+                trailers,
+            },
+        }
+    }
+}
+
+impl<B: Body> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Inner { .. } => "Inner",
+            Kind::Buffered { .. } => "Buffered",
+        };
+        f.debug_struct("ResponseBody").field("kind", &kind).finish()
+    }
+}
+
+fn to_bytes<D: Buf>(frame: Frame<D>) -> Frame<Bytes> {
+    frame.map_data(|mut d| d.copy_to_bytes(d.remaining()))
+}
+
+impl<B: Body> Body for ResponseBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx).map(|f| f.map(|r| r.map(to_bytes))),
+            KindProj::Buffered {
+                chunks,
+                error,
+                trailers,
+            } => {
+                if let Some(chunk) = chunks.pop_front() {
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                if let Some(e) = error.take() {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Buffered {
+                chunks,
+                error,
+                trailers,
+            } => chunks.is_empty() && error.is_none() && trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Buffered { chunks, .. } => {
+                SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
+            }
+        }
+    }
+}
+
+/// A body read to its end: the data, an error that stopped it, its trailers.
+pub(crate) struct Collected<B: Body> {
+    pub(crate) chunks: VecDeque<Bytes>,
+    pub(crate) error: Option<B::Error>,
+    pub(crate) trailers: Option<HeaderMap>,
+}
+
+impl<B: Body> Collected<B> {
+    /// The whole body as one buffer, when it ended cleanly without trailers.
+    pub(crate) fn storable_bytes(&self) -> Option<Bytes> {
+        if self.error.is_some() || self.trailers.is_some() {
+            return None;
+        }
+        Some(match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks[0].clone(),
+            _ => {
+                let len = self.chunks.iter().map(Bytes::len).sum();
+                let mut out = Vec::with_capacity(len);
+                for c in &self.chunks {
+                    out.extend_from_slice(c);
+                }
+                Bytes::from(out)
+            }
+        })
+    }
+
+    pub(crate) fn into_body(self) -> ResponseBody<B> {
+        ResponseBody::buffered(self.chunks, self.error, self.trailers)
+    }
+}
+
+/// Reads `body` to its end (the caller checked its exact size is within the limit).
+pub(crate) async fn collect<B: Body>(body: B) -> Collected<B> {
+    let mut body = std::pin::pin!(body);
+    let mut out = Collected {
+        chunks: VecDeque::new(),
+        error: None,
+        trailers: None,
+    };
+    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(mut data) => {
+                    let bytes = data.copy_to_bytes(data.remaining());
+                    if !bytes.is_empty() {
+                        out.chunks.push_back(bytes);
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        match &mut out.trailers {
+                            Some(all) => all.extend(t),
+                            None => out.trailers = Some(t),
+                        }
+                    }
+                }
+            },
+            Err(e) => {
+                out.error = Some(e);
+                break;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,459 @@
+//! [`CachedResponse`]: a stored response, its Vary secondary key, and its binary encoding.
+
+use std::{error::Error as StdError, fmt, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+
+use crate::freshness;
+
+/// A response as the cache stores it: status, header fields, body, the times the request was
+/// sent and the response received (for the age calculation of RFC 9111 §4.2.3), and the
+/// request's values of the fields its `Vary` names (the secondary key, RFC 9111 §4.1).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CachedResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    request_time: Duration,
+    response_time: Duration,
+    lifetime: Duration,
+    initial_age: Duration,
+    vary: Vec<(HeaderName, Option<Bytes>)>,
+}
+
+impl fmt::Debug for CachedResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .field("request_time", &self.request_time)
+            .field("response_time", &self.response_time)
+            .field("lifetime", &self.lifetime)
+            .field("initial_age", &self.initial_age)
+            .field("vary", &self.vary)
+            .finish()
+    }
+}
+
+impl CachedResponse {
+    /// A response to store; `request_headers` gives the secondary key for the fields its
+    /// `Vary` lists. Times are since the Unix epoch; `initial_age` is the corrected initial
+    /// age of RFC 9111 §4.2.3 and `lifetime` the freshness lifetime of §4.2.1.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        request_headers: &HeaderMap,
+        request_time: Duration,
+        response_time: Duration,
+        lifetime: Duration,
+        initial_age: Duration,
+    ) -> Self {
+        let mut vary: Vec<(HeaderName, Option<Bytes>)> = Vec::new();
+        for value in headers.get_all(header::VARY) {
+            for name in value.as_bytes().split(|&b| b == b',') {
+                if let Ok(name) = HeaderName::from_bytes(name.trim_ascii())
+                    && !vary.iter().any(|(n, _)| *n == name)
+                {
+                    let v = normalised(request_headers, &name);
+                    vary.push((name, v));
+                }
+            }
+        }
+        Self {
+            status,
+            headers,
+            body,
+            request_time,
+            response_time,
+            lifetime,
+            initial_age,
+            vary,
+        }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stored header fields.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// When the request that produced this response was sent (since the Unix epoch).
+    pub fn request_time(&self) -> Duration {
+        self.request_time
+    }
+
+    /// When the response was received (since the Unix epoch).
+    pub fn response_time(&self) -> Duration {
+        self.response_time
+    }
+
+    /// The freshness lifetime (RFC 9111 §4.2.1, or the layer's default TTL).
+    pub fn freshness_lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// The current age at `now` (RFC 9111 §4.2.3: corrected initial age + resident time).
+    pub fn age(&self, now: Duration) -> Duration {
+        self.initial_age
+            .saturating_add(now.saturating_sub(self.response_time))
+    }
+
+    /// Freshness left at `now`; `None` when stale (RFC 9111 §4.2).
+    pub fn ttl(&self, now: Duration) -> Option<Duration> {
+        self.lifetime
+            .checked_sub(self.age(now))
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Whether a request with `request_headers` selects this response (RFC 9111 §4.1): every
+    /// field named by `Vary` has the same value (lines combined, whitespace around commas
+    /// ignored), an absent field matches only an absent field, and `Vary: *` never matches.
+    pub fn matches(&self, request_headers: &HeaderMap) -> bool {
+        !freshness::vary_has_star(&self.headers)
+            && self
+                .vary
+                .iter()
+                .all(|(name, stored)| normalised(request_headers, name) == *stored)
+    }
+
+    /// Whether `other` has the same Vary secondary key (so it replaces this one).
+    pub(crate) fn same_secondary_key(&self, other: &CachedResponse) -> bool {
+        self.vary == other.vary
+    }
+
+    /// An estimate of the memory this entry holds, in bytes.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        let vary: usize = self
+            .vary
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, Bytes::len) + 32)
+            .sum();
+        std::mem::size_of::<Self>() + headers + vary + self.body.len()
+    }
+
+    /// The compact binary form (length-prefixed, versioned), for storages that keep bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.weight());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        put_varint(&mut out, millis(self.request_time));
+        put_varint(&mut out, millis(self.response_time));
+        put_varint(&mut out, millis(self.lifetime));
+        put_varint(&mut out, millis(self.initial_age));
+        put_varint(&mut out, self.headers.len() as u64);
+        for (name, value) in &self.headers {
+            put_bytes(&mut out, name.as_str().as_bytes());
+            put_bytes(&mut out, value.as_bytes());
+        }
+        put_varint(&mut out, self.vary.len() as u64);
+        for (name, value) in &self.vary {
+            put_bytes(&mut out, name.as_str().as_bytes());
+            match value {
+                None => out.push(0),
+                Some(v) => {
+                    out.push(1);
+                    put_bytes(&mut out, v);
+                }
+            }
+        }
+        put_bytes(&mut out, &self.body);
+        out
+    }
+
+    /// Reads what [`encode`](Self::encode) wrote. Corrupt, truncated or foreign bytes give
+    /// an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(bytes);
+        if r.take(MAGIC.len())? != MAGIC {
+            return Err(DecodeError("not a turret cache entry (bad magic)"));
+        }
+        let status = u16::from_be_bytes([r.byte()?, r.byte()?]);
+        let status = StatusCode::from_u16(status).map_err(|_| DecodeError("invalid status"))?;
+        let request_time = Duration::from_millis(r.varint()?);
+        let response_time = Duration::from_millis(r.varint()?);
+        let lifetime = Duration::from_millis(r.varint()?);
+        let initial_age = Duration::from_millis(r.varint()?);
+        let count = r.count()?;
+        let mut headers = HeaderMap::with_capacity(count.min(64));
+        for _ in 0..count {
+            let name = HeaderName::from_bytes(r.bytes()?)
+                .map_err(|_| DecodeError("invalid header name"))?;
+            let value = HeaderValue::from_bytes(r.bytes()?)
+                .map_err(|_| DecodeError("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let count = r.count()?;
+        let mut vary = Vec::with_capacity(count.min(16));
+        for _ in 0..count {
+            let name =
+                HeaderName::from_bytes(r.bytes()?).map_err(|_| DecodeError("invalid vary name"))?;
+            let value = match r.byte()? {
+                0 => None,
+                1 => Some(Bytes::copy_from_slice(r.bytes()?)),
+                _ => return Err(DecodeError("invalid vary flag")),
+            };
+            vary.push((name, value));
+        }
+        let body = Bytes::copy_from_slice(r.bytes()?);
+        if !r.0.is_empty() {
+            return Err(DecodeError("trailing bytes"));
+        }
+        Ok(Self {
+            status,
+            headers,
+            body,
+            request_time,
+            response_time,
+            lifetime,
+            initial_age,
+            vary,
+        })
+    }
+}
+
+/// The request's value of `name` for Vary matching: all lines combined, members trimmed.
+fn normalised(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    let mut out = Vec::new();
+    for value in values {
+        for member in value.as_bytes().split(|&b| b == b',') {
+            if !out.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(member.trim_ascii());
+        }
+    }
+    Some(Bytes::from(out))
+}
+
+const MAGIC: &[u8] = b"TRC\x01";
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.0.len() {
+            return Err(DecodeError("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut n: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(DecodeError("varint overflow"));
+            }
+            n |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(DecodeError("varint overflow"))
+    }
+
+    /// A length or count that cannot exceed the bytes left (each item takes at least one).
+    fn count(&mut self) -> Result<usize, DecodeError> {
+        let n = self.varint()?;
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= self.0.len())
+            .ok_or(DecodeError("length exceeds input"))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.count()?;
+        self.take(n)
+    }
+}
+
+/// Bytes that are not a [`CachedResponse`] in the current encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(&'static str);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "corrupt cache entry: {}", self.0)
+    }
+}
+
+impl StdError for DecodeError {}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn sample() -> CachedResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.append(
+            header::VARY,
+            HeaderValue::from_static("Accept-Encoding, accept-language"),
+        );
+        headers.append(
+            HeaderName::from_static("x-multi"),
+            HeaderValue::from_static("a"),
+        );
+        headers.append(
+            HeaderName::from_static("x-multi"),
+            HeaderValue::from_static("b"),
+        );
+        let mut req = HeaderMap::new();
+        req.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, br"),
+        );
+        CachedResponse::new(
+            StatusCode::OK,
+            headers,
+            Bytes::from_static(b"hello"),
+            &req,
+            Duration::from_millis(1_700_000_000_123),
+            Duration::from_millis(1_700_000_000_456),
+            Duration::from_secs(60),
+            Duration::from_secs(3),
+        )
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        let e = sample();
+        assert_eq!(CachedResponse::decode(&e.encode()), Ok(e));
+    }
+
+    #[test]
+    fn truncated_or_foreign_bytes_are_errors() {
+        let bytes = sample().encode();
+        for n in 0..bytes.len() {
+            assert!(CachedResponse::decode(&bytes[..n]).is_err(), "prefix {n}");
+        }
+        assert!(CachedResponse::decode(b"{\"json\":true}").is_err());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(CachedResponse::decode(&long).is_err());
+    }
+
+    #[test]
+    fn vary_matches_same_values_whitespace_insensitive_rfc9111_4_1() {
+        let e = sample();
+        let mut req = HeaderMap::new();
+        req.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip,br"));
+        assert!(e.matches(&req));
+        req.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br"));
+        assert!(!e.matches(&req));
+    }
+
+    #[test]
+    fn vary_absent_matches_only_absent_rfc9111_4_1() {
+        let e = sample();
+        let mut req = HeaderMap::new();
+        req.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, br"),
+        );
+        req.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("en"));
+        // Accept-Language was absent when stored.
+        assert!(!e.matches(&req));
+        assert!(!e.matches(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn vary_star_never_matches_rfc9111_4_1() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::VARY, HeaderValue::from_static("accept, *"));
+        let e = CachedResponse::new(
+            StatusCode::OK,
+            headers,
+            Bytes::new(),
+            &HeaderMap::new(),
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        assert!(!e.matches(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn age_and_ttl_follow_resident_time_rfc9111_4_2_3() {
+        let e = sample();
+        let received = e.response_time();
+        assert_eq!(e.age(received), Duration::from_secs(3));
+        assert_eq!(
+            e.ttl(received + Duration::from_secs(7)),
+            Some(Duration::from_secs(50))
+        );
+        assert_eq!(e.ttl(received + Duration::from_secs(57)), None);
+        assert_eq!(e.ttl(received + Duration::from_secs(600)), None);
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_any_bytes_does_not_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = CachedResponse::decode(&bytes);
+        }
+
+        #[test]
+        fn decoding_a_corrupted_entry_does_not_panic(i in 0usize..4096, b in any::<u8>()) {
+            let mut bytes = sample().encode();
+            let i = i % bytes.len();
+            bytes[i] = b;
+            if let Ok(e) = CachedResponse::decode(&bytes) {
+                // Whatever decodes is a whole entry again.
+                prop_assert_eq!(CachedResponse::decode(&e.encode()), Ok(e));
+            }
+        }
+
+        #[test]
+        fn any_body_and_times_round_trip(body in prop::collection::vec(any::<u8>(), 0..512), t in any::<u64>(), s in 100u16..1000) {
+            let e = CachedResponse::new(StatusCode::from_u16(s).unwrap(), HeaderMap::new(), Bytes::from(body), &HeaderMap::new(), Duration::from_millis(t), Duration::from_millis(t / 2), Duration::from_millis(t / 3), Duration::from_millis(t / 5));
+            prop_assert_eq!(CachedResponse::decode(&e.encode()), Ok(e));
+        }
+    }
+}

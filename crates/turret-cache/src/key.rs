@@ -1,0 +1,139 @@
+//! The primary cache key (RFC 9111 §2): scheme, host, path and normalised query.
+
+use http::{HeaderMap, Uri, header};
+
+/// The key of the request target: `scheme://host[:port]/path?query`, method-independent.
+/// The host comes from the URI authority or else the `Host` field, lower-cased, and is always
+/// part of the key; the query's parameters are sorted by name (stable, so repeated names keep
+/// their order) and empty ones dropped.
+pub(crate) fn primary_key(uri: &Uri, headers: &HeaderMap) -> String {
+    let host = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    build(
+        uri.scheme_str().unwrap_or("http"),
+        host,
+        uri.path(),
+        uri.query(),
+    )
+}
+
+fn build(scheme: &str, host: &str, path: &str, query: Option<&str>) -> String {
+    let host = host.rsplit('@').next().unwrap_or(host);
+    let mut key = String::with_capacity(scheme.len() + host.len() + path.len() + 8);
+    key.push_str(&scheme.to_ascii_lowercase());
+    key.push_str("://");
+    key.push_str(&host.to_ascii_lowercase());
+    key.push_str(if path.is_empty() { "/" } else { path });
+    if let Some(query) = query {
+        let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+        params.sort_by_key(|p| p.split('=').next().unwrap_or(p));
+        for (i, p) in params.iter().enumerate() {
+            key.push(if i == 0 { '?' } else { '&' });
+            key.push_str(p);
+        }
+    }
+    key
+}
+
+/// The key of a `Location` / `Content-Location` value when it names the same origin as the
+/// request (RFC 9111 §4.4: never invalidate across origins).
+pub(crate) fn same_origin_key(request_key_origin: (&str, &str), location: &str) -> Option<String> {
+    let uri: Uri = location.parse().ok()?;
+    let (scheme, host) = request_key_origin;
+    match uri.authority() {
+        None => {
+            let path = uri.path();
+            path.starts_with('/')
+                .then(|| build(scheme, host, path, uri.query()))
+        }
+        Some(authority) => {
+            let same = uri
+                .scheme_str()
+                .unwrap_or(scheme)
+                .eq_ignore_ascii_case(scheme)
+                && authority.as_str().eq_ignore_ascii_case(host);
+            same.then(|| build(scheme, host, uri.path(), uri.query()))
+        }
+    }
+}
+
+/// The scheme and host used in a request's key.
+pub(crate) fn origin<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> (&'a str, &'a str) {
+    let host = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    (uri.scheme_str().unwrap_or("http"), host)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn key(uri: &str, host: Option<&'static str>) -> String {
+        let mut h = HeaderMap::new();
+        if let Some(host) = host {
+            h.insert(header::HOST, HeaderValue::from_static(host));
+        }
+        primary_key(&uri.parse().unwrap(), &h)
+    }
+
+    #[test]
+    fn host_is_always_part_of_the_key() {
+        assert_eq!(key("/a", Some("Example.com")), "http://example.com/a");
+        assert_ne!(key("/a", Some("a.example")), key("/a", Some("b.example")));
+        assert_eq!(
+            key("https://x.example:8443/a", None),
+            "https://x.example:8443/a"
+        );
+    }
+
+    #[test]
+    fn query_parameters_are_sorted_by_name_stably() {
+        assert_eq!(key("/p?b=2&a=1&&a=0", Some("h")), "http://h/p?a=1&a=0&b=2");
+        assert_eq!(key("/p?b=2&a=1", Some("h")), key("/p?a=1&b=2", Some("h")));
+        assert_ne!(key("/p?a=1", Some("h")), key("/p?a=2", Some("h")));
+        assert_ne!(key("/p", Some("h")), key("/q", Some("h")));
+    }
+
+    #[test]
+    fn location_invalidation_stays_on_the_origin_rfc9111_4_4() {
+        let o = ("http", "h.example");
+        assert_eq!(
+            same_origin_key(o, "/items/1").as_deref(),
+            Some("http://h.example/items/1")
+        );
+        assert_eq!(
+            same_origin_key(o, "http://H.example/x?b&a").as_deref(),
+            Some("http://h.example/x?a&b")
+        );
+        assert_eq!(same_origin_key(o, "http://evil.example/x"), None);
+        assert_eq!(same_origin_key(o, "https://h.example/x"), None);
+        assert_eq!(same_origin_key(o, "relative"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn parameter_order_does_not_change_the_key(params in prop::collection::btree_map("[a-z]{1,4}", "[a-z0-9]{0,4}", 0..6), seed in any::<u64>()) {
+            let pairs: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut shuffled = pairs.clone();
+            let len = shuffled.len().max(1);
+            shuffled.rotate_left((seed as usize) % len);
+            let a = key(&format!("/p?{}", pairs.join("&")), Some("h"));
+            let b = key(&format!("/p?{}", shuffled.join("&")), Some("h"));
+            prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn any_location_value_does_not_panic(location in ".{0,64}") {
+            let _ = same_origin_key(("http", "h"), &location);
+        }
+    }
+}

@@ -1,0 +1,774 @@
+//! Layer tests: `service_fn` origins that count their calls, driven with `oneshot`.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+
+use crate::{
+    CacheStorage, CachedResponse, FakeClock, ResponseBody, ResponseCacheLayer, StorageError,
+    StorageFuture, Variants,
+};
+
+const T0: Duration = Duration::from_secs(1_700_000_000);
+
+type Headers = &'static [(&'static str, &'static str)];
+
+/// An origin answering `200` with `headers` and a body naming the call number.
+fn origin(
+    calls: Arc<AtomicUsize>,
+    status: u16,
+    headers: Headers,
+) -> impl Service<
+    Request<()>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |_req: Request<()>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let mut res = Response::new(Full::from(format!("body {n}")));
+            *res.status_mut() = StatusCode::from_u16(status).unwrap();
+            for (k, v) in headers {
+                res.headers_mut().append(*k, HeaderValue::from_static(v));
+            }
+            Ok::<_, Infallible>(res)
+        }
+    })
+}
+
+fn layer(clock: &FakeClock) -> ResponseCacheLayer {
+    ResponseCacheLayer::new().clock(clock.clone())
+}
+
+fn get(uri: &str) -> Request<()> {
+    Request::get(uri)
+        .header(header::HOST, "shop.example")
+        .body(())
+        .unwrap()
+}
+
+fn with(method: Method, uri: &str, headers: Headers) -> Request<()> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::HOST, "shop.example");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(()).unwrap()
+}
+
+async fn text<B: Body>(res: Response<ResponseBody<B>>) -> String
+where
+    B::Error: std::fmt::Debug,
+{
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn field<B>(res: &Response<B>, name: &str) -> String {
+    res.headers()
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[tokio::test]
+async fn second_get_is_served_from_cache_with_age_and_cache_status() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new().layer(layer(&clock)).service(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+
+    let res = svc.clone().oneshot(get("/products")).await.unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=miss; stored");
+    assert_eq!(field(&res, "x-cache"), "MISS");
+    assert_eq!(text(res).await, "body 1");
+
+    clock.advance(Duration::from_secs(10));
+    let res = svc.clone().oneshot(get("/products")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(field(&res, "cache-status"), "turret; hit; ttl=50");
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    // RFC 9111 §4.2.3, §5.1: Age on every reuse.
+    assert_eq!(field(&res, "age"), "10");
+    assert_eq!(field(&res, "cache-control"), "max-age=60");
+    assert_eq!(text(res).await, "body 1");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn upstream_age_counts_toward_freshness_rfc9111_4_2_3() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60"), ("age", "50")],
+    ));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "age"), "50");
+    assert_eq!(field(&res, "cache-status"), "turret; hit; ttl=10");
+    clock.advance(Duration::from_secs(10));
+    let res = svc.oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=stale; stored");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn stale_entry_is_a_miss_rfc9111_4_2() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    clock.advance(Duration::from_secs(60));
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=stale; stored");
+    assert_eq!(text(res).await, "body 2");
+    let res = svc.oneshot(get("/a")).await.unwrap();
+    assert_eq!(text(res).await, "body 2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn forbidden_responses_are_never_stored_rfc9111_3() {
+    let cases: [(&str, u16, Headers); 8] = [
+        (
+            "no-store",
+            200,
+            &[("cache-control", "max-age=60, no-store")],
+        ),
+        ("private", 200, &[("cache-control", "private, max-age=60")]),
+        ("429 (RFC 6585)", 429, &[("cache-control", "max-age=60")]),
+        (
+            "set-cookie",
+            200,
+            &[("cache-control", "max-age=60"), ("set-cookie", "sid=1")],
+        ),
+        ("no freshness", 200, &[]),
+        (
+            "no-cache",
+            200,
+            &[("cache-control", "no-cache, max-age=60")],
+        ),
+        ("invalid max-age", 200, &[("cache-control", "max-age=1.5")]),
+        (
+            "duplicate max-age",
+            200,
+            &[("cache-control", "max-age=60, max-age=60")],
+        ),
+    ];
+    for (name, status, headers) in cases {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = layer(&FakeClock::new(T0)).layer(origin(calls.clone(), status, headers));
+        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "{name}");
+        assert_eq!(field(&res, "cache-status"), "turret; fwd=miss", "{name}");
+        let res = svc.oneshot(get("/a")).await.unwrap();
+        assert_eq!(field(&res, "x-cache"), "MISS", "{name}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn authorization_requests_are_reused_only_when_allowed_rfc9111_3_5() {
+    for (cc, stored) in [
+        ("max-age=60", false),
+        ("public, max-age=60", true),
+        ("s-maxage=60", true),
+    ] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let headers: Headers = match cc {
+            "max-age=60" => &[("cache-control", "max-age=60")],
+            "public, max-age=60" => &[("cache-control", "public, max-age=60")],
+            _ => &[("cache-control", "s-maxage=60")],
+        };
+        let svc = layer(&FakeClock::new(T0)).layer(origin(calls.clone(), 200, headers));
+        let authed = || with(Method::GET, "/me", &[("authorization", "Bearer x")]);
+        svc.clone().oneshot(authed()).await.unwrap();
+        svc.oneshot(authed()).await.unwrap();
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            if stored { 1 } else { 2 },
+            "{cc}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn vary_mismatch_is_a_miss_and_each_variant_is_kept_rfc9111_4_1() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+    ));
+    let lang = |l: &'static str| {
+        with(
+            Method::GET,
+            "/a",
+            if l == "en" {
+                &[("accept-language", "en")]
+            } else {
+                &[("accept-language", "fr")]
+            },
+        )
+    };
+    assert_eq!(
+        text(svc.clone().oneshot(lang("en")).await.unwrap()).await,
+        "body 1"
+    );
+    let res = svc.clone().oneshot(lang("fr")).await.unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=vary-miss; stored");
+    assert_eq!(text(res).await, "body 2");
+    // An absent field matches only an absent field.
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(text(res).await, "body 3");
+    assert_eq!(
+        text(svc.clone().oneshot(lang("en")).await.unwrap()).await,
+        "body 1"
+    );
+    assert_eq!(
+        text(svc.clone().oneshot(lang("fr")).await.unwrap()).await,
+        "body 2"
+    );
+    assert_eq!(text(svc.oneshot(get("/a")).await.unwrap()).await, "body 3");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn vary_star_never_hits_rfc9111_4_1() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60"), ("vary", "accept, *")],
+    ));
+    for _ in 0..3 {
+        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        assert_eq!(field(&res, "x-cache"), "MISS");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn successful_unsafe_methods_invalidate_the_target_rfc9111_4_4() {
+    let unknown = Method::from_bytes(b"M-SEARCH").unwrap();
+    for method in [
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        unknown,
+    ] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = layer(&FakeClock::new(T0)).layer(origin(
+            calls.clone(),
+            200,
+            &[("cache-control", "max-age=60")],
+        ));
+        svc.clone().oneshot(get("/products?b=2&a=1")).await.unwrap();
+        svc.clone().oneshot(get("/products?a=1&b=2")).await.unwrap();
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "{method}: normalised query shares the key"
+        );
+        let res = svc
+            .clone()
+            .oneshot(with(method.clone(), "/products?a=1&b=2", &[]))
+            .await
+            .unwrap();
+        assert_eq!(field(&res, "cache-status"), "turret; fwd=method");
+        let res = svc.oneshot(get("/products?a=1&b=2")).await.unwrap();
+        assert_eq!(field(&res, "x-cache"), "MISS", "{method}");
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "{method}");
+    }
+}
+
+#[tokio::test]
+async fn failed_unsafe_methods_and_other_hosts_do_not_invalidate() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).layer(origin(
+        calls.clone(),
+        400,
+        &[("cache-control", "max-age=60")],
+    ));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    svc.clone()
+        .oneshot(with(Method::POST, "/a", &[]))
+        .await
+        .unwrap();
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    let other_host = Request::post("/a")
+        .header(header::HOST, "other.example")
+        .body(())
+        .unwrap();
+    svc.clone().oneshot(other_host).await.unwrap();
+    let res = svc.oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+}
+
+#[tokio::test]
+async fn same_origin_location_is_invalidated_too_rfc9111_4_4() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).layer(origin(
+        calls.clone(),
+        201,
+        &[
+            ("cache-control", "max-age=60"),
+            ("location", "/products/7"),
+            ("content-location", "http://evil.example/products"),
+        ],
+    ));
+    svc.clone().oneshot(get("/products/7")).await.unwrap();
+    svc.clone()
+        .oneshot(with(Method::POST, "/products", &[]))
+        .await
+        .unwrap();
+    let res = svc.oneshot(get("/products/7")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "MISS");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn head_is_answered_from_a_stored_get_without_body() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    // A HEAD miss does not fill: it has no body.
+    svc.clone()
+        .oneshot(with(Method::HEAD, "/a", &[]))
+        .await
+        .unwrap();
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = svc.oneshot(with(Method::HEAD, "/a", &[])).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    assert_eq!(field(&res, "content-length"), "6");
+    assert_eq!(text(res).await, "");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn request_no_store_bypasses_and_no_cache_refreshes_rfc9111_5_2_1() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    let res = svc
+        .clone()
+        .oneshot(with(Method::GET, "/a", &[("cache-control", "no-store")]))
+        .await
+        .unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=request");
+    // Nothing was stored.
+    let res = svc
+        .clone()
+        .oneshot(with(Method::GET, "/a", &[("cache-control", "no-cache")]))
+        .await
+        .unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=request; stored");
+    assert_eq!(text(res).await, "body 2");
+    let res = svc.oneshot(get("/a")).await.unwrap();
+    assert_eq!(text(res).await, "body 2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn default_ttl_stores_responses_without_caching_headers() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let clock = FakeClock::new(T0);
+    let svc = layer(&clock)
+        .default_ttl(Duration::from_secs(300))
+        .layer(origin(calls.clone(), 200, &[]));
+    svc.clone().oneshot(get("/categories")).await.unwrap();
+    clock.advance(Duration::from_secs(299));
+    let res = svc.clone().oneshot(get("/categories")).await.unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; hit; ttl=1");
+    clock.advance(Duration::from_secs(1));
+    svc.oneshot(get("/categories")).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn qualified_private_field_is_stripped_from_storage_only_rfc9111_5_2_2_7() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).layer(origin(
+        calls.clone(),
+        200,
+        &[
+            ("cache-control", "max-age=60, private=\"x-user\""),
+            ("x-user", "alice"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+        ],
+    ));
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-user"), "alice");
+    let res = svc.oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    assert!(!res.headers().contains_key("x-user"));
+    // RFC 9111 §3.1: Connection and the fields it lists are not stored.
+    assert!(!res.headers().contains_key("x-hop"));
+    assert!(!res.headers().contains_key(header::CONNECTION));
+}
+
+#[tokio::test]
+async fn upstream_cache_status_is_kept_rfc9211_2() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).layer(origin(
+        calls,
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("cache-status", "origin-cdn; hit"),
+        ],
+    ));
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(
+        field(&res, "cache-status"),
+        "origin-cdn; hit, turret; fwd=miss; stored"
+    );
+    let res = svc.oneshot(get("/a")).await.unwrap();
+    assert_eq!(
+        field(&res, "cache-status"),
+        "origin-cdn; hit, turret; hit; ttl=60"
+    );
+}
+
+#[tokio::test]
+async fn over_size_response_passes_through_and_is_not_stored() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).max_entry_size(5).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    assert_eq!(
+        text(svc.clone().oneshot(get("/a")).await.unwrap()).await,
+        "body 1"
+    );
+    assert_eq!(text(svc.oneshot(get("/a")).await.unwrap()).await, "body 2");
+}
+
+/// A body whose chunks arrive on a channel: unknown size, like SSE.
+struct Streaming(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for Streaming {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+#[tokio::test]
+async fn streaming_body_passes_through_chunk_by_chunk() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
+    let counter = calls.clone();
+    let svc = layer(&FakeClock::new(T0)).layer(service_fn(move |_req: Request<()>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let rx = rx.lock().unwrap().take();
+        async move {
+            let mut res = Response::new(Streaming(
+                rx.unwrap_or_else(|| tokio::sync::mpsc::channel(1).1),
+            ));
+            res.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=60"),
+            );
+            Ok::<_, Infallible>(res)
+        }
+    }));
+    let res = svc.clone().oneshot(get("/events")).await.unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=miss");
+    let mut body = res.into_body();
+    for chunk in ["data: 1\n\n", "data: 2\n\n"] {
+        tx.send(Bytes::from(chunk)).await.unwrap();
+        // Each chunk arrives before the next one is sent: nothing is buffered.
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), chunk);
+    }
+    drop(tx);
+    assert!(body.frame().await.is_none());
+    svc.oneshot(get("/events")).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_misses_share_one_inner_call() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = layer(&FakeClock::new(T0)).layer(service_fn(move |_req: Request<()>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut res = Response::new(Full::<Bytes>::from("shared"));
+            res.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=60"),
+            );
+            Ok::<_, Infallible>(res)
+        }
+    }));
+    let requests = (0..20).map(|_| svc.clone().oneshot(get("/hot")));
+    let responses = futures_join_all(requests).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let mut collapsed = 0;
+    for res in responses {
+        let res = res.unwrap();
+        if field(&res, "cache-status").ends_with("collapsed") {
+            collapsed += 1;
+        }
+        assert_eq!(text(res).await, "shared");
+    }
+    assert_eq!(collapsed, 19);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_uncacheable_fill_releases_the_waiters_to_call_themselves() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = layer(&FakeClock::new(T0)).layer(service_fn(move |_req: Request<()>| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut res = Response::new(Full::<Bytes>::from(format!("private {n}")));
+            res.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+            Ok::<_, Infallible>(res)
+        }
+    }));
+    let responses = futures_join_all((0..5).map(|_| svc.clone().oneshot(get("/me")))).await;
+    let mut bodies = Vec::new();
+    for res in responses {
+        bodies.push(text(res.unwrap()).await);
+    }
+    bodies.sort();
+    bodies.dedup();
+    // Nobody got somebody else's private response.
+    assert_eq!(bodies.len(), 5);
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
+/// Awaits every future concurrently (the futures are spawned, so they make progress together).
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn inner_errors_pass_through_unchanged() {
+    let svc = layer(&FakeClock::new(T0)).layer(service_fn(|_req: Request<()>| async {
+        Err::<Response<Full<Bytes>>, _>("origin down")
+    }));
+    let err = svc.oneshot(get("/a")).await.unwrap_err();
+    assert_eq!(err, "origin down");
+}
+
+/// A storage that answers asynchronously and always fails.
+#[derive(Debug)]
+struct Broken;
+
+impl CacheStorage for Broken {
+    fn get(&self, _: &str) -> StorageFuture<Variants> {
+        StorageFuture::new(async { Err(StorageError::new("down")) })
+    }
+    fn put(&self, _: &str, _: Arc<CachedResponse>, _: Duration) -> StorageFuture<()> {
+        StorageFuture::new(async { Err(StorageError::new("down")) })
+    }
+    fn invalidate(&self, _: &str) -> StorageFuture<()> {
+        StorageFuture::ready(Err(StorageError::new("down")))
+    }
+}
+
+#[tokio::test]
+async fn a_failing_storage_means_misses_not_errors() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ResponseCacheLayer::with_storage(Broken).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    for _ in 0..2 {
+        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        assert_eq!(field(&res, "cache-status"), "turret; fwd=miss");
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let res = svc.oneshot(with(Method::DELETE, "/a", &[])).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn without_coalescing_misses_still_fill() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).coalesce(false).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = svc.oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn request_max_age_and_min_fresh_narrow_reuse_rfc9111_5_2_1() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    clock.advance(Duration::from_secs(30));
+    // Age 30 is within max-age=30; 30 s of freshness left satisfies min-fresh=30.
+    let res = svc
+        .clone()
+        .oneshot(with(
+            Method::GET,
+            "/a",
+            &[("cache-control", "max-age=30, min-fresh=30")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    let res = svc
+        .clone()
+        .oneshot(with(Method::GET, "/a", &[("cache-control", "max-age=29")]))
+        .await
+        .unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=request; stored");
+    clock.advance(Duration::from_secs(1));
+    let res = svc
+        .clone()
+        .oneshot(with(
+            Method::GET,
+            "/a",
+            &[("cache-control", "min-fresh=60")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=request; stored");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn only_if_cached_gets_504_when_nothing_fits_rfc9111_5_2_1_7() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    let only = || with(Method::GET, "/a", &[("cache-control", "only-if-cached")]);
+    let res = svc.clone().oneshot(only()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(!res.headers().contains_key("cache-status"));
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = svc.oneshot(only()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn the_application_can_invalidate_a_uri() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cache = layer(&FakeClock::new(T0));
+    let svc = cache.layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    svc.clone()
+        .oneshot(get("/products?sort=price&page=2"))
+        .await
+        .unwrap();
+    cache
+        .invalidate(
+            &"http://other.example/products?page=2&sort=price"
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let res = svc
+        .clone()
+        .oneshot(get("/products?sort=price&page=2"))
+        .await
+        .unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    cache
+        .invalidate(
+            &"http://Shop.example/products?page=2&sort=price"
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let res = svc
+        .oneshot(get("/products?sort=price&page=2"))
+        .await
+        .unwrap();
+    assert_eq!(field(&res, "x-cache"), "MISS");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
