@@ -43,6 +43,11 @@ fn service(
     )))
 }
 
+/// The status of one request from `ip`.
+async fn status(svc: &Svc, ip: &str) -> StatusCode {
+    svc.clone().oneshot(get(ip)).await.unwrap().status()
+}
+
 fn get(ip: &str) -> Request<String> {
     let mut r = Request::new(String::new());
     r.extensions_mut()
@@ -217,20 +222,9 @@ async fn a_refused_client_is_refused_locally_until_its_retry_time() {
     let layer = RateLimitLayer::new(Quota::per_hour(1))
         .backend(RedisBackend::new(redis(&server.url()).await));
     let svc = service(layer, Arc::default());
+    assert_eq!(status(&svc, "192.0.2.1").await, StatusCode::OK);
     assert_eq!(
-        svc.clone()
-            .oneshot(get("192.0.2.1"))
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        svc.clone()
-            .oneshot(get("192.0.2.1"))
-            .await
-            .unwrap()
-            .status(),
+        status(&svc, "192.0.2.1").await,
         StatusCode::TOO_MANY_REQUESTS
     );
     // Redis is gone, yet the offender is still refused (fail-open would have let it pass).
@@ -267,14 +261,7 @@ async fn redis_stopped_fail_open_passes_fail_closed_refuses_both_fast_then_limit
     let open = redis_down_layer(&server, FailureMode::Open, false).await;
     let closed = redis_down_layer(&server, FailureMode::Closed, false).await;
     for svc in [&open, &closed] {
-        assert_eq!(
-            svc.clone()
-                .oneshot(get("192.0.2.7"))
-                .await
-                .unwrap()
-                .status(),
-            StatusCode::OK
-        );
+        assert_eq!(status(svc, "192.0.2.7").await, StatusCode::OK);
     }
     server.stop();
     // Until the breaker opens each request may wait for the command timeout; afterwards
@@ -286,14 +273,8 @@ async fn redis_stopped_fail_open_passes_fail_closed_refuses_both_fast_then_limit
     let start = Instant::now();
     for i in 0..100 {
         let ip = format!("198.51.100.{i}");
-        assert_eq!(
-            open.clone().oneshot(get(&ip)).await.unwrap().status(),
-            StatusCode::OK
-        );
-        assert_eq!(
-            closed.clone().oneshot(get(&ip)).await.unwrap().status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert_eq!(status(&open, &ip).await, StatusCode::OK);
+        assert_eq!(status(&closed, &ip).await, StatusCode::SERVICE_UNAVAILABLE);
     }
     let elapsed = start.elapsed();
     assert!(
@@ -309,13 +290,7 @@ async fn redis_stopped_fail_open_passes_fail_closed_refuses_both_fast_then_limit
     while Instant::now() < deadline {
         statuses.clear();
         for _ in 0..4 {
-            statuses.push(
-                open.clone()
-                    .oneshot(get("192.0.2.99"))
-                    .await
-                    .unwrap()
-                    .status(),
-            );
+            statuses.push(status(&open, "192.0.2.99").await);
         }
         if statuses.contains(&StatusCode::TOO_MANY_REQUESTS) {
             break;
@@ -335,13 +310,7 @@ async fn redis_stopped_with_fallback_limits_locally() {
     server.stop();
     let mut statuses = Vec::new();
     for _ in 0..6 {
-        statuses.push(
-            svc.clone()
-                .oneshot(get("192.0.2.8"))
-                .await
-                .unwrap()
-                .status(),
-        );
+        statuses.push(status(&svc, "192.0.2.8").await);
     }
     let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
     assert_eq!(ok, 3, "{statuses:?}");
