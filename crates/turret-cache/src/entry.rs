@@ -20,6 +20,7 @@ pub struct CachedResponse {
     lifetime: Duration,
     initial_age: Duration,
     vary: Vec<(HeaderName, Option<Bytes>)>,
+    tags: Vec<String>,
 }
 
 impl fmt::Debug for CachedResponse {
@@ -33,6 +34,7 @@ impl fmt::Debug for CachedResponse {
             .field("lifetime", &self.lifetime)
             .field("initial_age", &self.initial_age)
             .field("vary", &self.vary)
+            .field("tags", &self.tags)
             .finish()
     }
 }
@@ -72,6 +74,52 @@ impl CachedResponse {
             lifetime,
             initial_age,
             vary,
+            tags: Vec::new(),
+        }
+    }
+
+    /// This response with its invalidation tags (see [`tags`](Self::tags)).
+    pub(crate) fn with_tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// The invalidation tags this response was stored with (from the policy or a
+    /// `Surrogate-Key` / `Cache-Tag` response field); a storage indexes them so that
+    /// [`CacheStorage::invalidate_tag`](crate::CacheStorage::invalidate_tag) finds it.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// A copy that is stale from `at` on (a soft purge): its freshness lifetime is cut to
+    /// its age at `at`, so it can still be served stale (RFC 5861) or revalidated, never as
+    /// fresh. Unchanged when it was already stale by then.
+    pub fn stale_at(&self, at: Duration) -> CachedResponse {
+        let mut out = self.clone();
+        out.lifetime = self.lifetime.min(self.age(at));
+        out
+    }
+
+    /// A copy with the header fields and times of a revalidation (RFC 9111 §4.3.4): the
+    /// stored fields are updated from the 304 (`headers`), the body and Vary key are kept.
+    pub(crate) fn revalidated(
+        &self,
+        headers: HeaderMap,
+        request_time: Duration,
+        response_time: Duration,
+        lifetime: Duration,
+        initial_age: Duration,
+    ) -> CachedResponse {
+        CachedResponse {
+            status: self.status,
+            headers,
+            body: self.body.clone(),
+            request_time,
+            response_time,
+            lifetime,
+            initial_age,
+            vary: self.vary.clone(),
+            tags: self.tags.clone(),
         }
     }
 
@@ -146,7 +194,8 @@ impl CachedResponse {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, Bytes::len) + 32)
             .sum();
-        std::mem::size_of::<Self>() + headers + vary + self.body.len()
+        let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
+        std::mem::size_of::<Self>() + headers + vary + tags + self.body.len()
     }
 
     /// The compact binary form (length-prefixed, versioned), for storages that keep bytes.
@@ -173,6 +222,10 @@ impl CachedResponse {
                     put_bytes(&mut out, v);
                 }
             }
+        }
+        put_varint(&mut out, self.tags.len() as u64);
+        for tag in &self.tags {
+            put_bytes(&mut out, tag.as_bytes());
         }
         put_bytes(&mut out, &self.body);
         out
@@ -212,6 +265,12 @@ impl CachedResponse {
             };
             vary.push((name, value));
         }
+        let count = r.count()?;
+        let mut tags = Vec::with_capacity(count.min(16));
+        for _ in 0..count {
+            let tag = std::str::from_utf8(r.bytes()?).map_err(|_| DecodeError("invalid tag"))?;
+            tags.push(tag.to_owned());
+        }
         let body = Bytes::copy_from_slice(r.bytes()?);
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
@@ -225,6 +284,7 @@ impl CachedResponse {
             lifetime,
             initial_age,
             vary,
+            tags,
         })
     }
 }
@@ -245,7 +305,8 @@ fn normalised(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
-const MAGIC: &[u8] = b"TRC\x01";
+/// "TRC" and the encoding version (2: tags).
+const MAGIC: &[u8] = b"TRC\x02";
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -359,6 +420,22 @@ mod tests {
             Duration::from_secs(60),
             Duration::from_secs(3),
         )
+        .with_tags(vec!["products".into(), "product:7".into()])
+    }
+
+    #[test]
+    fn soft_purge_makes_the_copy_stale_from_then_on() {
+        let e = sample();
+        let at = e.response_time() + Duration::from_secs(10);
+        let purged = e.stale_at(at);
+        assert!(e.ttl(at).is_some());
+        assert_eq!(purged.ttl(at), None);
+        assert_eq!(
+            purged.ttl(at - Duration::from_secs(1)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(purged.body(), e.body());
+        assert_eq!(purged.tags(), e.tags());
     }
 
     #[test]

@@ -194,7 +194,7 @@ fn invalidations(inv: &Invalidate, headers: &HeaderMap) -> Vec<StorageFuture<()>
     );
     metrics::counter!("turret_cache_invalidations_total").increment(keys.len() as u64);
     keys.iter()
-        .map(|k| inv.config.storage.invalidate(k))
+        .map(|k| inv.config.storage.invalidate(k, crate::Purge::Remove))
         .collect()
 }
 

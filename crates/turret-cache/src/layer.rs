@@ -7,7 +7,7 @@ use tower_layer::Layer;
 use turret_stampede::{Clock, SingleFlight, SystemClock};
 
 use crate::{
-    CacheStorage, CachedResponse, MemoryStorage, ResponseCache, StorageFuture,
+    CacheStorage, CachedResponse, MemoryStorage, Purge, ResponseCache, StorageFuture,
     freshness::StoreRules, key,
 };
 
@@ -117,7 +117,7 @@ impl ResponseCacheLayer {
     pub fn invalidate(&self, uri: &Uri) -> StorageFuture<()> {
         let key = key::primary_key(uri, &HeaderMap::new());
         tracing::debug!(%key, "invalidating on request of the application");
-        self.config.storage.invalidate(&key)
+        self.config.storage.invalidate(&key, Purge::Remove)
     }
 
     /// The clock used for ages and freshness (default [`SystemClock`]).

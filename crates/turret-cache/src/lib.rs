@@ -112,6 +112,6 @@ pub use future::ResponseFuture;
 pub use layer::{DEFAULT_MAX_ENTRY_SIZE, ResponseCacheLayer};
 pub use service::ResponseCache;
 pub use storage::{
-    CacheStorage, MAX_VARIANTS, MemoryStorage, StorageError, StorageFuture, Variants,
+    CacheStorage, MAX_VARIANTS, MemoryStorage, Purge, StorageError, StorageFuture, Variants,
 };
 pub use turret_stampede::{Clock, FakeClock, SystemClock};

@@ -5,12 +5,14 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use moka::{Expiry, ops::compute::Op, sync::Cache};
+use std::collections::{HashMap, HashSet};
+
+use moka::{Expiry, notification::RemovalCause, ops::compute::Op, sync::Cache};
 
 use crate::CachedResponse;
 
@@ -34,8 +36,26 @@ pub trait CacheStorage: Send + Sync + 'static {
     /// keeps the key at least `ttl` (freshness lifetime left + any stale window).
     fn put(&self, key: &str, response: Arc<CachedResponse>, ttl: Duration) -> StorageFuture<()>;
 
-    /// Removes every response stored under `key` (RFC 9111 §4.4).
-    fn invalidate(&self, key: &str) -> StorageFuture<()>;
+    /// Removes every response stored under `key` (RFC 9111 §4.4), or with
+    /// [`Purge::MarkStale`] keeps them stale (a soft purge: they can still be served stale
+    /// while one request revalidates).
+    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<()>;
+
+    /// Does [`invalidate`](Self::invalidate) for every key holding a response stored with
+    /// `tag` (see [`CachedResponse::tags`]). A storage keeps its tag index bounded: entries
+    /// that expire or are evicted leave it.
+    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<()>;
+}
+
+/// How an invalidation treats the stored responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purge {
+    /// Remove them: the next request is a miss.
+    Remove,
+    /// Keep them, stale from this time on (since the Unix epoch; see
+    /// [`CachedResponse::stale_at`]): the next request revalidates, and
+    /// `stale-while-revalidate` may serve them meanwhile.
+    MarkStale(Duration),
 }
 
 impl<T: CacheStorage + ?Sized> CacheStorage for Arc<T> {
@@ -47,8 +67,12 @@ impl<T: CacheStorage + ?Sized> CacheStorage for Arc<T> {
         (**self).put(key, response, ttl)
     }
 
-    fn invalidate(&self, key: &str) -> StorageFuture<()> {
-        (**self).invalidate(key)
+    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<()> {
+        (**self).invalidate(key, purge)
+    }
+
+    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<()> {
+        (**self).invalidate_tag(tag, purge)
     }
 }
 
@@ -174,6 +198,55 @@ impl Expiry<String, Slot> for SlotExpiry {
 #[derive(Clone)]
 pub struct MemoryStorage {
     cache: Cache<String, Slot>,
+    tags: Arc<TagIndex>,
+}
+
+/// Tag → the keys holding a response with that tag. Kept in step with the cache: a put
+/// indexes the new variants' tags, and a key leaves the index when it is removed, expires
+/// or is evicted, so the index never outgrows the cache.
+#[derive(Default)]
+struct TagIndex {
+    keys: Mutex<HashMap<String, HashSet<Arc<str>>>>,
+}
+
+impl TagIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<Arc<str>>>> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, key: &str, tags: &[String]) {
+        if tags.is_empty() {
+            return;
+        }
+        let key: Arc<str> = Arc::from(key);
+        let mut index = self.lock();
+        for tag in tags {
+            index.entry(tag.clone()).or_default().insert(key.clone());
+        }
+    }
+
+    fn remove<'a>(&self, key: &str, tags: impl Iterator<Item = &'a String>) {
+        let mut index = self.lock();
+        for tag in tags {
+            if let Some(keys) = index.get_mut(tag.as_str()) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    index.remove(tag.as_str());
+                }
+            }
+        }
+    }
+
+    fn keys(&self, tag: &str) -> Vec<Arc<str>> {
+        self.lock()
+            .get(tag)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn slot_tags(slot: &Slot) -> impl Iterator<Item = &String> {
+    slot.variants.iter().flat_map(|v| v.tags().iter())
 }
 
 impl fmt::Debug for MemoryStorage {
@@ -195,6 +268,8 @@ impl Default for MemoryStorage {
 impl MemoryStorage {
     /// A storage holding at most about `max_bytes` of responses (keys, headers and bodies).
     pub fn new(max_bytes: u64) -> Self {
+        let tags = Arc::new(TagIndex::default());
+        let index = tags.clone();
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, slot: &Slot| {
@@ -203,8 +278,14 @@ impl MemoryStorage {
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .expire_after(SlotExpiry)
+            .eviction_listener(move |key: Arc<String>, slot: Slot, cause| {
+                // A replacement re-indexes in `put`; anything else leaves the index.
+                if cause != RemovalCause::Replaced {
+                    index.remove(&key, slot_tags(&slot));
+                }
+            })
             .build();
-        Self { cache }
+        Self { cache, tags }
     }
 
     /// Runs moka's pending maintenance (evictions, expirations); for tests and metrics.
@@ -229,13 +310,24 @@ impl CacheStorage for MemoryStorage {
 
     fn put(&self, key: &str, response: Arc<CachedResponse>, ttl: Duration) -> StorageFuture<()> {
         self.cache.entry_by_ref(key).and_compute_with(|existing| {
-            let mut variants: Vec<Arc<CachedResponse>> = existing
-                .map(|e| e.into_value().variants.iter().cloned().collect())
-                .unwrap_or_default();
-            variants.retain(|v| !v.same_secondary_key(&response));
-            if variants.len() >= MAX_VARIANTS {
-                variants.remove(0);
+            let mut variants: Vec<Arc<CachedResponse>> = Vec::new();
+            if let Some(existing) = existing {
+                let old = existing.into_value();
+                variants.extend(old.variants.iter().cloned());
+                variants.retain(|v| !v.same_secondary_key(&response));
+                if variants.len() >= MAX_VARIANTS {
+                    variants.remove(0);
+                }
+                // Tags only the replaced variants had leave the index.
+                let kept: HashSet<&String> = variants
+                    .iter()
+                    .chain(std::iter::once(&response))
+                    .flat_map(|v| v.tags().iter())
+                    .collect();
+                self.tags
+                    .remove(key, slot_tags(&old).filter(|t| !kept.contains(t)));
             }
+            self.tags.add(key, response.tags());
             variants.push(response);
             Op::Put(Slot {
                 variants: variants.into(),
@@ -245,8 +337,34 @@ impl CacheStorage for MemoryStorage {
         StorageFuture::ready(Ok(()))
     }
 
-    fn invalidate(&self, key: &str) -> StorageFuture<()> {
-        self.cache.invalidate(key);
+    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<()> {
+        match purge {
+            Purge::Remove => self.cache.invalidate(key),
+            Purge::MarkStale(at) => {
+                self.cache.entry_by_ref(key).and_compute_with(|existing| {
+                    let Some(existing) = existing else {
+                        return Op::Nop;
+                    };
+                    let slot = existing.into_value();
+                    let variants: Vec<Arc<CachedResponse>> = slot
+                        .variants
+                        .iter()
+                        .map(|v| Arc::new(v.stale_at(at)))
+                        .collect();
+                    Op::Put(Slot {
+                        variants: variants.into(),
+                        ttl: slot.ttl,
+                    })
+                });
+            }
+        }
+        StorageFuture::ready(Ok(()))
+    }
+
+    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<()> {
+        for key in self.tags.keys(tag) {
+            let _ = self.invalidate(&key, purge);
+        }
         StorageFuture::ready(Ok(()))
     }
 }
@@ -317,8 +435,64 @@ mod tests {
     fn invalidate_removes_every_variant() {
         let s = MemoryStorage::default();
         done(s.put("k", response(None, "x"), Duration::from_secs(60)));
-        done(s.invalidate("k"));
+        done(s.invalidate("k", Purge::Remove));
         assert!(get(&s, "k").is_empty());
+    }
+
+    fn tagged(body: &'static str, tags: &[&str]) -> Arc<CachedResponse> {
+        let r = Arc::unwrap_or_clone(response(None, body));
+        Arc::new(r.with_tags(tags.iter().map(|t| t.to_string()).collect()))
+    }
+
+    #[test]
+    fn invalidate_tag_removes_every_tagged_key_and_no_other() {
+        let s = MemoryStorage::default();
+        let ttl = Duration::from_secs(60);
+        done(s.put("a", tagged("a", &["products", "product:1"]), ttl));
+        done(s.put("b", tagged("b", &["products"]), ttl));
+        done(s.put("c", tagged("c", &["categories"]), ttl));
+        done(s.invalidate_tag("products", Purge::Remove));
+        assert!(get(&s, "a").is_empty());
+        assert!(get(&s, "b").is_empty());
+        assert_eq!(get(&s, "c").len(), 1);
+        // Removed keys left the index: nothing else refers to them.
+        s.run_pending_tasks();
+        assert!(s.tags.keys("product:1").is_empty());
+        assert!(s.tags.keys("products").is_empty());
+    }
+
+    #[test]
+    fn soft_purge_keeps_the_responses_stale() {
+        let s = MemoryStorage::default();
+        done(s.put("a", tagged("a", &["products"]), Duration::from_secs(60)));
+        let at = Duration::from_secs(5);
+        assert!(get(&s, "a")[0].ttl(at).is_some());
+        done(s.invalidate_tag("products", Purge::MarkStale(at)));
+        let v = get(&s, "a");
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].ttl(at), None, "stale from the purge on");
+        assert_eq!(v[0].body(), &Bytes::from("a"));
+    }
+
+    #[test]
+    fn replaced_and_evicted_entries_leave_the_tag_index() {
+        let s = MemoryStorage::new(64 * 1024);
+        let ttl = Duration::from_secs(60);
+        done(s.put("a", tagged("a", &["old"]), ttl));
+        done(s.put("a", tagged("a2", &["new"]), ttl));
+        assert!(s.tags.keys("old").is_empty());
+        assert_eq!(s.tags.keys("new").len(), 1);
+        for i in 0..200 {
+            let body: &'static str = Box::leak("x".repeat(4096).into_boxed_str());
+            done(s.put(&format!("k{i}"), tagged(body, &["bulk"]), ttl));
+        }
+        s.run_pending_tasks();
+        let indexed = s.tags.keys("bulk").len() as u64;
+        assert!(
+            indexed <= s.cache.entry_count(),
+            "{indexed} > {}",
+            s.cache.entry_count()
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
 use crate::{
-    CacheStorage, CachedResponse, FakeClock, ResponseBody, ResponseCacheLayer, StorageError,
+    CacheStorage, CachedResponse, FakeClock, Purge, ResponseBody, ResponseCacheLayer, StorageError,
     StorageFuture, Variants,
 };
 
@@ -631,7 +631,10 @@ impl CacheStorage for Broken {
     fn put(&self, _: &str, _: Arc<CachedResponse>, _: Duration) -> StorageFuture<()> {
         StorageFuture::new(async { Err(StorageError::new("down")) })
     }
-    fn invalidate(&self, _: &str) -> StorageFuture<()> {
+    fn invalidate(&self, _: &str, _: Purge) -> StorageFuture<()> {
+        StorageFuture::ready(Err(StorageError::new("down")))
+    }
+    fn invalidate_tag(&self, _: &str, _: Purge) -> StorageFuture<()> {
         StorageFuture::ready(Err(StorageError::new("down")))
     }
 }
