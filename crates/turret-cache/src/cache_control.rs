@@ -80,6 +80,13 @@ pub(crate) struct CacheControl {
     pub(crate) must_revalidate: bool,
     pub(crate) proxy_revalidate: bool,
     pub(crate) only_if_cached: bool,
+    /// Request: `max-stale` (RFC 9111 §5.2.1.2); `Invalid` is "present without a value":
+    /// any staleness is accepted.
+    pub(crate) max_stale: Delta,
+    /// RFC 5861 §3 (response).
+    pub(crate) stale_while_revalidate: Delta,
+    /// RFC 5861 §4 (request or response).
+    pub(crate) stale_if_error: Delta,
 }
 
 impl CacheControl {
@@ -115,8 +122,70 @@ impl CacheControl {
             b"must-revalidate" => self.must_revalidate = true,
             b"proxy-revalidate" => self.proxy_revalidate = true,
             b"only-if-cached" => self.only_if_cached = true,
+            b"max-stale" => set_delta(&mut self.max_stale, arg),
+            b"stale-while-revalidate" => set_delta(&mut self.stale_while_revalidate, arg),
+            b"stale-if-error" => set_delta(&mut self.stale_if_error, arg),
             _ => {}
         }
+    }
+
+    /// Whether the response forbids serving it stale (RFC 9111 §4.2.4): `no-cache`,
+    /// `must-revalidate`, and for a shared cache `proxy-revalidate` and `s-maxage`.
+    pub(crate) fn forbids_stale(&self) -> bool {
+        self.no_cache.is_unqualified()
+            || self.must_revalidate
+            || self.proxy_revalidate
+            || !matches!(self.s_maxage, Delta::Absent)
+    }
+
+    /// A targeted cache-control field (RFC 9213 §2): a Structured Field Dictionary with the
+    /// `Cache-Control` directives as keys. `None` when it is not a valid dictionary, in which
+    /// case the field is ignored (§2.1). Integers are delta-seconds (negative is invalid),
+    /// `private` / `no-cache` may carry a String of field names.
+    pub(crate) fn from_targeted(value: &[u8]) -> Option<Self> {
+        let dict = sfv::Parser::new(value).parse::<sfv::Dictionary>().ok()?;
+        let mut cc = CacheControl::default();
+        for (key, entry) in &dict {
+            let arg = match entry {
+                sfv::ListEntry::Item(item) => match &item.bare_item {
+                    sfv::BareItem::Boolean(true) => None,
+                    sfv::BareItem::Boolean(false) => continue,
+                    sfv::BareItem::Integer(n) => Some(
+                        u64::try_from(i64::from(*n))
+                            .map(|n| n.to_string().into_bytes())
+                            .map_err(|_| ()),
+                    ),
+                    sfv::BareItem::String(s) => Some(Ok(s.as_str().as_bytes().to_vec())),
+                    sfv::BareItem::Token(t) => Some(Ok(t.as_str().as_bytes().to_vec())),
+                    _ => Some(Err(())),
+                },
+                sfv::ListEntry::InnerList(_) => Some(Err(())),
+            };
+            let name = key.as_str().as_bytes();
+            match arg {
+                None => cc.apply(name),
+                Some(Ok(v)) => {
+                    let mut member = name.to_vec();
+                    member.push(b'=');
+                    let quoted = v.iter().any(|b| !is_tchar(*b));
+                    if quoted {
+                        member.push(b'"');
+                        for b in v {
+                            if b == b'"' || b == b'\\' {
+                                member.push(b'\\');
+                            }
+                            member.push(b);
+                        }
+                        member.push(b'"');
+                    } else {
+                        member.extend_from_slice(&v);
+                    }
+                    cc.apply(&member);
+                }
+                Some(Err(())) => cc.apply(&[name, b"="].concat()),
+            }
+        }
+        Some(cc)
     }
 }
 

@@ -5,7 +5,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
-use crate::cache_control::{CacheControl, Delta, parse_delta_seconds};
+use crate::{
+    SetCookie,
+    cache_control::{CacheControl, Delta, parse_delta_seconds},
+};
 
 /// Statuses that are heuristically cacheable (RFC 9110 §15.1).
 const HEURISTIC_STATUSES: [u16; 12] = [200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501];
@@ -20,6 +23,8 @@ pub(crate) struct StoreRules {
     pub(crate) heuristics: bool,
     /// Lifetime for responses with no explicit freshness (policy, not RFC).
     pub(crate) default_ttl: Option<Duration>,
+    /// Responses that set cookies.
+    pub(crate) set_cookie: SetCookie,
 }
 
 /// Why a response is not stored.
@@ -30,7 +35,6 @@ pub(crate) enum NotStorable {
     NoStore,
     Private,
     Authorization,
-    NoCache,
     SetCookie,
     VaryStar,
     NoFreshness,
@@ -44,7 +48,6 @@ impl NotStorable {
             NotStorable::NoStore => "no-store",
             NotStorable::Private => "private",
             NotStorable::Authorization => "authorization",
-            NotStorable::NoCache => "no-cache",
             NotStorable::SetCookie => "set-cookie",
             NotStorable::VaryStar => "vary-star",
             NotStorable::NoFreshness => "no-freshness",
@@ -53,8 +56,9 @@ impl NotStorable {
 }
 
 /// Whether a shared cache may store the response (RFC 9111 §3, §3.5), and its freshness
-/// lifetime when it may. Stricter than the RFC where we cannot yet reuse what we would store:
-/// unqualified `no-cache` (needs revalidation), `Vary: *` (never matches), `Set-Cookie`.
+/// lifetime when it may (zero for an unqualified `no-cache`: stored, revalidated on every
+/// reuse). Stricter than the RFC where storing would not help or would leak: `Vary: *` (never
+/// matches) and `Set-Cookie` (unless [`SetCookie::StoreWithout`]).
 pub(crate) fn storable(
     method: &Method,
     request_has_authorization: bool,
@@ -90,16 +94,19 @@ pub(crate) fn storable(
     {
         return Err(NotStorable::Authorization);
     }
-    // §5.2.2.4: storable, but every reuse must be validated; we do not validate yet.
-    if cc.no_cache.is_unqualified() {
-        return Err(NotStorable::NoCache);
-    }
-    if headers.contains_key(header::SET_COOKIE) && !is_stripped(cc, "set-cookie") {
+    if headers.contains_key(header::SET_COOKIE)
+        && rules.set_cookie == SetCookie::Bypass
+        && !is_stripped(cc, "set-cookie")
+    {
         return Err(NotStorable::SetCookie);
     }
     // §4.1: `Vary: *` always fails to match.
     if vary_has_star(headers) {
         return Err(NotStorable::VaryStar);
+    }
+    // §5.2.2.4: storable, but every reuse must be validated.
+    if cc.no_cache.is_unqualified() {
+        return Ok(Duration::ZERO);
     }
     // §3: explicit freshness, or a heuristically cacheable status (or `public`).
     if let Some(lifetime) = explicit_lifetime(cc, headers, response_time) {
@@ -226,6 +233,7 @@ mod tests {
     const RULES: StoreRules = StoreRules {
         heuristics: false,
         default_ttl: None,
+        set_cookie: SetCookie::Bypass,
     };
 
     fn date(d: Duration) -> HeaderValue {
@@ -354,10 +362,27 @@ mod tests {
     }
 
     #[test]
-    fn unqualified_no_cache_is_not_stored_until_revalidation_exists_rfc9111_5_2_2_4() {
+    fn unqualified_no_cache_is_stored_with_no_freshness_rfc9111_5_2_2_4() {
         assert_eq!(
             ok(&[("cache-control", "no-cache, max-age=60")]),
-            Err(NotStorable::NoCache)
+            Ok(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn set_cookie_is_stored_only_when_the_policy_strips_it() {
+        let h = headers(&[("cache-control", "max-age=60"), ("set-cookie", "s=1")]);
+        assert_eq!(
+            check(Method::GET, false, 200, &h, &RULES),
+            Err(NotStorable::SetCookie)
+        );
+        let rules = StoreRules {
+            set_cookie: SetCookie::StoreWithout,
+            ..RULES
+        };
+        assert_eq!(
+            check(Method::GET, false, 200, &h, &rules),
+            Ok(Duration::from_secs(60))
         );
     }
 
@@ -374,7 +399,7 @@ mod tests {
     fn heuristic_is_ten_percent_of_date_minus_last_modified_rfc9111_4_2_2() {
         let rules = StoreRules {
             heuristics: true,
-            default_ttl: None,
+            ..RULES
         };
         let h = headers(&[]);
         let mut h = h;
@@ -394,8 +419,8 @@ mod tests {
     #[test]
     fn default_ttl_applies_only_without_explicit_freshness() {
         let rules = StoreRules {
-            heuristics: false,
             default_ttl: Some(Duration::from_secs(300)),
+            ..RULES
         };
         assert_eq!(
             check(Method::GET, false, 200, &headers(&[]), &rules),

@@ -1,4 +1,5 @@
-//! [`ResponseFuture`] and the decisions of one request: hit, miss, fill, invalidate.
+//! [`ResponseFuture`] and the decisions of one request: hit, stale, revalidate, miss, fill,
+//! invalidate.
 
 use std::{
     fmt,
@@ -10,38 +11,49 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{
-    CachedResponse, ResponseBody, StorageError, StorageFuture, Variants,
+    CachedResponse, Policy, Purge, ResponseBody, SetCookie, StorageError, StorageFuture, Variants,
     body::collect,
     cache_control::{CacheControl, Delta},
-    freshness::{self, AgeValue},
+    freshness::{self, AgeValue, StoreRules},
     key,
     layer::Config,
+    lease::LeaseOutcome,
+    policy::Outcome,
+    validate,
 };
 
 /// RFC 9211 `Cache-Status`.
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-/// The de-facto `X-Cache: HIT|MISS`.
+/// The de-facto `X-Cache: HIT|MISS|STALE|REVALIDATED`.
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// The cache's identifier in `Cache-Status`.
 const CACHE_NAME: &str = "turret";
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-pub(crate) fn count(outcome: &'static str) {
-    metrics::counter!("turret_cache_requests_total", "outcome" => outcome).increment(1);
+/// What one GET or HEAD needs for its decisions.
+pub(crate) struct Ctx {
+    pub(crate) config: Arc<Config>,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) key: String,
+    /// The request's `Cache-Control`.
+    pub(crate) directives: CacheControl,
+    pub(crate) head: bool,
 }
 
-/// What to invalidate after a successful unsafe request (RFC 9111 §4.4).
+/// What to invalidate after a successful unsafe request (RFC 9111 §4.4, and the layer's
+/// write rules).
 pub(crate) struct Invalidate {
     pub(crate) config: Arc<Config>,
-    pub(crate) key: String,
+    pub(crate) key: Option<String>,
     pub(crate) origin: (String, String),
+    pub(crate) tags: Vec<String>,
 }
 
 pin_project! {
@@ -71,7 +83,7 @@ pin_project! {
             pending: Vec<StorageFuture<()>>,
             res: Option<Response<ResponseBody<B>>>,
         },
-        // A miss (inner call, buffering, store) or an asynchronous storage look-up.
+        // Anything that waits for storage or fills it.
         Boxed {
             fut: BoxFuture<Result<Response<ResponseBody<B>>, E>>,
         },
@@ -176,25 +188,37 @@ where
     }
 }
 
-/// Starts invalidating the target URI and same-origin `Location` / `Content-Location`.
+/// Starts invalidating the target URI, same-origin `Location` / `Content-Location`, and the
+/// tags of the layer's write rules.
 fn invalidations(inv: &Invalidate, headers: &HeaderMap) -> Vec<StorageFuture<()>> {
+    let policies = &inv.config.policies;
     let origin = (inv.origin.0.as_str(), inv.origin.1.as_str());
-    let mut keys = vec![inv.key.clone()];
+    let mut keys: Vec<String> = inv.key.iter().cloned().collect();
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let location = headers.get(&name).and_then(|v| v.to_str().ok());
-        if let Some(k) = location.and_then(|l| key::same_origin_key(origin, l))
-            && !keys.contains(&k)
-        {
-            keys.push(k);
+        if let Some(target) = location.and_then(|l| key::same_origin_target(origin, l)) {
+            let policy = policies.for_path(target.path());
+            if let Some(k) = policies.key(policy, &target, &HeaderMap::new())
+                && !keys.contains(&k)
+            {
+                keys.push(k);
+            }
         }
     }
     tracing::debug!(
         ?keys,
+        tags = ?inv.tags,
         "invalidating after an unsafe request (RFC 9111 §4.4)"
     );
     metrics::counter!("turret_cache_invalidations_total").increment(keys.len() as u64);
+    let storage = &inv.config.storage;
     keys.iter()
-        .map(|k| inv.config.storage.invalidate(k, crate::Purge::Remove))
+        .map(|k| storage.invalidate(k, Purge::Remove))
+        .chain(
+            inv.tags
+                .iter()
+                .map(|t| storage.invalidate_tag(t, Purge::Remove)),
+        )
         .collect()
 }
 
@@ -207,26 +231,34 @@ fn storage_error(op: &'static str, e: &StorageError) {
 /// and sets `X-Cache`.
 fn annotate<B>(res: &mut Response<B>, member: &str, x_cache: &'static str) {
     let headers = res.headers_mut();
-    if let Ok(v) = HeaderValue::try_from(format!("{CACHE_NAME}; {member}")) {
+    let mut value = String::with_capacity(CACHE_NAME.len() + 2 + member.len());
+    value.push_str(CACHE_NAME);
+    value.push_str("; ");
+    value.push_str(member);
+    if let Ok(v) = HeaderValue::try_from(value) {
         headers.append(CACHE_STATUS, v);
     }
     headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
 }
 
+/// The outcome of a storage look-up.
 enum Lookup {
-    Hit(Arc<CachedResponse>, Duration),
+    Fresh(Arc<CachedResponse>, Duration),
+    /// Stored, but stale or too old for the request: serve stale if allowed, else
+    /// revalidate.
+    Stale(Arc<CachedResponse>, &'static str),
     Miss(&'static str),
 }
 
-/// RFC 9111 §4: among the stored responses whose Vary secondary key matches, the newest;
-/// a hit only while it is fresh (no stale serving yet).
-///
-/// The request's `max-age` and `min-fresh` (RFC 9111 §5.2.1.1, §5.2.1.3) narrow what is
-/// fresh enough; invalid values are ignored (request directives are advisory).
+/// RFC 9111 §4: among the stored responses whose Vary secondary key matches, the newest.
+/// The request's `max-age` and `min-fresh` (§5.2.1.1, §5.2.1.3) narrow what is fresh enough;
+/// invalid values are ignored (request directives are advisory). A request `no-cache`
+/// (`force`) makes any match need validation.
 fn select(
     result: Result<Variants, StorageError>,
     req: &HeaderMap,
     directives: &CacheControl,
+    force: bool,
     now: Duration,
 ) -> Lookup {
     let variants = match result {
@@ -244,15 +276,16 @@ fn select(
         None if variants.is_empty() => Lookup::Miss("fwd=miss"),
         None => Lookup::Miss("fwd=vary-miss"),
         Some(entry) => match entry.ttl(now) {
-            None => Lookup::Miss("fwd=stale"),
+            None => Lookup::Stale(entry.clone(), "fwd=stale"),
+            Some(_) if force => Lookup::Stale(entry.clone(), "fwd=request"),
             Some(ttl) => {
                 let too_old = matches!(directives.max_age, Delta::Seconds(max) if entry.age(now).as_secs() > max);
                 let too_close =
                     matches!(directives.min_fresh, Delta::Seconds(min) if ttl.as_secs() < min);
                 if too_old || too_close {
-                    Lookup::Miss("fwd=request")
+                    Lookup::Stale(entry.clone(), "fwd=request")
                 } else {
-                    Lookup::Hit(entry.clone(), ttl)
+                    Lookup::Fresh(entry.clone(), ttl)
                 }
             }
         },
@@ -285,34 +318,139 @@ fn from_storage<B: Body>(
     res
 }
 
+/// A stored response for this request: a 304 when the client's `If-None-Match` /
+/// `If-Modified-Since` says its copy is current (RFC 9110 §13.2.2), the full response
+/// otherwise.
+fn reuse<B: Body>(
+    entry: &CachedResponse,
+    now: Duration,
+    head: bool,
+    request: &HeaderMap,
+) -> Response<ResponseBody<B>> {
+    if entry.status() == StatusCode::OK
+        && validate::is_conditional(request)
+        && validate::client_copy_is_current(entry.headers(), request)
+    {
+        let mut res = Response::new(ResponseBody::full(Bytes::new()));
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        *res.headers_mut() = validate::not_modified_headers(entry.headers());
+        res.headers_mut()
+            .insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+        return res;
+    }
+    from_storage(entry, now, head)
+}
+
 fn hit<B: Body>(
+    ctx: &Ctx,
     entry: &CachedResponse,
     ttl: Duration,
     now: Duration,
-    head: bool,
+    request: &HeaderMap,
 ) -> Response<ResponseBody<B>> {
-    count("hit");
-    let mut res = from_storage(entry, now, head);
-    annotate(&mut res, &format!("hit; ttl={}", ttl.as_secs()), "HIT");
+    ctx.policy.count(Outcome::Hit);
+    tracing::debug!(key = %ctx.key, "cache hit");
+    let mut res = reuse(entry, now, ctx.head, request);
+    let mut member = String::with_capacity(16);
+    member.push_str("hit; ttl=");
+    push_u64(&mut member, ttl.as_secs());
+    annotate(&mut res, &member, "HIT");
     res
 }
 
-/// RFC 9111 §5.2.1.7: `only-if-cached` and nothing stored fits. A locally generated error,
-/// so no `Cache-Status` (RFC 9211 §2).
-fn gateway_timeout<B: Body>() -> Response<ResponseBody<B>> {
-    count("only-if-cached");
+fn push_u64(out: &mut String, n: u64) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{n}");
+}
+
+/// How long past its freshness a stored response is at `now`.
+fn staleness(entry: &CachedResponse, now: Duration) -> Duration {
+    entry.age(now).saturating_sub(entry.freshness_lifetime())
+}
+
+/// A stale response served without the origin (RFC 9111 §4.2.4).
+fn serve_stale<B: Body>(
+    ctx: &Ctx,
+    entry: &CachedResponse,
+    now: Duration,
+    request: &HeaderMap,
+    detail: &str,
+) -> Response<ResponseBody<B>> {
+    ctx.policy.count(Outcome::Stale);
+    tracing::debug!(key = %ctx.key, detail, "serving stale");
+    let mut res = reuse(entry, now, ctx.head, request);
+    let member = format!("{detail}; ttl=-{}", staleness(entry, now).as_secs());
+    annotate(&mut res, &member, "STALE");
+    res
+}
+
+/// RFC 9111 §5.2.1.7 (`only-if-cached` and nothing fits) and §5.2.2.2 (`must-revalidate`
+/// and the origin unreachable): a locally generated 504, so no `Cache-Status` member
+/// (RFC 9211 §2).
+fn gateway_timeout<B: Body>(ctx: &Ctx) -> Response<ResponseBody<B>> {
+    ctx.policy.count(Outcome::OnlyIfCached);
     let mut res = Response::new(ResponseBody::full(Bytes::new()));
-    *res.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
+    *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     res
 }
 
-/// GET/HEAD: look the key up, answer a fresh hit at once, otherwise forward.
+/// The directives that govern a response: a valid targeted field (RFC 9213), else
+/// `Cache-Control`. `true` when a targeted field was used (then `Expires` is ignored too).
+pub(crate) fn response_directives(config: &Config, headers: &HeaderMap) -> (CacheControl, bool) {
+    for name in &config.targeted {
+        let mut lines = headers.get_all(name).iter().peekable();
+        if lines.peek().is_none() {
+            continue;
+        }
+        let joined: Vec<u8> = lines
+            .map(|v| v.as_bytes())
+            .collect::<Vec<_>>()
+            .join(&b", "[..]);
+        if let Some(cc) = CacheControl::from_targeted(&joined) {
+            return (cc, true);
+        }
+    }
+    (CacheControl::from_headers(headers), false)
+}
+
+/// The stale-serving windows of a stored response (RFC 5861), zero when it forbids stale
+/// serving (RFC 9111 §4.2.4).
+struct Windows {
+    forbidden: bool,
+    while_revalidate: Duration,
+    if_error: Duration,
+}
+
+fn windows(ctx: &Ctx, headers: &HeaderMap) -> Windows {
+    let (cc, _) = response_directives(&ctx.config, headers);
+    let secs = |d: Delta, default: Option<Duration>| match d {
+        Delta::Seconds(s) => Duration::from_secs(s),
+        Delta::Invalid => Duration::ZERO,
+        Delta::Absent => default.unwrap_or_default(),
+    };
+    let forbidden = cc.forbids_stale();
+    let mut if_error = secs(cc.stale_if_error, ctx.policy.stale_if_error);
+    // RFC 5861 §4: the request may ask for (or limit) stale-if-error too.
+    if let Delta::Seconds(s) = ctx.directives.stale_if_error {
+        if_error = Duration::from_secs(s);
+    }
+    Windows {
+        forbidden,
+        while_revalidate: if forbidden {
+            Duration::ZERO
+        } else {
+            secs(cc.stale_while_revalidate, ctx.policy.stale_while_revalidate)
+        },
+        if_error: if forbidden { Duration::ZERO } else { if_error },
+    }
+}
+
+/// GET/HEAD: look the key up, answer a fresh hit at once, otherwise decide.
 pub(crate) fn lookup<S, ReqBody, B>(
-    config: Arc<Config>,
+    ctx: Ctx,
     inner: S,
     req: Request<ReqBody>,
-    key: String,
-    directives: CacheControl,
+    force: bool,
 ) -> ResponseFuture<S::Future, B, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
@@ -322,92 +460,34 @@ where
     B: Body + Send + 'static,
     B::Error: Send + 'static,
 {
-    let head = req.method() == Method::HEAD;
-    let mut pending = config.storage.get(&key);
+    let mut pending = ctx.config.storage.get(&ctx.key);
     match pending.take_ready() {
-        // The memory storage: decided here, no allocation on a hit.
+        // The memory storage: a fresh hit is decided here, without boxing.
         Some(result) => {
-            let now = config.clock.now();
-            match select(result, req.headers(), &directives, now) {
-                Lookup::Hit(entry, ttl) => {
-                    tracing::debug!(%key, "cache hit");
-                    ResponseFuture::ready(hit(&entry, ttl, now, head))
+            let now = ctx.config.clock.now();
+            match select(result, req.headers(), &ctx.directives, force, now) {
+                Lookup::Fresh(entry, ttl) => {
+                    ResponseFuture::ready(hit(&ctx, &entry, ttl, now, req.headers()))
                 }
-                Lookup::Miss(_) if directives.only_if_cached => {
-                    ResponseFuture::ready(gateway_timeout())
-                }
-                Lookup::Miss(member) => {
-                    tracing::debug!(%key, member, "cache miss");
-                    miss(config, inner, req, key, member)
-                }
+                other => ResponseFuture::boxed(Box::pin(decide(ctx, inner, req, other))),
             }
         }
         None => ResponseFuture::boxed(Box::pin(async move {
             let result = pending.await;
-            let now = config.clock.now();
-            match select(result, req.headers(), &directives, now) {
-                Lookup::Hit(entry, ttl) => Ok(hit(&entry, ttl, now, head)),
-                Lookup::Miss(_) if directives.only_if_cached => Ok(gateway_timeout()),
-                Lookup::Miss(member) => {
-                    let mut inner = inner;
-                    if head {
-                        count("miss");
-                        let mut res = inner.call(req).await?.map(ResponseBody::inner);
-                        annotate(&mut res, member, "MISS");
-                        return Ok(res);
-                    }
-                    fill_shared(config, inner, req, key, member).await
-                }
-            }
+            let now = ctx.config.clock.now();
+            let found = select(result, req.headers(), &ctx.directives, force, now);
+            decide(ctx, inner, req, found).await
         })),
     }
 }
 
-/// Forwards a GET (filling the cache, coalesced) or a HEAD (never fills: no body).
-pub(crate) fn miss<S, ReqBody, B>(
-    config: Arc<Config>,
-    mut inner: S,
+/// After the look-up: a hit, a stale response (served, refreshed in the background, or
+/// revalidated), or a miss.
+async fn decide<S, ReqBody, B>(
+    ctx: Ctx,
+    inner: S,
     req: Request<ReqBody>,
-    key: String,
-    member: &'static str,
-) -> ResponseFuture<S::Future, B, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Send + 'static,
-    B: Body + Send + 'static,
-    B::Error: Send + 'static,
-{
-    if req.method() == Method::HEAD {
-        count("miss");
-        return ResponseFuture::forward(inner.call(req), member, None);
-    }
-    ResponseFuture::boxed(Box::pin(fill_shared(config, inner, req, key, member)))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-type Filled<B, E> = (
-    Option<Arc<CachedResponse>>,
-    Result<Response<ResponseBody<B>>, E>,
-);
-
-/// Where the leader's fill leaves its own response.
-type Slot<B, E> = Arc<Mutex<Option<Filled<B, E>>>>;
-
-/// A GET miss: with coalescing, the first request for `key` calls the inner service (on a
-/// spawned task) and the others wait for it. A waiter reuses what it stored when its Vary
-/// key matches; otherwise (nothing stored, an error, another variant) it is released at once
-/// and makes its own call.
-async fn fill_shared<S, ReqBody, B>(
-    config: Arc<Config>,
-    mut inner: S,
-    req: Request<ReqBody>,
-    key: String,
-    member: &'static str,
+    found: Lookup,
 ) -> Result<Response<ResponseBody<B>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
@@ -417,28 +497,183 @@ where
     B: Body + Send + 'static,
     B::Error: Send + 'static,
 {
-    count("miss");
-    let Some(flights) = config.flights.clone() else {
-        let headers = req.headers().clone();
-        let filled = fill(config, &key, headers, inner.call(req)).await;
-        return finish(filled, member);
+    let now = ctx.config.clock.now();
+    match found {
+        Lookup::Fresh(entry, ttl) => Ok(hit(&ctx, &entry, ttl, now, req.headers())),
+        Lookup::Stale(entry, member) => {
+            let windows = windows(&ctx, entry.headers());
+            let stale_for = staleness(&entry, now);
+            // RFC 9111 §5.2.1.2: the client accepts a stale response.
+            let client_accepts = match ctx.directives.max_stale {
+                Delta::Absent => false,
+                Delta::Invalid => true,
+                Delta::Seconds(s) => stale_for.as_secs() <= s,
+            };
+            if entry.ttl(now).is_none() && client_accepts && !windows.forbidden {
+                return Ok(serve_stale(&ctx, &entry, now, req.headers(), "hit"));
+            }
+            if ctx.directives.only_if_cached {
+                return Ok(gateway_timeout(&ctx));
+            }
+            if ctx.head {
+                return forward_plain(&ctx, inner, req, member).await;
+            }
+            // RFC 5861 §3: serve it now, refresh once in the background.
+            if entry.ttl(now).is_none()
+                && !windows.while_revalidate.is_zero()
+                && stale_for <= windows.while_revalidate
+                && tokio::runtime::Handle::try_current().is_ok()
+            {
+                let res = serve_stale(
+                    &ctx,
+                    &entry,
+                    now,
+                    req.headers(),
+                    "hit; detail=stale-while-revalidate",
+                );
+                refresh_in_background(ctx, inner, req, entry);
+                return Ok(res);
+            }
+            forward_get(ctx, inner, req, member, Some(entry)).await
+        }
+        Lookup::Miss(_) if ctx.directives.only_if_cached => Ok(gateway_timeout(&ctx)),
+        Lookup::Miss(member) if ctx.head => forward_plain(&ctx, inner, req, member).await,
+        Lookup::Miss(member) => forward_get(ctx, inner, req, member, None).await,
+    }
+}
+
+/// Forwards without storing (a HEAD: no body to store).
+async fn forward_plain<S, ReqBody, B>(
+    ctx: &Ctx,
+    mut inner: S,
+    req: Request<ReqBody>,
+    member: &'static str,
+) -> Result<Response<ResponseBody<B>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    B: Body,
+{
+    ctx.policy.count(Outcome::Miss);
+    let mut res = inner.call(req).await?.map(ResponseBody::inner);
+    annotate(&mut res, member, "MISS");
+    Ok(res)
+}
+
+/// Removes the key from the set of running refreshes when the refresh ends.
+struct Refreshing {
+    set: Arc<Mutex<std::collections::HashSet<String>>>,
+    key: String,
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.key);
+    }
+}
+
+/// Starts the one background revalidation of `key` in this process (and, with a fill
+/// lease, in the fleet); nothing when one already runs.
+fn refresh_in_background<S, ReqBody, B>(
+    ctx: Ctx,
+    inner: S,
+    mut req: Request<ReqBody>,
+    entry: Arc<CachedResponse>,
+) where
+    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    B: Body + Send + 'static,
+    B::Error: Send + 'static,
+{
+    if !lock(&ctx.config.refreshing).insert(ctx.key.clone()) {
+        return;
+    }
+    let guard = Refreshing {
+        set: ctx.config.refreshing.clone(),
+        key: ctx.key.clone(),
+    };
+    validate::add_validators(req.headers_mut(), entry.headers());
+    tokio::spawn(async move {
+        let _guard = guard;
+        let held = match &ctx.config.lease {
+            Some(lease) => match lease.try_lead(format!("refresh:{}", ctx.key)).await {
+                Some(held) => Some(held),
+                None => {
+                    tracing::debug!(key = %ctx.key, "another instance refreshes this key");
+                    return;
+                }
+            },
+            None => None,
+        };
+        tracing::debug!(key = %ctx.key, "stale-while-revalidate refresh");
+        // The outcome is in storage (or logged); nobody waits for the response.
+        let _ = exchange(&ctx, inner, req, Some(entry), false).await;
+        drop(held);
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One exchange with the origin: the response for the request that made it, what was
+/// stored, and whether it was a revalidation answered with 304.
+struct Exchange<B: Body, E> {
+    entry: Option<Arc<CachedResponse>>,
+    res: Result<Response<ResponseBody<B>>, E>,
+    /// `Some(status)` when the origin was asked; `None` when the answer came from what
+    /// another instance stored while this one waited for its lease.
+    origin_status: Option<StatusCode>,
+}
+
+/// Where the leader's exchange leaves its own response.
+type Slot<B, E> = Arc<Mutex<Option<Exchange<B, E>>>>;
+
+/// A GET that needs the origin: a miss, or a stale response to revalidate. With
+/// coalescing, the first such request for `key` makes the exchange (on a spawned task) and
+/// the others wait for it, then reuse what it stored when their Vary key matches; otherwise
+/// (nothing stored, an error, another variant) they are released at once and make their own.
+async fn forward_get<S, ReqBody, B>(
+    ctx: Ctx,
+    inner: S,
+    mut req: Request<ReqBody>,
+    member: &'static str,
+    stale: Option<Arc<CachedResponse>>,
+) -> Result<Response<ResponseBody<B>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    B: Body + Send + 'static,
+    B::Error: Send + 'static,
+{
+    let client = req.headers().clone();
+    match &stale {
+        Some(entry) if validate::has_validator(entry.headers()) => {
+            validate::add_validators(req.headers_mut(), entry.headers());
+        }
+        _ => validate::strip_client_conditionals(req.headers_mut()),
+    }
+    let ctx = Arc::new(ctx);
+    let Some(flights) = ctx.config.flights.clone() else {
+        let done = exchange(&ctx, inner, req, stale.clone(), true).await;
+        return finish(&ctx, done, member, stale.as_deref(), &client);
     };
     let out: Slot<B, S::Error> = Arc::new(Mutex::new(None));
     let mut own = Some((inner, req));
     let shared = flights
-        .call(key.clone(), || {
-            let started = own.take().map(|(mut inner, req)| {
-                let headers = req.headers().clone();
-                (headers, inner.call(req))
-            });
-            let (config, key, out) = (config.clone(), key.clone(), out.clone());
+        .call(ctx.key.clone(), || {
+            let started = own.take();
+            let (ctx, out, stale) = (ctx.clone(), out.clone(), stale.clone());
             async move {
-                let Some((headers, fut)) = started else {
+                let Some((inner, req)) = started else {
                     return Ok(None);
                 };
-                let filled = fill(config, &key, headers, fut).await;
-                let entry = filled.0.clone();
-                *lock(&out) = Some(filled);
+                let done = exchange(&ctx, inner, req, stale, true).await;
+                let entry = done.entry.clone();
+                *lock(&out) = Some(done);
                 Ok(entry)
             }
         })
@@ -446,9 +681,9 @@ where
     match own {
         // This request led the flight: its own response (with any fields not stored).
         None => {
-            let filled = lock(&out).take();
-            match (filled, shared) {
-                (Some(filled), Ok(_)) => finish(filled, member),
+            let done = lock(&out).take();
+            match (done, shared) {
+                (Some(done), Ok(_)) => finish(&ctx, done, member, stale.as_deref(), &client),
                 (_, Err(e)) => std::panic::resume_unwind(Box::new(format!(
                     "the inner service of the response cache failed: {e}"
                 ))),
@@ -457,134 +692,413 @@ where
                 )),
             }
         }
-        Some((mut inner, req)) => {
-            let now = config.clock.now();
+        Some((inner, req)) => {
+            let now = ctx.config.clock.now();
             if let Ok(Some(entry)) = &shared
-                && entry.matches(req.headers())
-                && entry.ttl(now).is_some()
+                && entry.matches(&client)
             {
-                count("collapsed");
-                tracing::debug!(%key, "served from a coalesced fill");
-                let mut res = from_storage(entry, now, false);
+                ctx.policy.count(Outcome::Collapsed);
+                tracing::debug!(key = %ctx.key, "served from a coalesced exchange");
+                let mut res = reuse(entry, now, false, &client);
                 annotate(&mut res, &format!("{member}; collapsed"), "MISS");
                 return Ok(res);
             }
-            let headers = req.headers().clone();
-            let filled = fill(config, &key, headers, inner.call(req)).await;
-            finish(filled, member)
+            let done = exchange(&ctx, inner, req, stale.clone(), true).await;
+            finish(&ctx, done, member, stale.as_deref(), &client)
         }
     }
 }
 
+/// The answer to one request from its exchange: stale on error when allowed
+/// (RFC 5861 §4), a 504 when a `must-revalidate` response cannot be revalidated
+/// (RFC 9111 §5.2.2.2), a 304 when the client's copy is current, else the origin's response.
 fn finish<B: Body, E>(
-    filled: Filled<B, E>,
+    ctx: &Ctx,
+    done: Exchange<B, E>,
     member: &'static str,
+    stale: Option<&CachedResponse>,
+    client: &HeaderMap,
 ) -> Result<Response<ResponseBody<B>>, E> {
-    let (entry, res) = filled;
+    let now = ctx.config.clock.now();
+    let failed = match &done.res {
+        Err(_) => true,
+        Ok(res) => matches!(res.status().as_u16(), 500 | 502 | 503 | 504),
+    };
+    if failed && let Some(entry) = stale {
+        let windows = windows(ctx, entry.headers());
+        if !windows.forbidden
+            && !windows.if_error.is_zero()
+            && staleness(entry, now) <= windows.if_error
+        {
+            let status = done.res.as_ref().map_or(0, |r| r.status().as_u16());
+            let detail = if status == 0 {
+                "fwd=stale; detail=stale-if-error".to_owned()
+            } else {
+                format!("fwd=stale; fwd-status={status}; detail=stale-if-error")
+            };
+            return Ok(serve_stale(ctx, entry, now, client, &detail));
+        }
+        if done.res.is_err() && windows.forbidden {
+            tracing::debug!(key = %ctx.key, "must-revalidate and the origin failed: 504");
+            return Ok(gateway_timeout(ctx));
+        }
+    }
+    let Exchange {
+        entry,
+        res,
+        origin_status,
+    } = done;
     let mut res = res?;
+    let Some(origin_status) = origin_status else {
+        // Filled by another instance while this one waited for the lease.
+        ctx.policy.count(Outcome::Collapsed);
+        let mut res = match &entry {
+            Some(entry) => reuse(entry, now, false, client),
+            None => res,
+        };
+        annotate(&mut res, &format!("{member}; collapsed"), "MISS");
+        return Ok(res);
+    };
+    let revalidated = origin_status == StatusCode::NOT_MODIFIED && stale.is_some();
+    if let Some(entry) = &entry
+        && validate::is_conditional(client)
+        && validate::client_copy_is_current(entry.headers(), client)
+    {
+        res = reuse(entry, now, false, client);
+    }
+    let mut member = member.to_owned();
+    if stale.is_some() {
+        member.push_str("; fwd-status=");
+        push_u64(&mut member, u64::from(origin_status.as_u16()));
+    }
     if entry.is_some() {
-        annotate(&mut res, &format!("{member}; stored"), "MISS");
+        member.push_str("; stored");
+    }
+    if revalidated {
+        ctx.policy.count(Outcome::Revalidated);
+        annotate(&mut res, &member, "REVALIDATED");
     } else {
-        annotate(&mut res, member, "MISS");
+        ctx.policy.count(Outcome::Miss);
+        annotate(&mut res, &member, "MISS");
     }
     Ok(res)
 }
 
-/// Calls the inner service and stores its response when RFC 9111 §3 allows, it is fresh on
-/// arrival, and its body's exact size is known and within the limit. Anything else streams
-/// through untouched.
-async fn fill<F, B, E>(
-    config: Arc<Config>,
-    key: &str,
-    request_headers: HeaderMap,
-    fut: F,
-) -> Filled<B, E>
+/// Calls the origin (after taking the fleet-wide fill lease, when there is one and this is
+/// a miss) and stores what RFC 9111 allows: a 304 to a revalidation updates the stored
+/// response (§4.3.3, §4.3.4), anything else is stored when §3 allows it.
+async fn exchange<S, ReqBody, B>(
+    ctx: &Ctx,
+    mut inner: S,
+    req: Request<ReqBody>,
+    stale: Option<Arc<CachedResponse>>,
+    use_lease: bool,
+) -> Exchange<B, S::Error>
 where
-    F: Future<Output = Result<Response<B>, E>>,
+    S: Service<Request<ReqBody>, Response = Response<B>>,
     B: Body,
 {
+    let config = &ctx.config;
+    let mut held = None;
+    if use_lease
+        && stale.is_none()
+        && let Some(lease) = &config.lease
+    {
+        match lease
+            .lead_or_wait(format!("fill:{}", ctx.key), config.lease_wait)
+            .await
+        {
+            LeaseOutcome::Lead(guard) => held = Some(guard),
+            LeaseOutcome::Released | LeaseOutcome::TimedOut => {
+                // Another instance filled (or gave up): read what it stored.
+                let result = config.storage.get(&ctx.key).await;
+                let now = config.clock.now();
+                if let Lookup::Fresh(entry, _) =
+                    select(result, req.headers(), &CacheControl::default(), false, now)
+                {
+                    return Exchange {
+                        res: Ok(from_storage(&entry, now, false)),
+                        entry: Some(entry),
+                        origin_status: None,
+                    };
+                }
+            }
+            LeaseOutcome::Unavailable => {}
+        }
+    }
     let request_time = config.clock.now();
-    let res = match fut.await {
+    let request_headers = req.headers().clone();
+    let res = match inner.call(req).await {
         Ok(res) => res,
-        Err(e) => return (None, Err(e)),
+        Err(e) => {
+            return Exchange {
+                entry: None,
+                res: Err(e),
+                origin_status: None,
+            };
+        }
     };
-    let response_time = config.clock.now();
-    let pass = |res: Response<B>, why: &str| {
-        tracing::debug!(%key, why, "response not stored");
-        (None, Ok(res.map(ResponseBody::inner)))
+    let status = res.status();
+    let done = match stale {
+        Some(stale)
+            if status == StatusCode::NOT_MODIFIED
+                && validate::selects(stale.headers(), res.headers()) =>
+        {
+            let (parts, _) = res.into_parts();
+            let entry =
+                store_revalidated(ctx, &stale, &parts.headers, &request_headers, request_time)
+                    .await;
+            let now = config.clock.now();
+            let res = from_storage(&entry, now, false);
+            Exchange {
+                entry: Some(entry),
+                res: Ok(res),
+                origin_status: Some(status),
+            }
+        }
+        _ => {
+            let (entry, res) = store(ctx, &request_headers, request_time, res).await;
+            Exchange {
+                entry,
+                res: Ok(res),
+                origin_status: Some(status),
+            }
+        }
     };
-    let cc = CacheControl::from_headers(res.headers());
+    drop(held);
+    done
+}
+
+/// The lifetime and backend TTL of a response about to be stored, or why it is not.
+struct Admission {
+    cc: CacheControl,
+    lifetime: Duration,
+    initial_age: Duration,
+    ttl: Duration,
+}
+
+fn rules(ctx: &Ctx) -> StoreRules {
+    let mut rules = ctx.config.rules;
+    if ctx.policy.only_headers {
+        rules.default_ttl = None;
+    } else if let Some(ttl) = ctx.policy.ttl {
+        rules.default_ttl = Some(ttl);
+    }
+    rules
+}
+
+/// RFC 9111 §3 and §4.2: may `headers` (with `status`) be stored, for how long, and how
+/// long the backend keeps it (freshness left + the stale window: RFC 5861 windows, and the
+/// revalidation window when it has a validator).
+fn admit(
+    ctx: &Ctx,
+    status: StatusCode,
+    headers: &HeaderMap,
+    request_headers: &HeaderMap,
+    request_time: Duration,
+    response_time: Duration,
+) -> Result<Admission, &'static str> {
+    let (cc, targeted) = response_directives(&ctx.config, headers);
+    let without_expires;
+    let freshness_headers = if targeted && headers.contains_key(header::EXPIRES) {
+        // RFC 9213 §2.1: a valid targeted field replaces Cache-Control and Expires.
+        let mut h = headers.clone();
+        h.remove(header::EXPIRES);
+        without_expires = h;
+        &without_expires
+    } else {
+        headers
+    };
     let authorization = request_headers.contains_key(header::AUTHORIZATION);
-    let lifetime = match freshness::storable(
+    let lifetime = freshness::storable(
         &Method::GET,
         authorization,
-        res.status(),
-        res.headers(),
+        status,
+        freshness_headers,
         &cc,
-        &config.rules,
+        &rules(ctx),
         response_time,
-    ) {
-        Ok(lifetime) => lifetime,
-        Err(why) => return pass(res, why.as_str()),
-    };
-    let age_value = match freshness::age_value(res.headers()) {
+    )
+    .map_err(|why| why.as_str())?;
+    let age_value = match freshness::age_value(headers) {
         AgeValue::Absent => 0,
         AgeValue::Seconds(age) => age,
-        AgeValue::Invalid => return pass(res, "invalid-age"),
+        AgeValue::Invalid => return Err("invalid-age"),
     };
-    let date = freshness::date_or(res.headers(), response_time);
+    let date = freshness::date_or(headers, response_time);
     let initial_age =
         freshness::current_age(age_value, date, request_time, response_time, response_time);
-    if initial_age >= lifetime {
-        return pass(res, "stale-on-arrival");
+    let windows = windows(ctx, headers);
+    let mut keep = windows.while_revalidate.max(windows.if_error);
+    if validate::has_validator(headers) {
+        keep = keep.max(ctx.config.keep_for_revalidation);
     }
-    match res.body().size_hint().exact() {
+    let ttl = lifetime.saturating_sub(initial_age).saturating_add(keep);
+    if ttl.is_zero() {
+        return Err("stale-on-arrival");
+    }
+    Ok(Admission {
+        cc,
+        lifetime,
+        initial_age,
+        ttl,
+    })
+}
+
+/// The tags of a response: the policy's and those of the tag fields (space- or
+/// comma-separated).
+fn tags(ctx: &Ctx, headers: &HeaderMap) -> Vec<String> {
+    let mut tags: Vec<String> = ctx.policy.tags.clone();
+    for name in &ctx.config.tag_fields {
+        for value in headers.get_all(name) {
+            let Ok(value) = value.to_str() else { continue };
+            for tag in value.split([' ', ',', '\t']).filter(|t| !t.is_empty()) {
+                if !tags.iter().any(|t| t == tag) {
+                    tags.push(tag.to_owned());
+                }
+            }
+        }
+    }
+    tags
+}
+
+/// Stores the response when RFC 9111 §3 allows, and its body's exact size is known and
+/// within the limit. Anything else streams through untouched.
+async fn store<B: Body>(
+    ctx: &Ctx,
+    request_headers: &HeaderMap,
+    request_time: Duration,
+    res: Response<B>,
+) -> (Option<Arc<CachedResponse>>, Response<ResponseBody<B>>) {
+    let config = &ctx.config;
+    let key = &ctx.key;
+    let response_time = config.clock.now();
+    let (mut parts, body) = res.into_parts();
+    let tags = tags(ctx, &parts.headers);
+    if !config.expose_tags {
+        for name in &config.tag_fields {
+            parts.headers.remove(name);
+        }
+    }
+    let pass = |parts, body, why: &str| {
+        tracing::debug!(%key, why, "response not stored");
+        (None, Response::from_parts(parts, ResponseBody::inner(body)))
+    };
+    let admission = match admit(
+        ctx,
+        parts.status,
+        &parts.headers,
+        request_headers,
+        request_time,
+        response_time,
+    ) {
+        Ok(a) => a,
+        Err(why) => return pass(parts, body, why),
+    };
+    match body.size_hint().exact() {
         Some(size) if size <= config.max_entry_size => {}
-        Some(_) => return pass(res, "too-large"),
-        None => return pass(res, "unknown-size"),
+        Some(_) => return pass(parts, body, "too-large"),
+        None => return pass(parts, body, "unknown-size"),
     }
-    let (parts, body) = res.into_parts();
     let collected = collect(body).await;
     let Some(bytes) = collected.storable_bytes() else {
         tracing::debug!(%key, "response not stored: body error or trailers");
-        return (None, Ok(Response::from_parts(parts, collected.into_body())));
+        return (None, Response::from_parts(parts, collected.into_body()));
     };
-    let entry = Arc::new(CachedResponse::new(
-        parts.status,
-        stored_headers(&parts.headers, &cc),
-        bytes,
-        &request_headers,
-        request_time,
-        response_time,
-        lifetime,
-        initial_age,
-    ));
-    let stored = match config
-        .storage
-        .put(key, entry.clone(), lifetime - initial_age)
-        .await
-    {
+    let mut stored_headers = stored_headers(&parts.headers, &admission.cc, config.rules.set_cookie);
+    for name in &ctx.policy.key_headers {
+        stored_headers.append(
+            header::VARY,
+            HeaderValue::from_str(name.as_str()).unwrap_or(HeaderValue::from_static("*")),
+        );
+    }
+    let entry = Arc::new(
+        CachedResponse::new(
+            parts.status,
+            stored_headers,
+            bytes,
+            request_headers,
+            request_time,
+            response_time,
+            admission.lifetime,
+            admission.initial_age,
+        )
+        .with_tags(tags),
+    );
+    let stored = put(ctx, entry, admission.ttl).await;
+    (stored, Response::from_parts(parts, collected.into_body()))
+}
+
+async fn put(ctx: &Ctx, entry: Arc<CachedResponse>, ttl: Duration) -> Option<Arc<CachedResponse>> {
+    match ctx.config.storage.put(&ctx.key, entry.clone(), ttl).await {
         Ok(()) => {
-            tracing::debug!(%key, ?lifetime, "response stored");
-            metrics::counter!("turret_cache_stored_bytes_total")
-                .increment(entry.body().len() as u64);
+            tracing::debug!(key = %ctx.key, lifetime = ?entry.freshness_lifetime(), ?ttl, "response stored");
+            ctx.policy.stored(entry.body().len());
             Some(entry)
         }
         Err(e) => {
             storage_error("put", &e);
             None
         }
-    };
-    (
-        stored,
-        Ok(Response::from_parts(parts, collected.into_body())),
-    )
+    }
+}
+
+/// RFC 9111 §4.3.4: the stored response with the 304's fields, fresh again from the
+/// revalidation's times. Kept even when the update cannot be stored (it answers this
+/// request: the origin said it is current).
+async fn store_revalidated(
+    ctx: &Ctx,
+    stale: &CachedResponse,
+    not_modified: &HeaderMap,
+    request_headers: &HeaderMap,
+    request_time: Duration,
+) -> Arc<CachedResponse> {
+    let response_time = ctx.config.clock.now();
+    let mut headers = validate::updated_headers(stale.headers(), not_modified);
+    if !ctx.config.expose_tags {
+        for name in &ctx.config.tag_fields {
+            headers.remove(name);
+        }
+    }
+    match admit(
+        ctx,
+        stale.status(),
+        &headers,
+        request_headers,
+        request_time,
+        response_time,
+    ) {
+        Ok(a) => {
+            let entry = Arc::new(stale.revalidated(
+                headers,
+                request_time,
+                response_time,
+                a.lifetime,
+                a.initial_age,
+            ));
+            put(ctx, entry.clone(), a.ttl).await;
+            entry
+        }
+        Err(why) => {
+            tracing::debug!(key = %ctx.key, why, "revalidated response no longer storable");
+            if let Err(e) = ctx.config.storage.invalidate(&ctx.key, Purge::Remove).await {
+                storage_error("invalidate", &e);
+            }
+            Arc::new(stale.revalidated(
+                headers,
+                request_time,
+                response_time,
+                Duration::ZERO,
+                Duration::ZERO,
+            ))
+        }
+    }
 }
 
 /// The fields kept in storage: all but `Connection` and the fields it lists, the proxy
-/// authentication fields (RFC 9111 §3.1), and those named by a qualified `private` or
-/// `no-cache` (RFC 9111 §5.2.2.4, §5.2.2.7).
-fn stored_headers(headers: &HeaderMap, cc: &CacheControl) -> HeaderMap {
+/// authentication fields (RFC 9111 §3.1), those named by a qualified `private` or
+/// `no-cache` (RFC 9111 §5.2.2.4, §5.2.2.7), and `Set-Cookie` when stored without it.
+fn stored_headers(headers: &HeaderMap, cc: &CacheControl, set_cookie: SetCookie) -> HeaderMap {
     let mut out = headers.clone();
     for value in headers.get_all(header::CONNECTION) {
         for name in value.as_bytes().split(|&b| b == b',') {
@@ -600,6 +1114,9 @@ fn stored_headers(headers: &HeaderMap, cc: &CacheControl) -> HeaderMap {
         HeaderName::from_static("proxy-authentication-info"),
     ] {
         out.remove(name);
+    }
+    if set_cookie == SetCookie::StoreWithout {
+        out.remove(header::SET_COOKIE);
     }
     for field in cc.private.fields().iter().chain(cc.no_cache.fields()) {
         if let Ok(name) = HeaderName::from_bytes(field.as_bytes()) {

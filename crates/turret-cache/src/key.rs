@@ -2,11 +2,13 @@
 
 use http::{HeaderMap, Uri, header};
 
+use crate::QueryKey;
+
 /// The key of the request target: `scheme://host[:port]/path?query`, method-independent.
 /// The host comes from the URI authority or else the `Host` field, lower-cased, and is always
 /// part of the key; the query's parameters are sorted by name (stable, so repeated names keep
-/// their order) and empty ones dropped.
-pub(crate) fn primary_key(uri: &Uri, headers: &HeaderMap) -> String {
+/// their order), empty ones dropped, and those `query` does not keep left out.
+pub(crate) fn primary_key(uri: &Uri, headers: &HeaderMap, query: &QueryKey) -> String {
     let host = uri
         .authority()
         .map(|a| a.as_str())
@@ -17,10 +19,11 @@ pub(crate) fn primary_key(uri: &Uri, headers: &HeaderMap) -> String {
         host,
         uri.path(),
         uri.query(),
+        query,
     )
 }
 
-fn build(scheme: &str, host: &str, path: &str, query: Option<&str>) -> String {
+fn build(scheme: &str, host: &str, path: &str, query: Option<&str>, keep: &QueryKey) -> String {
     let host = host.rsplit('@').next().unwrap_or(host);
     let mut key = String::with_capacity(scheme.len() + host.len() + path.len() + 8);
     key.push_str(&scheme.to_ascii_lowercase());
@@ -28,8 +31,11 @@ fn build(scheme: &str, host: &str, path: &str, query: Option<&str>) -> String {
     key.push_str(&host.to_ascii_lowercase());
     key.push_str(if path.is_empty() { "/" } else { path });
     if let Some(query) = query {
-        let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
-        params.sort_by_key(|p| p.split('=').next().unwrap_or(p));
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty() && keep.keeps(param_name(p)))
+            .collect();
+        params.sort_by_key(|p| param_name(p));
         for (i, p) in params.iter().enumerate() {
             key.push(if i == 0 { '?' } else { '&' });
             key.push_str(p);
@@ -38,26 +44,46 @@ fn build(scheme: &str, host: &str, path: &str, query: Option<&str>) -> String {
     key
 }
 
-/// The key of a `Location` / `Content-Location` value when it names the same origin as the
-/// request (RFC 9111 §4.4: never invalidate across origins).
-pub(crate) fn same_origin_key(request_key_origin: (&str, &str), location: &str) -> Option<String> {
+fn param_name(param: &str) -> &str {
+    param.split('=').next().unwrap_or(param)
+}
+
+/// The absolute target of a `Location` / `Content-Location` value when it names the same
+/// origin as the request (RFC 9111 §4.4: never invalidate across origins).
+pub(crate) fn same_origin_target(request_origin: (&str, &str), location: &str) -> Option<Uri> {
     let uri: Uri = location.parse().ok()?;
-    let (scheme, host) = request_key_origin;
-    match uri.authority() {
-        None => {
-            let path = uri.path();
-            path.starts_with('/')
-                .then(|| build(scheme, host, path, uri.query()))
-        }
+    let (scheme, host) = request_origin;
+    let same = match uri.authority() {
+        None => uri.path().starts_with('/'),
         Some(authority) => {
-            let same = uri
-                .scheme_str()
+            uri.scheme_str()
                 .unwrap_or(scheme)
                 .eq_ignore_ascii_case(scheme)
-                && authority.as_str().eq_ignore_ascii_case(host);
-            same.then(|| build(scheme, host, uri.path(), uri.query()))
+                && authority.as_str().eq_ignore_ascii_case(host)
         }
+    };
+    if !same {
+        return None;
     }
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    Uri::builder()
+        .scheme(scheme)
+        .authority(host)
+        .path_and_query(path_and_query)
+        .build()
+        .ok()
+}
+
+/// The absolute URI of a request (for invalidating its target).
+pub(crate) fn absolute(uri: &Uri, headers: &HeaderMap) -> Option<Uri> {
+    let (scheme, host) = origin(uri, headers);
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    Uri::builder()
+        .scheme(scheme)
+        .authority(host)
+        .path_and_query(path_and_query)
+        .build()
+        .ok()
 }
 
 /// The scheme and host used in a request's key.
@@ -82,7 +108,11 @@ mod tests {
         if let Some(host) = host {
             h.insert(header::HOST, HeaderValue::from_static(host));
         }
-        primary_key(&uri.parse().unwrap(), &h)
+        primary_key(&uri.parse().unwrap(), &h, &QueryKey::All)
+    }
+
+    fn same_origin_key(o: (&str, &str), location: &str) -> Option<String> {
+        same_origin_target(o, location).map(|u| primary_key(&u, &HeaderMap::new(), &QueryKey::All))
     }
 
     #[test]
@@ -101,6 +131,17 @@ mod tests {
         assert_eq!(key("/p?b=2&a=1", Some("h")), key("/p?a=1&b=2", Some("h")));
         assert_ne!(key("/p?a=1", Some("h")), key("/p?a=2", Some("h")));
         assert_ne!(key("/p", Some("h")), key("/q", Some("h")));
+    }
+
+    #[test]
+    fn policy_query_filters_parameters() {
+        let h = HeaderMap::new();
+        let uri: Uri = "http://h/p?utm=1&b=2&a=1".parse().unwrap();
+        let only = QueryKey::Only(vec!["a".into()]);
+        assert_eq!(primary_key(&uri, &h, &only), "http://h/p?a=1");
+        let ignore = QueryKey::Ignore(vec!["utm".into()]);
+        assert_eq!(primary_key(&uri, &h, &ignore), "http://h/p?a=1&b=2");
+        assert_eq!(primary_key(&uri, &h, &QueryKey::None), "http://h/p");
     }
 
     #[test]
@@ -133,7 +174,7 @@ mod tests {
 
         #[test]
         fn any_location_value_does_not_panic(location in ".{0,64}") {
-            let _ = same_origin_key(("http", "h"), &location);
+            let _ = same_origin_target(("http", "h"), &location);
         }
     }
 }

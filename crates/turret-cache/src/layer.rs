@@ -1,18 +1,45 @@
 //! [`ResponseCacheLayer`]: the cache's configuration.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use http::{HeaderMap, Uri};
+use http::{HeaderName, Uri};
 use tower_layer::Layer;
-use turret_stampede::{Clock, SingleFlight, SystemClock};
+use turret_stampede::{Clock, LeaseLock, LockBackend, SingleFlight, SystemClock};
 
 use crate::{
-    CacheStorage, CachedResponse, MemoryStorage, Purge, ResponseCache, StorageFuture,
-    freshness::StoreRules, key,
+    CacheInvalidator, CacheStorage, CachedResponse, MakeCacheKey, MemoryStorage, Policy,
+    ResponseCache, StorageFuture,
+    freshness::StoreRules,
+    lease::FillLease,
+    policy::{Pattern, Policies},
 };
+
+/// How long a response with a validator is kept after it goes stale (1 minute).
+pub const DEFAULT_KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(60);
+
+/// How long a miss waits for another instance's fill before calling the origin itself (2 s).
+pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// Responses larger than this are never buffered nor stored (1 MiB).
 pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 1024 * 1024;
+
+/// What to do with a response carrying `Set-Cookie` (never stored as is: the cookie would be
+/// replayed to every client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SetCookie {
+    /// Do not store the response (the default; RFC 9111 allows storing, but a shared cache
+    /// that replays cookies leaks sessions).
+    #[default]
+    Bypass,
+    /// Store it without the `Set-Cookie` field: the client whose request filled the cache
+    /// gets the cookie, later hits do not.
+    StoreWithout,
+}
 
 /// Shared by every clone of the layer and its services.
 #[derive(Clone)]
@@ -22,7 +49,25 @@ pub(crate) struct Config {
     pub(crate) rules: StoreRules,
     pub(crate) max_entry_size: u64,
     pub(crate) flights: Option<SingleFlight<String, Option<Arc<CachedResponse>>>>,
+    pub(crate) policies: Policies,
+    /// How long a response with a validator is kept after it goes stale, to be revalidated
+    /// with a conditional request instead of fetched again.
+    pub(crate) keep_for_revalidation: Duration,
+    /// Targeted cache-control fields (RFC 9213), most specific first.
+    pub(crate) targeted: Vec<HeaderName>,
+    /// Response fields that carry tags.
+    pub(crate) tag_fields: Vec<HeaderName>,
+    pub(crate) expose_tags: bool,
+    /// Keys whose stale-while-revalidate refresh runs in this process.
+    pub(crate) refreshing: Arc<Mutex<HashSet<String>>>,
+    pub(crate) lease: Option<Arc<dyn FillLease>>,
+    pub(crate) lease_wait: Duration,
+    /// Tags to invalidate per application event ([`CacheInvalidator::emit`]).
+    pub(crate) events: Arc<HashMap<String, Vec<String>>>,
 }
+
+/// RFC 9213 `CDN-Cache-Control`.
+pub(crate) const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 
 /// A tower layer that puts an RFC 9111 shared cache in front of a service.
 ///
@@ -70,9 +115,22 @@ impl ResponseCacheLayer {
                 rules: StoreRules {
                     heuristics: false,
                     default_ttl: None,
+                    set_cookie: SetCookie::Bypass,
                 },
                 max_entry_size: DEFAULT_MAX_ENTRY_SIZE,
                 flights: Some(SingleFlight::new()),
+                policies: Policies::default(),
+                keep_for_revalidation: DEFAULT_KEEP_FOR_REVALIDATION,
+                targeted: vec![CDN_CACHE_CONTROL],
+                tag_fields: vec![
+                    HeaderName::from_static("surrogate-key"),
+                    HeaderName::from_static("cache-tag"),
+                ],
+                expose_tags: false,
+                refreshing: Arc::default(),
+                lease: None,
+                lease_wait: DEFAULT_LEASE_WAIT,
+                events: Arc::default(),
             }),
         }
     }
@@ -113,11 +171,129 @@ impl ResponseCacheLayer {
 
     /// Removes every stored response for `uri`, for writes the layer does not see (a job, a
     /// message, another route). `uri` must be absolute (`http://shop.example/products?page=2`):
-    /// the key is the one the layer builds for a request with that target and `Host`.
+    /// the key is the one the layer builds for a GET with that target and `Host`. Shorthand
+    /// for [`invalidator().invalidate(uri)`](CacheInvalidator::invalidate).
     pub fn invalidate(&self, uri: &Uri) -> StorageFuture<()> {
-        let key = key::primary_key(uri, &HeaderMap::new());
-        tracing::debug!(%key, "invalidating on request of the application");
-        self.config.storage.invalidate(&key, Purge::Remove)
+        self.invalidator().invalidate(uri)
+    }
+
+    /// Removes every stored response tagged `tag`, on every instance sharing the storage.
+    /// Shorthand for [`invalidator().invalidate_tag(tag)`](CacheInvalidator::invalidate_tag).
+    pub fn invalidate_tag(&self, tag: &str) -> StorageFuture<()> {
+        self.invalidator().invalidate_tag(tag)
+    }
+
+    /// A cheap handle for handler code (axum `State` / `Extension`) to invalidate by URI,
+    /// tag or application event, hard or soft.
+    pub fn invalidator(&self) -> CacheInvalidator {
+        CacheInvalidator {
+            config: self.config.clone(),
+        }
+    }
+
+    /// The policy for requests whose path matches `pattern`: `/products` (exactly),
+    /// `/products/*` (`/products` and anything below it) or `*`. The first matching route
+    /// wins; requests matching none get the default policy (the layer's own settings).
+    pub fn route(mut self, pattern: &str, policy: Policy) -> Self {
+        self.config()
+            .policies
+            .routes
+            .push((Pattern::new(pattern), Arc::new(policy)));
+        self
+    }
+
+    /// Replaces the default key (`scheme://host/path?sorted-query`, see [`MakeCacheKey`]).
+    pub fn make_key(mut self, make_key: impl MakeCacheKey) -> Self {
+        self.config().policies.make_key = Some(Arc::new(make_key));
+        self
+    }
+
+    /// After a successful (2xx/3xx) unsafe request to a path matching `pattern`, also
+    /// invalidates `tags` — beyond RFC 9111 §4.4, which only invalidates the target URI. For
+    /// example a `POST /products` invalidates the `products` tag that every list carries.
+    pub fn invalidate_on_write<I, T>(mut self, pattern: &str, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let tags = tags.into_iter().map(Into::into).collect();
+        self.config()
+            .policies
+            .write_rules
+            .push((Pattern::new(pattern), tags));
+        self
+    }
+
+    /// Tags that [`CacheInvalidator::emit`]`(event)` invalidates (an event-to-tags map, for
+    /// writes made outside HTTP: a job, a queue consumer).
+    pub fn on_event<I, T>(mut self, event: &str, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let tags = tags.into_iter().map(Into::into).collect();
+        Arc::make_mut(&mut self.config().events).insert(event.to_owned(), tags);
+        self
+    }
+
+    /// How long a response with a validator (`ETag` or `Last-Modified`) is kept after it
+    /// goes stale so that it can be revalidated with a conditional request (default
+    /// [`DEFAULT_KEEP_FOR_REVALIDATION`]). Stored `no-cache` responses live this long.
+    pub fn keep_for_revalidation(mut self, keep: Duration) -> Self {
+        self.config().keep_for_revalidation = keep;
+        self
+    }
+
+    /// The cache's own targeted cache-control field (RFC 9213 §2), e.g. `turret-cache-control`:
+    /// when present and valid it overrides `CDN-Cache-Control` and `Cache-Control`.
+    pub fn targeted_field(mut self, name: HeaderName) -> Self {
+        let config = self.config();
+        config.targeted.retain(|n| *n != name);
+        config.targeted.insert(0, name);
+        self
+    }
+
+    /// Whether `CDN-Cache-Control` (RFC 9213) overrides `Cache-Control` (default `true`).
+    pub fn cdn_cache_control(mut self, enabled: bool) -> Self {
+        let config = self.config();
+        config.targeted.retain(|n| *n != CDN_CACHE_CONTROL);
+        if enabled {
+            config.targeted.push(CDN_CACHE_CONTROL);
+        }
+        self
+    }
+
+    /// Response fields whose space- or comma-separated values tag the stored response
+    /// (default `Surrogate-Key` and `Cache-Tag`).
+    pub fn tag_fields<I: IntoIterator<Item = HeaderName>>(mut self, names: I) -> Self {
+        self.config().tag_fields = names.into_iter().collect();
+        self
+    }
+
+    /// Whether the tag fields reach the client (default `false`: they are removed, as a CDN
+    /// does).
+    pub fn expose_tags(mut self, expose: bool) -> Self {
+        self.config().expose_tags = expose;
+        self
+    }
+
+    /// What to do with responses that set cookies (default [`SetCookie::Bypass`]).
+    pub fn set_cookie(mut self, policy: SetCookie) -> Self {
+        self.config().rules.set_cookie = policy;
+        self
+    }
+
+    /// Makes concurrent misses on one key share one origin call across every instance: the
+    /// instance that takes `lock`'s lease fills, the others wait for its release (woken by
+    /// notification) and read what it stored, at most `max_wait` (default
+    /// [`DEFAULT_LEASE_WAIT`]) before calling the origin themselves. The same lease makes a
+    /// `stale-while-revalidate` refresh run once in the fleet. If the lock's backend is
+    /// unreachable, each instance fills on its own.
+    pub fn fill_lease<L: LockBackend>(mut self, lock: LeaseLock<L>, max_wait: Duration) -> Self {
+        let config = self.config();
+        config.lease = Some(Arc::new(lock));
+        config.lease_wait = max_wait;
+        self
     }
 
     /// The clock used for ages and freshness (default [`SystemClock`]).

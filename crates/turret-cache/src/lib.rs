@@ -99,17 +99,26 @@ mod cache_control;
 mod entry;
 mod freshness;
 mod future;
+mod invalidator;
 mod key;
 mod layer;
+mod lease;
+mod policy;
 mod service;
 mod storage;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 pub use body::ResponseBody;
 pub use entry::{CachedResponse, DecodeError};
 pub use future::ResponseFuture;
-pub use layer::{DEFAULT_MAX_ENTRY_SIZE, ResponseCacheLayer};
+pub use invalidator::CacheInvalidator;
+pub use layer::{
+    DEFAULT_KEEP_FOR_REVALIDATION, DEFAULT_LEASE_WAIT, DEFAULT_MAX_ENTRY_SIZE, ResponseCacheLayer,
+    SetCookie,
+};
+pub use policy::{MakeCacheKey, Policy, QueryKey};
 pub use service::ResponseCache;
 pub use storage::{
     CacheStorage, MAX_VARIANTS, MemoryStorage, Purge, StorageError, StorageFuture, Variants,

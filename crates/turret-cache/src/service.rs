@@ -8,14 +8,17 @@ use std::{
 
 use http::{Method, Request, Response};
 use http_body::Body;
+use http_body_util::BodyExt as _;
 use tower_service::Service;
 
 use crate::{
     ResponseBody, ResponseCacheLayer,
     cache_control::{CacheControl, Qualified},
-    future::{self, Invalidate, ResponseFuture},
+    future::{self, Ctx, Invalidate, ResponseFuture},
     key,
     layer::Config,
+    policy::Outcome,
+    validate,
 };
 
 /// A service that answers GET and HEAD from an RFC 9111 shared cache and fills it from
@@ -54,6 +57,41 @@ impl<S> ResponseCache<S> {
     pub fn into_inner(self) -> S {
         self.inner
     }
+
+    /// Fills the cache ahead of traffic: sends each request through the cache (as a client
+    /// would, so every storing rule applies) and reads the responses to their end. Returns
+    /// how many responses were stored or already fresh in the cache.
+    pub async fn warm<ReqBody, ResBody, I>(&self, requests: I) -> Result<usize, S::Error>
+    where
+        I: IntoIterator<Item = Request<ReqBody>>,
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body + Send + 'static,
+        ResBody::Error: Send + 'static,
+    {
+        let mut warmed = 0;
+        for req in requests {
+            let mut svc = self.clone();
+            std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+            let res = svc.call(req).await?;
+            let status = res
+                .headers()
+                .get_all("cache-status")
+                .iter()
+                .last()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            // Drain the body so that the fill completes; a body error only loses this one.
+            let _ = res.into_body().collect().await;
+            if status.contains("; hit") || status.contains("; stored") {
+                warmed += 1;
+            }
+        }
+        Ok(warmed)
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResponseCache<S>
@@ -79,34 +117,49 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
         let method = req.method();
+        let policy = config.policies.for_path(req.uri().path()).clone();
 
         if method != Method::GET && method != Method::HEAD {
             // RFC 9111 §4.4: a 2xx/3xx to an unsafe or unknown method invalidates the target.
             let safe = method == Method::OPTIONS || method == Method::TRACE;
             let invalidate = (!safe).then(|| {
                 let (scheme, host) = key::origin(req.uri(), req.headers());
+                let target = key::absolute(req.uri(), req.headers());
+                let key = target.and_then(|t| config.policies.key(&policy, &t, req.headers()));
                 Invalidate {
-                    config,
-                    key: key::primary_key(req.uri(), req.headers()),
+                    tags: config.policies.write_tags(req.uri().path()),
+                    key,
                     origin: (scheme.to_owned(), host.to_owned()),
+                    config: config.clone(),
                 }
             });
-            future::count("method");
+            policy.count(Outcome::Method);
             return ResponseFuture::forward(inner.call(req), "fwd=method", invalidate);
         }
-
+        if policy.bypass {
+            policy.count(Outcome::Bypass);
+            return ResponseFuture::forward(inner.call(req), "fwd=bypass", None);
+        }
         let directives = CacheControl::from_headers(req.headers());
-        if directives.no_store {
-            // RFC 9111 §5.2.1.5: store nothing of this exchange.
-            future::count("request-no-store");
+        if directives.no_store || validate::has_foreign_precondition(req.headers()) {
+            // RFC 9111 §5.2.1.5: store nothing of this exchange. Preconditions other than
+            // If-None-Match / If-Modified-Since are the origin's to evaluate.
+            policy.count(Outcome::Bypass);
             return ResponseFuture::forward(inner.call(req), "fwd=request", None);
         }
-        let key = key::primary_key(req.uri(), req.headers());
-        if directives.no_cache != Qualified::Absent {
-            // RFC 9111 §5.2.1.4: do not reuse without validation; the response may be stored.
-            future::count("request-no-cache");
-            return future::miss(config, inner, req, key, "fwd=request");
-        }
-        future::lookup(config, inner, req, key, directives)
+        let Some(key) = config.policies.key(&policy, req.uri(), req.headers()) else {
+            policy.count(Outcome::Bypass);
+            return ResponseFuture::forward(inner.call(req), "fwd=bypass", None);
+        };
+        // RFC 9111 §5.2.1.4: `no-cache` reuses nothing without validating it first.
+        let force = directives.no_cache != Qualified::Absent;
+        let ctx = Ctx {
+            head: req.method() == Method::HEAD,
+            config,
+            policy,
+            key,
+            directives,
+        };
+        future::lookup(ctx, inner, req, force)
     }
 }

@@ -133,7 +133,10 @@ async fn upstream_age_counts_toward_freshness_rfc9111_4_2_3() {
     assert_eq!(field(&res, "cache-status"), "turret; hit; ttl=10");
     clock.advance(Duration::from_secs(10));
     let res = svc.oneshot(get("/a")).await.unwrap();
-    assert_eq!(field(&res, "cache-status"), "turret; fwd=stale; stored");
+    assert_eq!(
+        field(&res, "cache-status"),
+        "turret; fwd=stale; fwd-status=200; stored"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
@@ -149,7 +152,10 @@ async fn stale_entry_is_a_miss_rfc9111_4_2() {
     svc.clone().oneshot(get("/a")).await.unwrap();
     clock.advance(Duration::from_secs(60));
     let res = svc.clone().oneshot(get("/a")).await.unwrap();
-    assert_eq!(field(&res, "cache-status"), "turret; fwd=stale; stored");
+    assert_eq!(
+        field(&res, "cache-status"),
+        "turret; fwd=stale; fwd-status=200; stored"
+    );
     assert_eq!(text(res).await, "body 2");
     let res = svc.oneshot(get("/a")).await.unwrap();
     assert_eq!(text(res).await, "body 2");
@@ -407,7 +413,7 @@ async fn request_no_store_bypasses_and_no_cache_refreshes_rfc9111_5_2_1() {
         .oneshot(with(Method::GET, "/a", &[("cache-control", "no-cache")]))
         .await
         .unwrap();
-    assert_eq!(field(&res, "cache-status"), "turret; fwd=request; stored");
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=miss; stored");
     assert_eq!(text(res).await, "body 2");
     let res = svc.oneshot(get("/a")).await.unwrap();
     assert_eq!(text(res).await, "body 2");
@@ -698,7 +704,10 @@ async fn request_max_age_and_min_fresh_narrow_reuse_rfc9111_5_2_1() {
         .oneshot(with(Method::GET, "/a", &[("cache-control", "max-age=29")]))
         .await
         .unwrap();
-    assert_eq!(field(&res, "cache-status"), "turret; fwd=request; stored");
+    assert_eq!(
+        field(&res, "cache-status"),
+        "turret; fwd=request; fwd-status=200; stored"
+    );
     clock.advance(Duration::from_secs(1));
     let res = svc
         .clone()
@@ -709,7 +718,10 @@ async fn request_max_age_and_min_fresh_narrow_reuse_rfc9111_5_2_1() {
         ))
         .await
         .unwrap();
-    assert_eq!(field(&res, "cache-status"), "turret; fwd=request; stored");
+    assert_eq!(
+        field(&res, "cache-status"),
+        "turret; fwd=request; fwd-status=200; stored"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 

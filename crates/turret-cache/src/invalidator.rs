@@ -1,0 +1,132 @@
+//! [`CacheInvalidator`]: invalidation from application code.
+
+use std::{fmt, sync::Arc};
+
+use http::{HeaderMap, Uri};
+
+use crate::{Purge, StorageFuture, layer::Config};
+
+/// Invalidates stored responses by URI, tag or application event, from handler code, a job
+/// or a queue consumer. Get one from [`ResponseCacheLayer::invalidator`]; clones are cheap
+/// and share the layer's storage (so with a Redis or two-tier storage, an invalidation on
+/// one instance reaches every instance).
+///
+/// A hard invalidation removes the responses: the next request is a miss. A soft purge
+/// keeps them, stale: the next request revalidates with the origin, and a
+/// `stale-while-revalidate` window lets clients get the old copy meanwhile.
+///
+/// ```
+/// use turret_cache::ResponseCacheLayer;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = ResponseCacheLayer::new().on_event("product-updated", ["products"]);
+/// let invalidator = layer.invalidator();
+/// // In a handler, after the database write:
+/// invalidator.invalidate_tag("product:7").await.unwrap();
+/// invalidator.emit("product-updated").await.unwrap();
+/// # }
+/// ```
+///
+/// [`ResponseCacheLayer::invalidator`]: crate::ResponseCacheLayer::invalidator
+#[derive(Clone)]
+pub struct CacheInvalidator {
+    pub(crate) config: Arc<Config>,
+}
+
+impl fmt::Debug for CacheInvalidator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheInvalidator").finish_non_exhaustive()
+    }
+}
+
+impl CacheInvalidator {
+    /// Removes every stored response for the absolute `uri` (its key as a GET with that
+    /// target and host, under the policy of its path).
+    pub fn invalidate(&self, uri: &Uri) -> StorageFuture<()> {
+        self.by_uri(uri, Purge::Remove)
+    }
+
+    /// Marks every stored response for `uri` stale (a soft purge).
+    pub fn soft_purge(&self, uri: &Uri) -> StorageFuture<()> {
+        self.by_uri(uri, Purge::MarkStale(self.config.clock.now()))
+    }
+
+    /// Removes every stored response tagged `tag`.
+    pub fn invalidate_tag(&self, tag: &str) -> StorageFuture<()> {
+        tracing::debug!(tag, "invalidating a tag");
+        metrics::counter!("turret_cache_tag_invalidations_total").increment(1);
+        self.config.storage.invalidate_tag(tag, Purge::Remove)
+    }
+
+    /// Marks every stored response tagged `tag` stale (a soft purge).
+    pub fn soft_purge_tag(&self, tag: &str) -> StorageFuture<()> {
+        tracing::debug!(tag, "soft-purging a tag");
+        metrics::counter!("turret_cache_tag_invalidations_total").increment(1);
+        self.config
+            .storage
+            .invalidate_tag(tag, Purge::MarkStale(self.config.clock.now()))
+    }
+
+    /// Removes every stored response carrying any of `tags`.
+    pub fn invalidate_tags<I, T>(&self, tags: I) -> StorageFuture<()>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        join(
+            tags.into_iter()
+                .map(|t| self.invalidate_tag(t.as_ref()))
+                .collect(),
+        )
+    }
+
+    /// Invalidates the tags registered for `event` with
+    /// [`ResponseCacheLayer::on_event`](crate::ResponseCacheLayer::on_event); nothing for an
+    /// unknown event.
+    pub fn emit(&self, event: &str) -> StorageFuture<()> {
+        match self.config.events.get(event) {
+            Some(tags) => self.invalidate_tags(tags),
+            None => {
+                tracing::debug!(event, "no cache tags registered for this event");
+                StorageFuture::ready(Ok(()))
+            }
+        }
+    }
+
+    fn by_uri(&self, uri: &Uri, purge: Purge) -> StorageFuture<()> {
+        let policies = &self.config.policies;
+        let policy = policies.for_path(uri.path());
+        match policies.key(policy, uri, &HeaderMap::new()) {
+            Some(key) => {
+                tracing::debug!(%key, ?purge, "invalidating on request of the application");
+                self.config.storage.invalidate(&key, purge)
+            }
+            None => StorageFuture::ready(Ok(())),
+        }
+    }
+}
+
+/// All of `pending`, in order; the first error is returned after every one ran.
+pub(crate) fn join(mut pending: Vec<StorageFuture<()>>) -> StorageFuture<()> {
+    let mut first_error = None;
+    pending.retain_mut(|f| match f.take_ready() {
+        Some(Ok(())) => false,
+        Some(Err(e)) => {
+            first_error.get_or_insert(e);
+            false
+        }
+        None => true,
+    });
+    if pending.is_empty() {
+        return StorageFuture::ready(first_error.map_or(Ok(()), Err));
+    }
+    StorageFuture::new(async move {
+        for f in pending {
+            if let Err(e) = f.await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })
+}

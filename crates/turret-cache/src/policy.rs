@@ -1,0 +1,347 @@
+//! Application policy: per-route [`Policy`], the [`MakeCacheKey`] trait, and route patterns.
+
+use std::{
+    fmt,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use http::{HeaderMap, HeaderName, Method, Uri};
+
+use crate::key;
+
+/// Which query parameters are part of the primary key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum QueryKey {
+    /// Every parameter, sorted by name (the default).
+    #[default]
+    All,
+    /// Only these parameters (sorted by name); others (tracking, cache busters) are ignored.
+    Only(Vec<String>),
+    /// Every parameter except these.
+    Ignore(Vec<String>),
+    /// No parameter: `/products?utm=x` and `/products` share one entry.
+    None,
+}
+
+impl QueryKey {
+    pub(crate) fn keeps(&self, name: &str) -> bool {
+        match self {
+            QueryKey::All => true,
+            QueryKey::Only(names) => names.iter().any(|n| n == name),
+            QueryKey::Ignore(names) => !names.iter().any(|n| n == name),
+            QueryKey::None => false,
+        }
+    }
+}
+
+/// What the cache does for a group of routes (see [`ResponseCacheLayer::route`]).
+///
+/// Every RFC 9111 rule still applies: a policy adds defaults for handlers that send no
+/// caching fields, it never stores what the response forbids.
+///
+/// ```
+/// use std::time::Duration;
+/// use turret_cache::{Policy, QueryKey};
+///
+/// let products = Policy::named("products")
+///     .ttl(Duration::from_secs(300))
+///     .query(QueryKey::Only(vec!["skip".into(), "limit".into(), "category".into()]))
+///     .tags(["products"])
+///     .stale_while_revalidate(Duration::from_secs(30));
+/// # let _ = products;
+/// ```
+///
+/// [`ResponseCacheLayer::route`]: crate::ResponseCacheLayer::route
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub(crate) name: Arc<str>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) only_headers: bool,
+    pub(crate) bypass: bool,
+    pub(crate) query: QueryKey,
+    pub(crate) key_headers: Vec<HeaderName>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) stale_while_revalidate: Option<Duration>,
+    pub(crate) stale_if_error: Option<Duration>,
+    pub(crate) metrics: Arc<OnceLock<Counters>>,
+}
+
+/// What happened to a request, for `turret_cache_requests_total{outcome, policy}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Hit,
+    Miss,
+    Stale,
+    Revalidated,
+    Collapsed,
+    Bypass,
+    Method,
+    OnlyIfCached,
+}
+
+const OUTCOMES: [&str; 8] = [
+    "hit",
+    "miss",
+    "stale",
+    "revalidated",
+    "collapsed",
+    "bypass",
+    "method",
+    "only-if-cached",
+];
+
+/// The policy's counters, registered on first use (so a recorder installed after the layer
+/// was built still sees them), then incremented without allocating.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    requests: [metrics::Counter; 8],
+    pub(crate) stored_bytes: metrics::Counter,
+}
+
+impl Policy {
+    pub(crate) fn count(&self, outcome: Outcome) {
+        let counters = self.metrics.get_or_init(|| {
+            let policy = if self.name.is_empty() {
+                "default".to_owned()
+            } else {
+                self.name.to_string()
+            };
+            Counters {
+                requests: OUTCOMES.map(|o| {
+                    metrics::counter!("turret_cache_requests_total", "outcome" => o, "policy" => policy.clone())
+                }),
+                stored_bytes: metrics::counter!("turret_cache_stored_bytes_total", "policy" => policy),
+            }
+        });
+        counters.requests[outcome as usize].increment(1);
+    }
+
+    pub(crate) fn stored(&self, bytes: usize) {
+        if let Some(c) = self.metrics.get() {
+            c.stored_bytes.increment(bytes as u64);
+        }
+    }
+
+    /// A policy with a name (a label of the cache's metrics and debug events).
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: Arc::from(name),
+            ..Self::default()
+        }
+    }
+
+    /// The freshness lifetime of responses that send no `max-age`, `s-maxage` or `Expires`
+    /// (for a heuristically cacheable status, RFC 9110 §15.1). Overrides the layer's
+    /// [`default_ttl`](crate::ResponseCacheLayer::default_ttl).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self.only_headers = false;
+        self
+    }
+
+    /// Store only what the response's own caching fields allow: no default TTL, even when
+    /// the layer has one.
+    pub fn only_headers(mut self) -> Self {
+        self.ttl = None;
+        self.only_headers = true;
+        self
+    }
+
+    /// Never look up nor store: requests pass through (`Cache-Status: fwd=bypass`).
+    pub fn bypass(mut self) -> Self {
+        self.bypass = true;
+        self
+    }
+
+    /// Which query parameters are part of the key (default: all, sorted).
+    pub fn query(mut self, query: QueryKey) -> Self {
+        self.query = query;
+        self
+    }
+
+    /// Request fields that select a variant as if the response listed them in `Vary`
+    /// (e.g. `accept-language` for a handler that forgets to send `Vary`).
+    pub fn key_headers<I>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = HeaderName>,
+    {
+        self.key_headers = names.into_iter().collect();
+        self
+    }
+
+    /// Tags given to every response stored under this policy, in addition to those of a
+    /// `Surrogate-Key` / `Cache-Tag` response field.
+    pub fn tags<I, T>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// RFC 5861 `stale-while-revalidate` for responses that do not send one.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = Some(window);
+        self
+    }
+
+    /// RFC 5861 `stale-if-error` for responses that do not send one.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(window);
+        self
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A path pattern: `/products` (exactly), `/products/*` (anything below `/products/`, and
+/// `/products` itself) or `*` (every path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pattern(String);
+
+impl Pattern {
+    pub(crate) fn new(pattern: &str) -> Self {
+        Self(pattern.to_owned())
+    }
+
+    pub(crate) fn matches(&self, path: &str) -> bool {
+        let p = self.0.as_str();
+        if p == "*" {
+            return true;
+        }
+        match p.strip_suffix("/*") {
+            Some(base) => {
+                path == base
+                    || (path.len() > base.len()
+                        && path.starts_with(base)
+                        && path.as_bytes()[base.len()] == b'/')
+            }
+            None => path == p,
+        }
+    }
+}
+
+/// Builds the primary key of a request, replacing the default `scheme://host/path?query`.
+///
+/// Return `None` to bypass the cache for this request. The key must include everything the
+/// response depends on that the response's `Vary` does not name, or the cache serves one
+/// user's response to another: the host always, and e.g. a tenant id taken from the path.
+/// Invalidation (RFC 9111 §4.4, [`ResponseCacheLayer::invalidate`]) asks for the key of a
+/// GET to the target URI.
+///
+/// [`ResponseCacheLayer::invalidate`]: crate::ResponseCacheLayer::invalidate
+pub trait MakeCacheKey: Send + Sync + 'static {
+    /// The key of a GET or HEAD request, or `None` to bypass the cache.
+    fn make_key(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<String>;
+}
+
+impl<F> MakeCacheKey for F
+where
+    F: Fn(&Method, &Uri, &HeaderMap) -> Option<String> + Send + Sync + 'static,
+{
+    fn make_key(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<String> {
+        self(method, uri, headers)
+    }
+}
+
+/// The routes' policies in order, the default policy, and the key maker.
+#[derive(Clone, Default)]
+pub(crate) struct Policies {
+    pub(crate) routes: Vec<(Pattern, Arc<Policy>)>,
+    pub(crate) default: Arc<Policy>,
+    pub(crate) make_key: Option<Arc<dyn MakeCacheKey>>,
+    /// Tags invalidated after a successful unsafe request to a matching path.
+    pub(crate) write_rules: Vec<(Pattern, Vec<String>)>,
+}
+
+impl fmt::Debug for Policies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policies")
+            .field("routes", &self.routes)
+            .field("default", &self.default)
+            .field("make_key", &self.make_key.is_some())
+            .field("write_rules", &self.write_rules)
+            .finish()
+    }
+}
+
+impl Policies {
+    /// The first route policy whose pattern matches `path`, or the default.
+    pub(crate) fn for_path(&self, path: &str) -> &Arc<Policy> {
+        self.routes
+            .iter()
+            .find(|(p, _)| p.matches(path))
+            .map_or(&self.default, |(_, policy)| policy)
+    }
+
+    /// The primary key of a GET to `uri` under `policy`.
+    pub(crate) fn key(&self, policy: &Policy, uri: &Uri, headers: &HeaderMap) -> Option<String> {
+        match &self.make_key {
+            Some(make) => make.make_key(&Method::GET, uri, headers),
+            None => Some(key::primary_key(uri, headers, &policy.query)),
+        }
+    }
+
+    /// The tags a successful unsafe request to `path` invalidates.
+    pub(crate) fn write_tags(&self, path: &str) -> Vec<String> {
+        let mut tags = Vec::new();
+        for (pattern, t) in &self.write_rules {
+            if pattern.matches(path) {
+                tags.extend(t.iter().cloned());
+            }
+        }
+        tags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_exact_prefix_and_all() {
+        let exact = Pattern::new("/products");
+        assert!(exact.matches("/products"));
+        assert!(!exact.matches("/products/7"));
+        let below = Pattern::new("/products/*");
+        assert!(below.matches("/products"));
+        assert!(below.matches("/products/7"));
+        assert!(!below.matches("/productsx"));
+        assert!(!below.matches("/categories"));
+        assert!(Pattern::new("*").matches("/anything"));
+    }
+
+    #[test]
+    fn first_matching_route_wins() {
+        let policies = Policies {
+            routes: vec![
+                (
+                    Pattern::new("/products/top-selling"),
+                    Arc::new(Policy::named("top")),
+                ),
+                (
+                    Pattern::new("/products/*"),
+                    Arc::new(Policy::named("products")),
+                ),
+            ],
+            ..Policies::default()
+        };
+        assert_eq!(policies.for_path("/products/top-selling").name(), "top");
+        assert_eq!(policies.for_path("/products/7").name(), "products");
+        assert_eq!(policies.for_path("/health").name(), "");
+    }
+
+    #[test]
+    fn query_key_filters() {
+        assert!(QueryKey::All.keeps("a"));
+        assert!(!QueryKey::None.keeps("a"));
+        assert!(QueryKey::Only(vec!["a".into()]).keeps("a"));
+        assert!(!QueryKey::Only(vec!["a".into()]).keeps("b"));
+        assert!(!QueryKey::Ignore(vec!["utm".into()]).keeps("utm"));
+    }
+}
