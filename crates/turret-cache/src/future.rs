@@ -625,6 +625,8 @@ struct Exchange<B: Body, E> {
     /// `Some(status)` when the origin was asked; `None` when the answer came from what
     /// another instance stored while this one waited for its lease.
     origin_status: Option<StatusCode>,
+    /// A 304 updated the stored response.
+    revalidated: bool,
 }
 
 /// Where the leader's exchange leaves its own response.
@@ -747,6 +749,7 @@ fn finish<B: Body, E>(
         entry,
         res,
         origin_status,
+        revalidated,
     } = done;
     let mut res = res?;
     let Some(origin_status) = origin_status else {
@@ -759,7 +762,6 @@ fn finish<B: Body, E>(
         annotate(&mut res, &format!("{member}; collapsed"), "MISS");
         return Ok(res);
     };
-    let revalidated = origin_status == StatusCode::NOT_MODIFIED && stale.is_some();
     if let Some(entry) = &entry
         && validate::is_conditional(client)
         && validate::client_copy_is_current(entry.headers(), client)
@@ -804,26 +806,37 @@ where
         && stale.is_none()
         && let Some(lease) = &config.lease
     {
-        match lease
-            .lead_or_wait(format!("fill:{}", ctx.key), config.lease_wait)
-            .await
-        {
-            LeaseOutcome::Lead(guard) => held = Some(guard),
-            LeaseOutcome::Released | LeaseOutcome::TimedOut => {
-                // Another instance filled (or gave up): read what it stored.
-                let result = config.storage.get(&ctx.key).await;
-                let now = config.clock.now();
-                if let Lookup::Fresh(entry, _) =
-                    select(result, req.headers(), &CacheControl::default(), false, now)
-                {
-                    return Exchange {
-                        res: Ok(from_storage(&entry, now, false)),
-                        entry: Some(entry),
-                        origin_status: None,
-                    };
+        let deadline = tokio::time::Instant::now() + config.lease_wait;
+        let lease_key = format!("fill:{}", ctx.key);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let outcome = lease.lead_or_wait(lease_key.clone(), left).await;
+            let last = match outcome {
+                LeaseOutcome::Unavailable => break,
+                LeaseOutcome::Lead(guard) => {
+                    held = Some(guard);
+                    true
                 }
+                LeaseOutcome::Released => false,
+                LeaseOutcome::TimedOut => true,
+            };
+            // Another instance may have filled meanwhile (before we took the lease, or
+            // while we waited): read what it stored.
+            let result = config.storage.get(&ctx.key).await;
+            let now = config.clock.now();
+            if let Lookup::Fresh(entry, _) =
+                select(result, req.headers(), &CacheControl::default(), false, now)
+            {
+                return Exchange {
+                    res: Ok(from_storage(&entry, now, false)),
+                    entry: Some(entry),
+                    origin_status: None,
+                    revalidated: false,
+                };
             }
-            LeaseOutcome::Unavailable => {}
+            if last {
+                break;
+            }
         }
     }
     let request_time = config.clock.now();
@@ -835,6 +848,7 @@ where
                 entry: None,
                 res: Err(e),
                 origin_status: None,
+                revalidated: false,
             };
         }
     };
@@ -854,6 +868,7 @@ where
                 entry: Some(entry),
                 res: Ok(res),
                 origin_status: Some(status),
+                revalidated: true,
             }
         }
         _ => {
@@ -862,6 +877,7 @@ where
                 entry,
                 res: Ok(res),
                 origin_status: Some(status),
+                revalidated: false,
             }
         }
     };

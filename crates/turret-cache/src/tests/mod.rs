@@ -4,7 +4,7 @@ use std::{
     convert::Infallible,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
@@ -786,4 +786,45 @@ async fn the_application_can_invalidate_a_uri() {
         .unwrap();
     assert_eq!(field(&res, "x-cache"), "MISS");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+mod policies;
+mod revalidation;
+mod stale;
+
+type Scripted = Response<Full<Bytes>>;
+
+/// An origin whose answer `f(call number, request)` decides; errors are `&'static str`.
+fn scripted<F>(
+    calls: Arc<AtomicUsize>,
+    f: F,
+) -> impl Service<
+    Request<()>,
+    Response = Scripted,
+    Error = &'static str,
+    Future = impl Future<Output = Result<Scripted, &'static str>> + Send,
+> + Clone
++ Send
++ 'static
+where
+    F: Fn(usize, &Request<()>) -> Result<Scripted, &'static str> + Clone + Send + Sync + 'static,
+{
+    service_fn(move |req: Request<()>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let out = f(n, &req);
+        async move { out }
+    })
+}
+
+/// A response with `status`, `body` and `headers`.
+fn respond(status: u16, body: &str, headers: &[(&str, &str)]) -> Scripted {
+    let mut res = Response::new(Full::from(body.to_owned()));
+    *res.status_mut() = StatusCode::from_u16(status).unwrap();
+    for (k, v) in headers {
+        res.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    res
 }

@@ -1,0 +1,326 @@
+//! Application policy: routes, keys, tags, write rules, targeted fields (RFC 9213),
+//! Set-Cookie, warming and the fleet fill lease.
+
+use turret_stampede::LeaseLock;
+
+use super::*;
+use crate::{MemoryStorage, Policy, QueryKey, SetCookie};
+
+fn shop_layer(clock: &FakeClock) -> ResponseCacheLayer {
+    layer(clock)
+        .route(
+            "/products/*",
+            Policy::named("products")
+                .ttl(Duration::from_secs(300))
+                .query(QueryKey::Only(vec!["skip".into(), "limit".into()]))
+                .tags(["products"]),
+        )
+        .route(
+            "/categories/*",
+            Policy::named("categories").ttl(Duration::from_secs(3600)),
+        )
+        .route("/admin/*", Policy::named("admin").bypass())
+        .invalidate_on_write("/products/*", ["products"])
+}
+
+#[tokio::test]
+async fn each_route_gets_its_policy_ttl() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = shop_layer(&clock).layer(origin(calls.clone(), 200, &[]));
+    for path in ["/products/1", "/categories/1", "/admin/x", "/other"] {
+        svc.clone().oneshot(get(path)).await.unwrap();
+    }
+    let ttl = |path: &'static str| {
+        let svc = svc.clone();
+        async move {
+            let res = svc.oneshot(get(path)).await.unwrap();
+            field(&res, "cache-status")
+        }
+    };
+    assert_eq!(ttl("/products/1").await, "turret; hit; ttl=300");
+    assert_eq!(ttl("/categories/1").await, "turret; hit; ttl=3600");
+    assert_eq!(ttl("/admin/x").await, "turret; fwd=bypass");
+    // No caching fields and no default TTL: not stored.
+    assert_eq!(ttl("/other").await, "turret; fwd=miss");
+}
+
+#[tokio::test]
+async fn only_the_listed_query_parameters_are_in_the_key() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = shop_layer(&clock).layer(origin(calls.clone(), 200, &[]));
+    svc.clone()
+        .oneshot(get("/products?limit=10&skip=0&utm_source=x"))
+        .await
+        .unwrap();
+    let res = svc
+        .clone()
+        .oneshot(get("/products?skip=0&limit=10"))
+        .await
+        .unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    let res = svc
+        .clone()
+        .oneshot(get("/products?skip=10&limit=10"))
+        .await
+        .unwrap();
+    assert_eq!(field(&res, "x-cache"), "MISS");
+}
+
+#[tokio::test]
+async fn tags_come_from_the_policy_and_surrogate_key_and_are_stripped() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = shop_layer(&clock);
+    let invalidator = layer.invalidator();
+    let svc = layer.layer(scripted(calls.clone(), |n, req| {
+        let id = req.uri().path().rsplit('/').next().unwrap().to_owned();
+        Ok(respond(
+            200,
+            &format!("{id} v{n}"),
+            &[("surrogate-key", &format!("product:{id} catalogue"))],
+        ))
+    }));
+    let res = svc.clone().oneshot(get("/products/1")).await.unwrap();
+    assert!(res.headers().get("surrogate-key").is_none());
+    svc.clone().oneshot(get("/products/2")).await.unwrap();
+    let res = svc.clone().oneshot(get("/products/1")).await.unwrap();
+    assert!(res.headers().get("surrogate-key").is_none());
+    assert_eq!(field(&res, "x-cache"), "HIT");
+
+    invalidator.invalidate_tag("product:1").await.unwrap();
+    let hit = |path: &'static str| {
+        let svc = svc.clone();
+        async move { field(&svc.oneshot(get(path)).await.unwrap(), "x-cache") }
+    };
+    assert_eq!(hit("/products/1").await, "MISS");
+    assert_eq!(hit("/products/2").await, "HIT");
+    // The policy's tag covers every product.
+    invalidator.invalidate_tag("products").await.unwrap();
+    assert_eq!(hit("/products/1").await, "MISS");
+    assert_eq!(hit("/products/2").await, "MISS");
+}
+
+#[tokio::test]
+async fn a_successful_write_invalidates_the_tags_of_its_write_rule() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = shop_layer(&clock).layer(scripted(calls.clone(), |_, req| {
+        Ok(if req.method() == Method::POST {
+            respond(201, "", &[("location", "/products/99")])
+        } else {
+            respond(200, "list", &[])
+        })
+    }));
+    svc.clone().oneshot(get("/products?skip=0")).await.unwrap();
+    svc.clone().oneshot(get("/products/1")).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(with(Method::POST, "/products", &[]))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    for path in ["/products?skip=0", "/products/1"] {
+        let res = svc.clone().oneshot(get(path)).await.unwrap();
+        assert_eq!(field(&res, "x-cache"), "MISS", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn events_invalidate_their_tags() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = shop_layer(&clock).on_event("catalogue-imported", ["products"]);
+    let invalidator = layer.invalidator();
+    let svc = layer.layer(origin(calls.clone(), 200, &[]));
+    svc.clone().oneshot(get("/products/1")).await.unwrap();
+    invalidator.emit("unknown-event").await.unwrap();
+    let res = svc.clone().oneshot(get("/products/1")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    invalidator.emit("catalogue-imported").await.unwrap();
+    let res = svc.clone().oneshot(get("/products/1")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "MISS");
+}
+
+#[tokio::test]
+async fn a_custom_key_can_bypass_and_the_host_is_in_the_default_key() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock)
+        .make_key(|_: &Method, uri: &http::Uri, _: &http::HeaderMap| {
+            (!uri.path().starts_with("/private")).then(|| uri.path().to_owned())
+        })
+        .layer(origin(
+            calls.clone(),
+            200,
+            &[("cache-control", "max-age=60")],
+        ));
+    svc.clone().oneshot(get("/private/a")).await.unwrap();
+    let res = svc.clone().oneshot(get("/private/a")).await.unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=bypass");
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+}
+
+#[tokio::test]
+async fn key_headers_select_variants_like_vary() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock)
+        .route(
+            "*",
+            Policy::named("i18n")
+                .ttl(Duration::from_secs(60))
+                .key_headers([header::ACCEPT_LANGUAGE]),
+        )
+        .layer(origin(calls.clone(), 200, &[]));
+    let lang = |l: &'static str| {
+        let mut req = get("/a");
+        req.headers_mut()
+            .insert("accept-language", HeaderValue::from_static(l));
+        req
+    };
+    svc.clone().oneshot(lang("en")).await.unwrap();
+    let res = svc.clone().oneshot(lang("fr")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "MISS");
+    let res = svc.clone().oneshot(lang("en")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    assert_eq!(text(res).await, "body 1");
+}
+
+#[tokio::test]
+async fn cdn_cache_control_overrides_cache_control_rfc9213_2_1() {
+    let cases: [(Headers, &str); 5] = [
+        // Valid targeted field: it wins, Cache-Control is ignored.
+        (
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=60"),
+            ],
+            "HIT",
+        ),
+        (
+            &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "no-store"),
+            ],
+            "MISS",
+        ),
+        // Invalid dictionary: ignored, Cache-Control applies.
+        (
+            &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "max-age=\"x"),
+            ],
+            "HIT",
+        ),
+        // Our own targeted field beats CDN-Cache-Control.
+        (
+            &[
+                ("cdn-cache-control", "no-store"),
+                ("turret-cache-control", "max-age=60"),
+            ],
+            "HIT",
+        ),
+        // Expires is ignored under a targeted field.
+        (
+            &[
+                ("cdn-cache-control", "public"),
+                ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+            ],
+            "MISS",
+        ),
+    ];
+    for (headers, expected) in cases {
+        let clock = FakeClock::new(T0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = layer(&clock)
+            .targeted_field(HeaderName::from_static("turret-cache-control"))
+            .layer(origin(calls, 200, headers));
+        svc.clone().oneshot(get("/a")).await.unwrap();
+        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        assert_eq!(field(&res, "x-cache"), expected, "{headers:?}");
+    }
+}
+
+#[tokio::test]
+async fn set_cookie_is_never_replayed() {
+    let headers: Headers = &[("cache-control", "max-age=60"), ("set-cookie", "sid=1")];
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(origin(calls.clone(), 200, headers));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "MISS");
+    assert_eq!(field(&res, "set-cookie"), "sid=1");
+
+    let svc = layer(&clock)
+        .set_cookie(SetCookie::StoreWithout)
+        .layer(origin(calls.clone(), 200, headers));
+    let res = svc.clone().oneshot(get("/b")).await.unwrap();
+    assert_eq!(
+        field(&res, "set-cookie"),
+        "sid=1",
+        "the filling client gets it"
+    );
+    let res = svc.clone().oneshot(get("/b")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    assert!(res.headers().get("set-cookie").is_none());
+}
+
+#[tokio::test]
+async fn warm_fills_the_cache_ahead_of_traffic() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = shop_layer(&clock).layer(origin(calls.clone(), 200, &[]));
+    let warmed = svc
+        .warm(["/products/1", "/products/2", "/other"].map(get))
+        .await
+        .unwrap();
+    assert_eq!(warmed, 2, "/other is not cacheable");
+    let res = svc.clone().oneshot(get("/products/2")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fill_lease_makes_instances_share_one_origin_call() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let storage = Arc::new(MemoryStorage::default());
+    let lock = LeaseLock::memory();
+    // Two "instances": separate layers (no shared single-flight), one storage, one lock.
+    let instances: Vec<_> = (0..2)
+        .map(|_| {
+            let calls = calls.clone();
+            ResponseCacheLayer::with_storage(storage.clone())
+                .clock(clock.clone())
+                .fill_lease(lock.clone(), Duration::from_secs(5))
+                .layer(service_fn(move |_req: Request<()>| {
+                    let calls = calls.clone();
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let mut res = Response::new(Full::<Bytes>::from("slow"));
+                        res.headers_mut()
+                            .insert("cache-control", HeaderValue::from_static("max-age=60"));
+                        Ok::<_, Infallible>(res)
+                    }
+                }))
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let svc = instances[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let res = svc.oneshot(get("/report")).await.unwrap();
+            text(res).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "slow");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

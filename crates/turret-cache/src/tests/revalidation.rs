@@ -1,0 +1,216 @@
+//! Validation: stored `no-cache` responses, 304 updates, conditional requests answered from
+//! storage (RFC 9111 §4.3, RFC 9110 §13).
+
+use super::*;
+
+/// An origin with a validator: answers 304 to a matching `If-None-Match`, else 200 with the
+/// body `v1` and `extra` fields.
+fn validating(
+    calls: Arc<AtomicUsize>,
+    cache_control: &'static str,
+) -> impl Service<
+    Request<()>,
+    Response = Scripted,
+    Error = &'static str,
+    Future = impl Future<Output = Result<Scripted, &'static str>> + Send,
+> + Clone
++ Send
++ 'static {
+    scripted(calls, move |n, req| {
+        let current = req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"v1\"");
+        let version = format!("{n}");
+        if current {
+            return Ok(respond(
+                304,
+                "",
+                &[
+                    ("etag", "\"v1\""),
+                    ("cache-control", cache_control),
+                    ("x-version", &version),
+                ],
+            ));
+        }
+        Ok(respond(
+            200,
+            "v1",
+            &[
+                ("etag", "\"v1\""),
+                ("cache-control", cache_control),
+                ("x-version", &version),
+            ],
+        ))
+    })
+}
+
+#[tokio::test]
+async fn no_cache_responses_are_stored_and_revalidated_on_every_reuse_rfc9111_5_2_2_4() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(validating(calls.clone(), "no-cache"));
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=miss; stored");
+    for n in 2..=3 {
+        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(field(&res, "x-cache"), "REVALIDATED");
+        assert_eq!(
+            field(&res, "cache-status"),
+            "turret; fwd=stale; fwd-status=304; stored"
+        );
+        // §4.3.4: the stored fields are updated from the 304.
+        assert_eq!(field(&res, "x-version"), n.to_string());
+        assert_eq!(text(res).await, "v1");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_304_refreshes_the_stored_response_rfc9111_4_3_4() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(validating(calls.clone(), "max-age=10"));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    clock.advance(Duration::from_secs(11));
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "REVALIDATED");
+    // Content-Length is never taken from the 304 (§3.2): the stored body is whole.
+    assert_eq!(text(res).await, "v1");
+    // Fresh again for 10 s from the revalidation.
+    clock.advance(Duration::from_secs(5));
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; hit; ttl=5");
+    assert_eq!(field(&res, "x-version"), "2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn revalidation_sends_the_stored_validators_rfc9111_4_3_1() {
+    let clock = FakeClock::new(T0);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(scripted(calls, move |_, req| {
+        log.lock().unwrap().push((
+            req.headers().get("if-none-match").cloned(),
+            req.headers().get("if-modified-since").cloned(),
+        ));
+        Ok(respond(
+            200,
+            "x",
+            &[
+                ("etag", "\"e1\""),
+                ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ("cache-control", "max-age=1"),
+            ],
+        ))
+    }));
+    // The client's own validators never reach the origin on a miss: the cache wants a
+    // storable 200.
+    svc.clone()
+        .oneshot(with(Method::GET, "/a", &[("if-none-match", "\"client\"")]))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0], (None, None));
+    assert_eq!(seen[1].0.as_ref().unwrap(), "\"e1\"");
+    assert_eq!(seen[1].1.as_ref().unwrap(), "Mon, 01 Jan 2024 00:00:00 GMT");
+}
+
+#[tokio::test]
+async fn conditional_requests_are_answered_from_storage_rfc9110_13_2_2() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(scripted(calls.clone(), |_, _| {
+        Ok(respond(
+            200,
+            "body",
+            &[
+                ("etag", "\"v1\""),
+                ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/plain"),
+            ],
+        ))
+    }));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    let cases: [(Headers, u16); 5] = [
+        (&[("if-none-match", "\"v1\"")], 304),
+        (&[("if-none-match", "W/\"v1\", \"x\"")], 304),
+        (&[("if-none-match", "\"v2\"")], 200),
+        (
+            &[("if-modified-since", "Tue, 02 Jan 2024 00:00:00 GMT")],
+            304,
+        ),
+        (
+            &[("if-modified-since", "Sun, 31 Dec 2023 00:00:00 GMT")],
+            200,
+        ),
+    ];
+    for (headers, status) in cases {
+        let res = svc
+            .clone()
+            .oneshot(with(Method::GET, "/a", headers))
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status, "{headers:?}");
+        assert_eq!(field(&res, "x-cache"), "HIT");
+        if status == 304 {
+            // RFC 9110 §15.4.5: validators and caching fields, no content metadata.
+            assert_eq!(field(&res, "etag"), "\"v1\"");
+            assert_eq!(field(&res, "cache-control"), "max-age=60");
+            assert!(res.headers().get("content-type").is_none());
+            assert_eq!(text(res).await, "");
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran once");
+}
+
+#[tokio::test]
+async fn other_preconditions_go_to_the_origin_as_sent() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(with(Method::GET, "/a", &[("if-match", "\"x\"")]))
+        .await
+        .unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=request");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_304_with_another_etag_is_passed_on_not_merged_rfc9111_4_3_4() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(scripted(calls.clone(), |n, _| {
+        Ok(if n == 1 {
+            respond(
+                200,
+                "old",
+                &[("etag", "\"v1\""), ("cache-control", "max-age=1")],
+            )
+        } else {
+            respond(
+                304,
+                "",
+                &[("etag", "\"v9\""), ("cache-control", "max-age=60")],
+            )
+        })
+    }));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(field(&res, "x-cache"), "MISS");
+}

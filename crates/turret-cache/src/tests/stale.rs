@@ -1,0 +1,268 @@
+//! Stale responses: `max-stale`, RFC 5861 `stale-while-revalidate` / `stale-if-error`, and
+//! the directives that forbid them (RFC 9111 §4.2.4, §5.2.2.2).
+
+use super::*;
+
+/// First call: 200 `v1` with `cache_control`; later calls: `later(n)`.
+fn then<F>(
+    calls: Arc<AtomicUsize>,
+    cache_control: &'static str,
+    later: F,
+) -> impl Service<
+    Request<()>,
+    Response = Scripted,
+    Error = &'static str,
+    Future = impl Future<Output = Result<Scripted, &'static str>> + Send,
+> + Clone
++ Send
++ 'static
+where
+    F: Fn(usize) -> Result<Scripted, &'static str> + Clone + Send + Sync + 'static,
+{
+    scripted(calls, move |n, _| {
+        if n == 1 {
+            Ok(respond(200, "v1", &[("cache-control", cache_control)]))
+        } else {
+            later(n)
+        }
+    })
+}
+
+#[tokio::test]
+async fn max_stale_lets_the_client_take_a_stale_response_rfc9111_5_2_1_2() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(then(calls.clone(), "max-age=10", |_| {
+        Ok(respond(200, "v2", &[("cache-control", "max-age=10")]))
+    }));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    clock.advance(Duration::from_secs(15));
+    let res = svc
+        .clone()
+        .oneshot(with(
+            Method::GET,
+            "/a",
+            &[("cache-control", "max-stale=10")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(field(&res, "x-cache"), "STALE");
+    assert_eq!(field(&res, "cache-status"), "turret; hit; ttl=-5");
+    assert_eq!(text(res).await, "v1");
+    // Too stale for max-stale=4: forwarded.
+    let res = svc
+        .clone()
+        .oneshot(with(Method::GET, "/a", &[("cache-control", "max-stale=4")]))
+        .await
+        .unwrap();
+    assert_eq!(text(res).await, "v2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn must_revalidate_forbids_max_stale_rfc9111_5_2_2_2() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(then(calls.clone(), "max-age=10, must-revalidate", |_| {
+        Ok(respond(200, "v2", &[]))
+    }));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    clock.advance(Duration::from_secs(15));
+    let res = svc
+        .clone()
+        .oneshot(with(Method::GET, "/a", &[("cache-control", "max-stale")]))
+        .await
+        .unwrap();
+    assert_eq!(text(res).await, "v2");
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_at_once_and_refreshes_once_rfc5861_3() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(scripted(calls.clone(), |n, _| {
+        Ok(respond(
+            200,
+            &format!("v{n}"),
+            &[("cache-control", "max-age=10, stale-while-revalidate=30")],
+        ))
+    }));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    clock.advance(Duration::from_secs(20));
+    // Ten concurrent requests within the window: all get v1 at once, one refresh runs.
+    let responses = futures_join_all((0..10).map(|_| svc.clone().oneshot(get("/a")))).await;
+    for res in responses {
+        let res = res.unwrap();
+        assert_eq!(field(&res, "x-cache"), "STALE");
+        assert_eq!(
+            field(&res, "cache-status"),
+            "turret; hit; detail=stale-while-revalidate; ttl=-10"
+        );
+        assert_eq!(text(res).await, "v1");
+    }
+    // The refresh runs on a spawned task.
+    for _ in 0..100 {
+        if calls.load(Ordering::SeqCst) == 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "exactly one refresh");
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    assert_eq!(text(res).await, "v2");
+}
+
+#[tokio::test]
+async fn past_the_window_the_request_waits_for_the_origin_rfc5861_3() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(then(
+        calls.clone(),
+        "max-age=10, stale-while-revalidate=5",
+        |_| Ok(respond(200, "v2", &[])),
+    ));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    clock.advance(Duration::from_secs(16));
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "MISS");
+    assert_eq!(text(res).await, "v2");
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_stale_on_5xx_and_errors_rfc5861_4() {
+    for failure in [Ok(500), Ok(503), Err("origin down")] {
+        let clock = FakeClock::new(T0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = layer(&clock).layer(then(
+            calls.clone(),
+            "max-age=10, stale-if-error=60",
+            move |_| match failure {
+                Ok(status) => Ok(respond(status, "error", &[])),
+                Err(e) => Err(e),
+            },
+        ));
+        svc.clone().oneshot(get("/a")).await.unwrap();
+        clock.advance(Duration::from_secs(30));
+        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{failure:?}");
+        assert_eq!(field(&res, "x-cache"), "STALE");
+        assert!(
+            field(&res, "cache-status").contains("detail=stale-if-error"),
+            "{}",
+            field(&res, "cache-status")
+        );
+        assert_eq!(text(res).await, "v1");
+        // Past the window the failure reaches the client.
+        clock.advance(Duration::from_secs(60));
+        let res = svc.clone().oneshot(get("/a")).await;
+        match failure {
+            Ok(status) => assert_eq!(res.unwrap().status().as_u16(), status),
+            Err(e) => assert_eq!(res.unwrap_err(), e),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_policy_gives_a_stale_if_error_window_when_the_response_has_none() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock)
+        .route(
+            "*",
+            crate::Policy::named("all").stale_if_error(Duration::from_secs(60)),
+        )
+        .layer(then(calls.clone(), "max-age=10", |_| {
+            Ok(respond(502, "", &[]))
+        }));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    clock.advance(Duration::from_secs(30));
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "STALE");
+    assert_eq!(text(res).await, "v1");
+}
+
+#[tokio::test]
+async fn must_revalidate_and_an_unreachable_origin_give_504_rfc9111_5_2_2_2() {
+    for cc in [
+        "max-age=10, must-revalidate, stale-if-error=60",
+        "max-age=10, proxy-revalidate, stale-if-error=60",
+        "s-maxage=10, stale-if-error=60",
+    ] {
+        let clock = FakeClock::new(T0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = layer(&clock).layer(then(calls.clone(), cc, |_| Err("origin down")));
+        svc.clone().oneshot(get("/a")).await.unwrap();
+        clock.advance(Duration::from_secs(30));
+        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT, "{cc}");
+        assert!(res.headers().get("cache-status").is_none());
+    }
+}
+
+#[tokio::test]
+async fn only_if_cached_takes_a_stale_response_only_with_max_stale_rfc9111_5_2_1_7() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(then(calls.clone(), "max-age=10", |_| {
+        Ok(respond(200, "v2", &[]))
+    }));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    clock.advance(Duration::from_secs(20));
+    let res = svc
+        .clone()
+        .oneshot(with(
+            Method::GET,
+            "/a",
+            &[("cache-control", "only-if-cached")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    let res = svc
+        .clone()
+        .oneshot(with(
+            Method::GET,
+            "/a",
+            &[("cache-control", "only-if-cached, max-stale")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(text(res).await, "v1");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn soft_purge_keeps_serving_stale_while_one_request_refreshes() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = layer(&clock);
+    let invalidator = layer.invalidator();
+    let svc = layer.layer(scripted(calls.clone(), |n, _| {
+        Ok(respond(
+            200,
+            &format!("v{n}"),
+            &[
+                ("cache-control", "max-age=300, stale-while-revalidate=60"),
+                ("surrogate-key", "products"),
+            ],
+        ))
+    }));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    invalidator.soft_purge_tag("products").await.unwrap();
+    clock.advance(Duration::from_secs(1));
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "STALE");
+    assert_eq!(text(res).await, "v1");
+    for _ in 0..100 {
+        if calls.load(Ordering::SeqCst) == 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    tokio::task::yield_now().await;
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    assert_eq!(text(res).await, "v2");
+}
