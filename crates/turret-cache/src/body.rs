@@ -29,6 +29,10 @@ pin_project! {
             #[pin]
             body: B,
         },
+        // A stored body: one buffer, no allocation.
+        Full {
+            data: Option<Bytes>,
+        },
         Buffered {
             chunks: VecDeque<Bytes>,
             // An error the inner body returned while it was being buffered, after `chunks`.
@@ -46,11 +50,11 @@ impl<B: Body> ResponseBody<B> {
     }
 
     pub(crate) fn full(data: Bytes) -> Self {
-        let mut chunks = VecDeque::new();
-        if !data.is_empty() {
-            chunks.push_back(data);
+        Self {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
         }
-        Self::buffered(chunks, None, None)
     }
 
     pub(crate) fn buffered(
@@ -72,6 +76,7 @@ impl<B: Body> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             Kind::Inner { .. } => "Inner",
+            Kind::Full { .. } => "Full",
             Kind::Buffered { .. } => "Buffered",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
@@ -92,6 +97,7 @@ impl<B: Body> Body for ResponseBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx).map(|f| f.map(|r| r.map(to_bytes))),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Buffered {
                 chunks,
                 error,
@@ -111,6 +117,7 @@ impl<B: Body> Body for ResponseBody<B> {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
+            Kind::Full { data } => data.is_none(),
             Kind::Buffered {
                 chunks,
                 error,
@@ -122,6 +129,9 @@ impl<B: Body> Body for ResponseBody<B> {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Kind::Buffered { chunks, .. } => {
                 SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
             }

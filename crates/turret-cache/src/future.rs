@@ -231,11 +231,12 @@ fn storage_error(op: &'static str, e: &StorageError) {
 /// and sets `X-Cache`.
 fn annotate<B>(res: &mut Response<B>, member: &str, x_cache: &'static str) {
     let headers = res.headers_mut();
-    let mut value = String::with_capacity(CACHE_NAME.len() + 2 + member.len());
-    value.push_str(CACHE_NAME);
-    value.push_str("; ");
-    value.push_str(member);
-    if let Ok(v) = HeaderValue::try_from(value) {
+    let mut value = Vec::with_capacity(CACHE_NAME.len() + 2 + member.len());
+    value.extend_from_slice(CACHE_NAME.as_bytes());
+    value.extend_from_slice(b"; ");
+    value.extend_from_slice(member.as_bytes());
+    // One allocation: the buffer becomes the value.
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.append(CACHE_STATUS, v);
     }
     headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
@@ -306,9 +307,14 @@ fn from_storage<B: Body>(
     };
     let mut res = Response::new(body);
     *res.status_mut() = entry.status();
-    *res.headers_mut() = entry.headers().clone();
+    // Room for Age, Cache-Status and X-Cache without growing the map.
+    let stored = entry.headers();
     let headers = res.headers_mut();
-    headers.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+    headers.reserve(stored.len() + 4);
+    for (name, value) in stored {
+        headers.append(name, value.clone());
+    }
+    headers.insert(header::AGE, age_value(entry.age(now).as_secs()));
     if head && !headers.contains_key(header::CONTENT_LENGTH) {
         headers.insert(
             header::CONTENT_LENGTH,
@@ -316,6 +322,17 @@ fn from_storage<B: Body>(
         );
     }
     res
+}
+
+/// An `Age` value; the first hour's are static (no allocation on a hit).
+fn age_value(secs: u64) -> HeaderValue {
+    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let small = SMALL.get_or_init(|| (0..3600u64).map(HeaderValue::from).collect());
+    usize::try_from(secs)
+        .ok()
+        .and_then(|i| small.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
 /// A stored response for this request: a 304 when the client's `If-None-Match` /
@@ -335,7 +352,7 @@ fn reuse<B: Body>(
         *res.status_mut() = StatusCode::NOT_MODIFIED;
         *res.headers_mut() = validate::not_modified_headers(entry.headers());
         res.headers_mut()
-            .insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+            .insert(header::AGE, age_value(entry.age(now).as_secs()));
         return res;
     }
     from_storage(entry, now, head)
@@ -351,11 +368,30 @@ fn hit<B: Body>(
     ctx.policy.count(Outcome::Hit);
     tracing::debug!(key = %ctx.key, "cache hit");
     let mut res = reuse(entry, now, ctx.head, request);
-    let mut member = String::with_capacity(16);
-    member.push_str("hit; ttl=");
-    push_u64(&mut member, ttl.as_secs());
-    annotate(&mut res, &member, "HIT");
+    let mut value = Vec::with_capacity(24);
+    value.extend_from_slice(b"turret; hit; ttl=");
+    push_digits(&mut value, ttl.as_secs());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+        res.headers_mut().append(CACHE_STATUS, v);
+    }
+    res.headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static("HIT"));
     res
+}
+
+/// Appends `n` in decimal, without allocating.
+fn push_digits(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 fn push_u64(out: &mut String, n: u64) {

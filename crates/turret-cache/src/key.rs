@@ -25,23 +25,46 @@ pub(crate) fn primary_key(uri: &Uri, headers: &HeaderMap, query: &QueryKey) -> S
 
 fn build(scheme: &str, host: &str, path: &str, query: Option<&str>, keep: &QueryKey) -> String {
     let host = host.rsplit('@').next().unwrap_or(host);
-    let mut key = String::with_capacity(scheme.len() + host.len() + path.len() + 8);
-    key.push_str(&scheme.to_ascii_lowercase());
+    let query_len = query.map_or(0, |q| q.len() + 1);
+    let mut key = String::with_capacity(scheme.len() + 3 + host.len() + path.len() + 1 + query_len);
+    push_lowercase(&mut key, scheme);
     key.push_str("://");
-    key.push_str(&host.to_ascii_lowercase());
+    push_lowercase(&mut key, host);
     key.push_str(if path.is_empty() { "/" } else { path });
-    if let Some(query) = query {
-        let mut params: Vec<&str> = query
-            .split('&')
-            .filter(|p| !p.is_empty() && keep.keeps(param_name(p)))
-            .collect();
-        params.sort_by_key(|p| param_name(p));
-        for (i, p) in params.iter().enumerate() {
-            key.push(if i == 0 { '?' } else { '&' });
-            key.push_str(p);
-        }
+    let Some(query) = query else {
+        return key;
+    };
+    // Already normalised (the common case): copied as is, without sorting.
+    let mut previous = "";
+    let normalised = query.split('&').all(|p| {
+        let name = param_name(p);
+        let ok = !p.is_empty() && keep.keeps(name) && previous <= name;
+        previous = name;
+        ok
+    });
+    if normalised {
+        key.push('?');
+        key.push_str(query);
+        return key;
+    }
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && keep.keeps(param_name(p)))
+        .collect();
+    params.sort_by_key(|p| param_name(p));
+    for (i, p) in params.iter().enumerate() {
+        key.push(if i == 0 { '?' } else { '&' });
+        key.push_str(p);
     }
     key
+}
+
+fn push_lowercase(out: &mut String, s: &str) {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        out.push_str(&s.to_ascii_lowercase());
+    } else {
+        out.push_str(s);
+    }
 }
 
 fn param_name(param: &str) -> &str {
