@@ -38,6 +38,9 @@ pin_project! {
             // An error the inner body returned while it was being buffered, after `chunks`.
             error: Option<B::Error>,
             trailers: Option<HeaderMap>,
+            // The rest of a body that sent more than its size hint promised: streamed after
+            // `chunks`, never buffered.
+            rest: Option<Pin<Box<B>>>,
         },
     }
 }
@@ -53,20 +56,6 @@ impl<B: Body> ResponseBody<B> {
         Self {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),
-            },
-        }
-    }
-
-    pub(crate) fn buffered(
-        chunks: VecDeque<Bytes>,
-        error: Option<B::Error>,
-        trailers: Option<HeaderMap>,
-    ) -> Self {
-        Self {
-            kind: Kind::Buffered {
-                chunks,
-                error,
-                trailers,
             },
         }
     }
@@ -102,9 +91,16 @@ impl<B: Body> Body for ResponseBody<B> {
                 chunks,
                 error,
                 trailers,
+                rest,
             } => {
                 if let Some(chunk) = chunks.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                if let Some(body) = rest {
+                    return body
+                        .as_mut()
+                        .poll_frame(cx)
+                        .map(|f| f.map(|r| r.map(to_bytes)));
                 }
                 if let Some(e) = error.take() {
                     return Poll::Ready(Some(Err(e)));
@@ -122,7 +118,13 @@ impl<B: Body> Body for ResponseBody<B> {
                 chunks,
                 error,
                 trailers,
-            } => chunks.is_empty() && error.is_none() && trailers.is_none(),
+                rest,
+            } => {
+                chunks.is_empty()
+                    && error.is_none()
+                    && trailers.is_none()
+                    && rest.as_ref().is_none_or(|b| b.is_end_stream())
+            }
         }
     }
 
@@ -132,8 +134,20 @@ impl<B: Body> Body for ResponseBody<B> {
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Kind::Buffered { chunks, .. } => {
-                SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
+            Kind::Buffered { chunks, rest, .. } => {
+                let buffered: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                match rest {
+                    None => SizeHint::with_exact(buffered),
+                    Some(body) => {
+                        let hint = body.size_hint();
+                        let mut out = SizeHint::new();
+                        out.set_lower(hint.lower().saturating_add(buffered));
+                        if let Some(upper) = hint.upper() {
+                            out.set_upper(upper.saturating_add(buffered));
+                        }
+                        out
+                    }
+                }
             }
         }
     }
@@ -144,12 +158,14 @@ pub(crate) struct Collected<B: Body> {
     pub(crate) chunks: VecDeque<Bytes>,
     pub(crate) error: Option<B::Error>,
     pub(crate) trailers: Option<HeaderMap>,
+    /// Set when the body sent more than `max` bytes: the unread rest.
+    pub(crate) rest: Option<Pin<Box<B>>>,
 }
 
 impl<B: Body> Collected<B> {
     /// The whole body as one buffer, when it ended cleanly without trailers.
     pub(crate) fn storable_bytes(&self) -> Option<Bytes> {
-        if self.error.is_some() || self.trailers.is_some() {
+        if self.error.is_some() || self.trailers.is_some() || self.rest.is_some() {
             return None;
         }
         Some(match self.chunks.len() {
@@ -167,25 +183,40 @@ impl<B: Body> Collected<B> {
     }
 
     pub(crate) fn into_body(self) -> ResponseBody<B> {
-        ResponseBody::buffered(self.chunks, self.error, self.trailers)
+        ResponseBody {
+            kind: Kind::Buffered {
+                chunks: self.chunks,
+                error: self.error,
+                trailers: self.trailers,
+                rest: self.rest,
+            },
+        }
     }
 }
 
-/// Reads `body` to its end (the caller checked its exact size is within the limit).
-pub(crate) async fn collect<B: Body>(body: B) -> Collected<B> {
-    let mut body = std::pin::pin!(body);
+/// Reads `body` to its end, buffering at most `max` bytes: a body that sends more than its
+/// size hint promised keeps its unread rest in [`Collected::rest`] (never buffered).
+pub(crate) async fn collect<B: Body>(body: B, max: u64) -> Collected<B> {
+    let mut body = Box::pin(body);
     let mut out = Collected {
         chunks: VecDeque::new(),
         error: None,
         trailers: None,
+        rest: None,
     };
+    let mut total: u64 = 0;
     while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
         match frame {
             Ok(frame) => match frame.into_data() {
                 Ok(mut data) => {
                     let bytes = data.copy_to_bytes(data.remaining());
+                    total = total.saturating_add(bytes.len() as u64);
                     if !bytes.is_empty() {
                         out.chunks.push_back(bytes);
+                    }
+                    if total > max {
+                        out.rest = Some(body);
+                        return out;
                     }
                 }
                 Err(frame) => {

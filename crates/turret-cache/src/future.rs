@@ -1052,7 +1052,7 @@ async fn store<B: Body>(
         Some(_) => return pass(parts, body, "too-large"),
         None => return pass(parts, body, "unknown-size"),
     }
-    let collected = collect(body).await;
+    let collected = collect(body, config.max_entry_size).await;
     let Some(bytes) = collected.storable_bytes() else {
         tracing::debug!(%key, "response not stored: body error or trailers");
         return (None, Response::from_parts(parts, collected.into_body()));

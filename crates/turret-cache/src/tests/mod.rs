@@ -828,3 +828,53 @@ fn respond(status: u16, body: &str, headers: &[(&str, &str)]) -> Scripted {
     }
     res
 }
+
+/// A body whose size hint promises `promised` bytes but that sends `chunks`.
+struct Liar {
+    chunks: std::collections::VecDeque<Bytes>,
+    promised: u64,
+}
+
+impl Body for Liar {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.promised)
+    }
+}
+
+#[tokio::test]
+async fn a_body_longer_than_its_size_hint_is_not_buffered_past_the_limit() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = ResponseCacheLayer::new()
+        .max_entry_size(1024)
+        .layer(service_fn(move |_req: Request<()>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                let chunks = (0..64).map(|_| Bytes::from(vec![b'x'; 512])).collect();
+                let mut res = Response::new(Liar {
+                    chunks,
+                    promised: 10,
+                });
+                res.headers_mut()
+                    .insert("cache-control", HeaderValue::from_static("max-age=60"));
+                Ok::<_, Infallible>(res)
+            }
+        }));
+    let res = svc.clone().oneshot(get("/lies")).await.unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=miss");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 64 * 512, "the whole body reaches the client");
+    let res = svc.oneshot(get("/lies")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "MISS");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
