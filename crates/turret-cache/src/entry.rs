@@ -182,6 +182,36 @@ impl CachedResponse {
         self.vary == other.vary
     }
 
+    /// A 128-bit digest of the Vary secondary key (FNV-1a over a length-prefixed form):
+    /// equal for equal keys ([`same_secondary_key`](Self::same_secondary_key)), and the same
+    /// on every instance and release, so storages shared by a fleet name a variant by it.
+    /// Not collision-resistant: a collision only makes two variants replace each other.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn secondary_key_digest(&self) -> [u8; 16] {
+        const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+        const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+        let mut h = OFFSET;
+        let mut feed = |bytes: &[u8]| {
+            for &b in bytes {
+                h ^= u128::from(b);
+                h = h.wrapping_mul(PRIME);
+            }
+        };
+        for (name, value) in &self.vary {
+            feed(&(name.as_str().len() as u64).to_be_bytes());
+            feed(name.as_str().as_bytes());
+            match value {
+                None => feed(&[0]),
+                Some(v) => {
+                    feed(&[1]);
+                    feed(&(v.len() as u64).to_be_bytes());
+                    feed(v);
+                }
+            }
+        }
+        h.to_be_bytes()
+    }
+
     /// An estimate of the memory this entry holds, in bytes.
     pub fn weight(&self) -> usize {
         let headers: usize = self

@@ -80,7 +80,7 @@ impl<S> ResponseCache<S> {
                 .headers()
                 .get_all("cache-status")
                 .iter()
-                .last()
+                .next_back()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_owned();

@@ -1,0 +1,466 @@
+//! [`RedisStorage`]: the response cache on Redis (one node or a cluster), shared by a fleet.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use turret_cache::{RedisStorage, ResponseCacheLayer};
+//! use turret_redis::{Redis, RedisConfig};
+//!
+//! # async fn run() -> Result<(), turret_redis::Error> {
+//! let redis = Redis::connect(RedisConfig::from_url("redis://127.0.0.1:6379")?).await?;
+//! // Every instance pointed at this Redis shares one cache.
+//! let layer = ResponseCacheLayer::with_storage(RedisStorage::new(redis));
+//! # let _ = layer;
+//! # Ok(()) }
+//! ```
+
+use std::{
+    fmt,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use tokio::task::JoinSet;
+use turret_redis::{Redis, Script, redis};
+
+use crate::{
+    CacheStorage, CachedResponse, MAX_VARIANTS, Purge, StorageError, StorageFuture, Variants,
+};
+
+/// The hash field holding the soft-purge time (ms since the Unix epoch).
+const STALE_FIELD: &str = "!stale";
+
+/// Members of a tag index read per `ZSCAN`.
+const SCAN_BATCH: usize = 256;
+
+/// Stores one variant. KEYS[1] = entry hash. ARGV = field, encoded response, response time
+/// (ms), ttl (ms), most variants kept. Drops the variants with the oldest response times
+/// beyond the bound (never the one just written), keeps the hash at least `ttl`.
+static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "cache_put",
+        r"
+local h, f = KEYS[1], ARGV[1]
+redis.call('HSET', h, f, ARGV[2], '!t' .. f, ARGV[3])
+local others = {}
+for _, n in ipairs(redis.call('HKEYS', h)) do
+  if string.sub(n, 1, 1) ~= '!' and n ~= f then others[#others + 1] = n end
+end
+local excess = #others + 1 - tonumber(ARGV[5])
+if excess > 0 then
+  local olds = {}
+  for i, n in ipairs(others) do
+    olds[i] = { n, tonumber(redis.call('HGET', h, '!t' .. n) or '0') or 0 }
+  end
+  table.sort(olds, function(a, b)
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    return a[1] < b[1]
+  end)
+  for i = 1, excess do redis.call('HDEL', h, olds[i][1], '!t' .. olds[i][1]) end
+else
+  excess = 0
+end
+local ttl = tonumber(ARGV[4])
+if redis.call('PTTL', h) < ttl then redis.call('PEXPIRE', h, ttl) end
+return excess
+",
+    )
+});
+
+/// Indexes a key under a tag. KEYS[1] = tag index (a sorted set: member = primary key,
+/// score = when its entry may expire, ms on Redis' clock). ARGV = primary key, ttl (ms).
+/// Members whose entries have expired leave the index; the index expires with its last
+/// member.
+static TAG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "cache_tag",
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local expires = now + ttl
+local cur = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0') or 0
+if expires > cur then
+  redis.call('ZADD', KEYS[1], string.format('%.0f', expires), ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now))
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+",
+    )
+});
+
+/// Marks an entry stale from ARGV[1] (ms) on, if it exists; keeps the latest mark and the
+/// entry's TTL.
+static MARK_STALE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "cache_mark_stale",
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local at = tonumber(ARGV[1])
+local cur = tonumber(redis.call('HGET', KEYS[1], '!stale') or '0') or 0
+if at > cur then redis.call('HSET', KEYS[1], '!stale', ARGV[1]) end
+return 1
+",
+    )
+});
+
+/// The response cache on Redis: every instance pointed at the same Redis (one node or a
+/// cluster) shares one cache.
+///
+/// # Layout
+///
+/// - One hash per primary key, `{prefix}cache:{<key>}` (the escaped key is the hash tag,
+///   see [`turret_redis::KeyBuilder`]). One field per Vary variant, named by the hex digest
+///   of its secondary key and holding [`CachedResponse::encode`]; a field `!t<digest>` with
+///   its response time; and `!stale`, the time of the latest soft purge
+///   ([`Purge::MarkStale`]): variants received until then are returned stale from then on.
+///   The hash expires with the longest TTL any put gave it.
+/// - One sorted set per tag, `{prefix}cache-tag:{<tag>}`: the primary keys holding a
+///   response with that tag, scored by when their entry may expire. Expired members leave
+///   it on the next put of the tag, and it expires with its last member, so it stays
+///   bounded by the live entries.
+///
+/// # Commands
+///
+/// - [`get`](CacheStorage::get): one `HGETALL`. A field that does not decode (foreign or
+///   corrupt bytes) is skipped, logged and counted in `turret_cache_decode_errors_total`.
+/// - [`put`](CacheStorage::put): one `EVALSHA` on the entry (store the variant, drop the
+///   oldest beyond [`MAX_VARIANTS`], extend the TTL), then one `EVALSHA` per tag of the
+///   response (tags live in other cluster slots).
+/// - [`invalidate`](CacheStorage::invalidate): `DEL` ([`Purge::Remove`]) or one `EVALSHA`
+///   setting `!stale` on an existing entry ([`Purge::MarkStale`]).
+/// - [`invalidate_tag`](CacheStorage::invalidate_tag): `ZSCAN … COUNT 256` over the tag's
+///   index; per batch, with [`Purge::Remove`], one `ZREM` of the batch from the index, then
+///   one command per key, sent concurrently. No command spans two slots, no `KEYS`/`SCAN`.
+///
+/// A Redis error (unreachable, timeout, open circuit breaker) is a [`StorageError`]: the
+/// layer answers from the origin.
+#[derive(Clone)]
+pub struct RedisStorage {
+    redis: Redis,
+}
+
+impl fmt::Debug for RedisStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStorage")
+            .field("redis", &self.redis)
+            .finish()
+    }
+}
+
+impl RedisStorage {
+    /// A storage on this Redis handle (its key prefix namespaces the cache).
+    pub fn new(redis: Redis) -> Self {
+        Self { redis }
+    }
+
+    /// The Redis handle.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// Loads the storage's scripts on every node ahead of the first put (optional: a call
+    /// recovers from `NOSCRIPT` by itself).
+    pub async fn preload(&self) -> Result<(), StorageError> {
+        self.redis
+            .preload(&[&PUT, &TAG, &MARK_STALE])
+            .await
+            .map_err(StorageError::new)
+    }
+
+    /// The Redis key of the hash holding `key`'s responses.
+    pub fn entry_key(&self, key: &str) -> String {
+        entry_key(&self.redis, key)
+    }
+
+    /// The Redis key of the index of the keys holding a response tagged `tag`.
+    pub fn tag_key(&self, tag: &str) -> String {
+        tag_key(&self.redis, tag)
+    }
+}
+
+fn entry_key(redis: &Redis, key: &str) -> String {
+    redis.key("cache").tag(key).build()
+}
+
+fn tag_key(redis: &Redis, tag: &str) -> String {
+    redis.key("cache-tag").tag(tag).build()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The hash field of a variant: the hex digest of its secondary key.
+pub(crate) fn variant_field(response: &CachedResponse) -> String {
+    use std::fmt::Write as _;
+    let mut field = String::with_capacity(32);
+    for b in response.secondary_key_digest() {
+        let _ = write!(field, "{b:02x}");
+    }
+    field
+}
+
+/// The bytes of a reply element, when it is a string.
+fn bytes(value: redis::Value) -> Option<Vec<u8>> {
+    match value {
+        redis::Value::BulkString(b) => Some(b),
+        redis::Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
+}
+
+/// Field/value pairs of an `HGETALL` reply (a flat array in RESP2, a map in RESP3).
+fn pairs(reply: redis::Value) -> Vec<(Vec<u8>, Vec<u8>)> {
+    match reply {
+        redis::Value::Map(entries) => entries
+            .into_iter()
+            .filter_map(|(k, v)| Some((bytes(k)?, bytes(v)?)))
+            .collect(),
+        redis::Value::Array(items) => {
+            let mut items = items.into_iter();
+            let mut out = Vec::with_capacity(items.len() / 2);
+            while let (Some(k), Some(v)) = (items.next(), items.next()) {
+                if let (Some(k), Some(v)) = (bytes(k), bytes(v)) {
+                    out.push((k, v));
+                }
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The responses of an entry hash: decodable variants (sorted by response time), marked
+/// stale from the entry's soft purge on.
+fn variants_of(key: &str, reply: redis::Value) -> Variants {
+    let mut stale_at: Option<Duration> = None;
+    let mut variants: Vec<CachedResponse> = Vec::new();
+    for (field, value) in pairs(reply) {
+        if field == STALE_FIELD.as_bytes() {
+            stale_at = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis);
+            continue;
+        }
+        if field.starts_with(b"!") {
+            continue;
+        }
+        match CachedResponse::decode(&value) {
+            Ok(v) => variants.push(v),
+            Err(e) => {
+                metrics::counter!("turret_cache_decode_errors_total").increment(1);
+                tracing::warn!(
+                    %key,
+                    field = %String::from_utf8_lossy(&field),
+                    error = %e,
+                    "skipping a cache variant that does not decode"
+                );
+            }
+        }
+    }
+    variants.sort_by_key(CachedResponse::response_time);
+    variants
+        .into_iter()
+        .map(|v| match stale_at {
+            Some(at) if v.response_time() <= at => Arc::new(v.stale_at(at)),
+            _ => Arc::new(v),
+        })
+        .collect()
+}
+
+async fn invalidate(redis: &Redis, key: &str, purge: Purge) -> Result<(), StorageError> {
+    let entry = entry_key(redis, key);
+    match purge {
+        Purge::Remove => {
+            let _: i64 = redis
+                .query(redis::cmd("DEL").arg(&entry))
+                .await
+                .map_err(StorageError::new)?;
+        }
+        Purge::MarkStale(at) => {
+            let _: i64 = MARK_STALE
+                .key(&entry)
+                .arg(millis(at))
+                .invoke(redis)
+                .await
+                .map_err(StorageError::new)?;
+        }
+    }
+    Ok(())
+}
+
+/// Members of a `ZSCAN` reply page: `[cursor, [member, score, member, score, …]]`.
+fn scan_page(reply: redis::Value) -> Result<(u64, Vec<String>), StorageError> {
+    let redis::Value::Array(mut parts) = reply else {
+        return Err(StorageError::new("unexpected ZSCAN reply"));
+    };
+    if parts.len() != 2 {
+        return Err(StorageError::new("unexpected ZSCAN reply"));
+    }
+    let items = parts.pop();
+    let cursor = parts
+        .pop()
+        .and_then(bytes)
+        .and_then(|c| String::from_utf8(c).ok())
+        .and_then(|c| c.parse::<u64>().ok())
+        .ok_or_else(|| StorageError::new("unexpected ZSCAN cursor"))?;
+    let members = match items {
+        Some(redis::Value::Array(items)) => items
+            .into_iter()
+            .step_by(2)
+            .filter_map(bytes)
+            .filter_map(|m| String::from_utf8(m).ok())
+            .collect(),
+        Some(redis::Value::Map(items)) => items
+            .into_iter()
+            .filter_map(|(m, _)| bytes(m))
+            .filter_map(|m| String::from_utf8(m).ok())
+            .collect(),
+        _ => return Err(StorageError::new("unexpected ZSCAN members")),
+    };
+    Ok((cursor, members))
+}
+
+async fn invalidate_tag(redis: Redis, tag: String, purge: Purge) -> Result<(), StorageError> {
+    let index = tag_key(&redis, &tag);
+    let mut cursor = 0u64;
+    loop {
+        let reply: redis::Value = redis
+            .query(
+                redis::cmd("ZSCAN")
+                    .arg(&index)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(SCAN_BATCH),
+            )
+            .await
+            .map_err(StorageError::new)?;
+        let (next, members) = scan_page(reply)?;
+        if !members.is_empty() {
+            if purge == Purge::Remove {
+                // Out of the index first: a put racing with this writes its entry before
+                // indexing it, so either its entry is deleted below or it stays indexed.
+                let _: i64 = redis
+                    .query(redis::cmd("ZREM").arg(&index).arg(&members))
+                    .await
+                    .map_err(StorageError::new)?;
+            }
+            // One command per key (each in its own slot), all in flight at once over the
+            // multiplexed connection.
+            let mut batch = JoinSet::new();
+            for member in members {
+                let redis = redis.clone();
+                batch.spawn(async move { invalidate(&redis, &member, purge).await });
+            }
+            let mut first_error = None;
+            while let Some(done) = batch.join_next().await {
+                let result = done.unwrap_or_else(|e| Err(StorageError::new(e)));
+                if let Err(e) = result {
+                    first_error.get_or_insert(e);
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+impl CacheStorage for RedisStorage {
+    fn get(&self, key: &str) -> StorageFuture<Variants> {
+        let redis = self.redis.clone();
+        let key = key.to_owned();
+        StorageFuture::new(async move {
+            let reply: redis::Value = redis
+                .query(redis::cmd("HGETALL").arg(entry_key(&redis, &key)))
+                .await
+                .map_err(StorageError::new)?;
+            Ok(variants_of(&key, reply))
+        })
+    }
+
+    fn put(&self, key: &str, response: Arc<CachedResponse>, ttl: Duration) -> StorageFuture<()> {
+        let redis = self.redis.clone();
+        let key = key.to_owned();
+        StorageFuture::new(async move {
+            let ttl_ms = millis(ttl).max(1);
+            let dropped: i64 = PUT
+                .key(entry_key(&redis, &key))
+                .arg(variant_field(&response))
+                .arg(response.encode())
+                .arg(millis(response.response_time()))
+                .arg(ttl_ms)
+                .arg(MAX_VARIANTS)
+                .invoke(&redis)
+                .await
+                .map_err(StorageError::new)?;
+            if dropped > 0 {
+                tracing::debug!(%key, dropped, "oldest cache variants dropped");
+            }
+            let mut tags: Vec<&String> = response.tags().iter().collect();
+            tags.sort_unstable();
+            tags.dedup();
+            for tag in tags {
+                let _: i64 = TAG
+                    .key(tag_key(&redis, tag))
+                    .arg(&key)
+                    .arg(ttl_ms)
+                    .invoke(&redis)
+                    .await
+                    .map_err(StorageError::new)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<()> {
+        let redis = self.redis.clone();
+        let key = key.to_owned();
+        StorageFuture::new(async move { invalidate(&redis, &key, purge).await })
+    }
+
+    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<()> {
+        StorageFuture::new(invalidate_tag(self.redis.clone(), tag.to_owned(), purge))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &[u8]) -> redis::Value {
+        redis::Value::BulkString(s.to_vec())
+    }
+
+    #[test]
+    fn foreign_replies_decode_to_nothing_without_panicking() {
+        assert!(variants_of("k", redis::Value::Nil).is_empty());
+        assert!(variants_of("k", redis::Value::Int(3)).is_empty());
+        // An odd-length array, a non-string field, corrupt bytes, a bad stale mark.
+        let reply = redis::Value::Array(vec![
+            bulk(b"abc"),
+            bulk(b"TRC\x02garbage"),
+            redis::Value::Int(1),
+            bulk(b"x"),
+            bulk(b"!stale"),
+            bulk(b"not a number"),
+            bulk(b"dangling"),
+        ]);
+        assert!(variants_of("k", reply).is_empty());
+        assert!(scan_page(redis::Value::Nil).is_err());
+        assert!(scan_page(redis::Value::Array(vec![bulk(b"x"), bulk(b"y")])).is_err());
+        let (cursor, members) = scan_page(redis::Value::Array(vec![
+            bulk(b"7"),
+            redis::Value::Array(vec![bulk(b"a"), bulk(b"1"), bulk(b"b"), bulk(b"2")]),
+        ]))
+        .unwrap();
+        assert_eq!((cursor, members), (7, vec!["a".to_owned(), "b".to_owned()]));
+    }
+}

@@ -1,0 +1,248 @@
+//! The response cache as a fleet: several instances (each its own Redis handles, layer,
+//! single-flight and L1) in front of one origin, sharing one real redis-server.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, Service, ServiceExt, service_fn};
+use turret_cache::{ResponseCacheLayer, TieredStorage};
+use turret_redis::{BreakerConfig, Redis, RedisConfig};
+use turret_stampede::LeaseLock;
+use turret_testkit::RedisServer;
+
+fn config(url: &str) -> RedisConfig {
+    RedisConfig::from_url(url)
+        .unwrap()
+        .command_timeout(Duration::from_millis(500))
+        .breaker(BreakerConfig {
+            failure_threshold: 2,
+            cool_down: Duration::from_millis(200),
+        })
+}
+
+/// One origin for the whole fleet: counts its calls, answers after `delay` with
+/// `cache_control` and a body naming the call (`v1`, `v2`…), or `status` when it is set.
+#[derive(Clone)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    status: Arc<AtomicUsize>,
+    delay: Duration,
+    cache_control: &'static str,
+}
+
+impl Origin {
+    fn new(delay: Duration, cache_control: &'static str) -> Self {
+        Self {
+            calls: Arc::default(),
+            status: Arc::new(AtomicUsize::new(200)),
+            delay,
+            cache_control,
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn fail_with(&self, status: u16) {
+        self.status.store(usize::from(status), Ordering::SeqCst);
+    }
+}
+
+/// The origin as a tower service.
+fn serve(
+    origin: Origin,
+) -> impl Service<
+    Request<()>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |_req: Request<()>| {
+        let origin = origin.clone();
+        async move {
+            let n = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(origin.delay).await;
+            let status = origin.status.load(Ordering::SeqCst) as u16;
+            let mut res = Response::new(Full::from(format!("v{n}")));
+            *res.status_mut() = StatusCode::from_u16(status).unwrap();
+            let h = res.headers_mut();
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(origin.cache_control),
+            );
+            h.insert("surrogate-key", HeaderValue::from_static("products"));
+            Ok::<_, Infallible>(res)
+        }
+    })
+}
+
+/// An instance: its own Redis handle, two-tier storage, fill lease and layer.
+async fn instance(server: &RedisServer) -> ResponseCacheLayer {
+    let redis = Redis::connect(config(&server.url())).await.unwrap();
+    let storage = TieredStorage::new(redis.clone());
+    ResponseCacheLayer::with_storage(storage)
+        .fill_lease(LeaseLock::redis(redis), Duration::from_secs(5))
+}
+
+fn get(path: &str) -> Request<()> {
+    Request::get(path)
+        .header(header::HOST, "shop.example")
+        .body(())
+        .unwrap()
+}
+
+async fn fetch<S>(svc: S, path: &str) -> (StatusCode, String, String)
+where
+    S: Service<Request<()>, Response = Response<turret_cache::ResponseBody<Full<Bytes>>>>,
+    S::Error: std::fmt::Debug,
+{
+    let res = svc.oneshot(get(path)).await.unwrap();
+    let status = res.status();
+    let x_cache = res
+        .headers()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, x_cache, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_instances_with_250_concurrent_misses_each_make_one_origin_call() {
+    let server = RedisServer::start();
+    let origin = Origin::new(Duration::from_millis(200), "max-age=60");
+    let mut services = Vec::new();
+    for _ in 0..4 {
+        services.push(instance(&server).await.layer(serve(origin.clone())));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let svc = services[i % 4].clone();
+        tasks.push(tokio::spawn(
+            async move { fetch(svc, "/reports/top").await },
+        ));
+    }
+    for task in tasks {
+        let (status, _, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "v1");
+    }
+    assert_eq!(origin.calls(), 1, "one origin call for the whole fleet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_tag_on_one_instance_reaches_every_instance_l1_included() {
+    let server = RedisServer::start();
+    let origin = Origin::new(Duration::ZERO, "max-age=300");
+    let layers: Vec<ResponseCacheLayer> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(instance(&server).await);
+        }
+        v
+    };
+    let services: Vec<_> = layers
+        .iter()
+        .map(|l| l.layer(serve(origin.clone())))
+        .collect();
+    // Every instance holds v1 (the first fill), in its L1 after its first read.
+    for svc in &services {
+        for _ in 0..2 {
+            let (_, _, body) = fetch(svc.clone(), "/products/1").await;
+            assert_eq!(body, "v1");
+        }
+    }
+    assert_eq!(origin.calls(), 1);
+    let (_, x_cache, _) = fetch(services[3].clone(), "/products/1").await;
+    assert_eq!(x_cache, "HIT");
+
+    layers[0].invalidate_tag("products").await.unwrap();
+    // No instance serves v1 afterwards: the message reaches each L1 within milliseconds.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for svc in &services {
+        loop {
+            let (_, _, body) = fetch(svc.clone(), "/products/1").await;
+            if body != "v1" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "an instance still serves v1");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_stopped_every_request_is_answered_from_the_origin() {
+    let mut server = RedisServer::start();
+    let origin = Origin::new(Duration::ZERO, "max-age=300");
+    let svc = instance(&server).await.layer(serve(origin.clone()));
+    let (_, _, body) = fetch(svc.clone(), "/a").await;
+    assert_eq!(body, "v1");
+    server.stop();
+    for i in 0..20 {
+        // Distinct keys: nothing in any tier.
+        let (status, _, _) = fetch(svc.clone(), &format!("/miss/{i}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(origin.calls(), 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_refreshes_once_in_the_fleet() {
+    let server = RedisServer::start();
+    let origin = Origin::new(
+        Duration::from_millis(100),
+        "max-age=1, stale-while-revalidate=60",
+    );
+    let mut services = Vec::new();
+    for _ in 0..4 {
+        services.push(instance(&server).await.layer(serve(origin.clone())));
+    }
+    let (_, _, body) = fetch(services[0].clone(), "/a").await;
+    assert_eq!(body, "v1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let svc = services[i % 4].clone();
+        tasks.push(tokio::spawn(async move { fetch(svc, "/a").await }));
+    }
+    for task in tasks {
+        let (status, x_cache, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!((x_cache.as_str(), body.as_str()), ("STALE", "v1"));
+    }
+    // Let the one refresh finish, then every instance serves v2.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(origin.calls(), 2, "exactly one background refresh");
+    for svc in &services {
+        let (_, _, body) = fetch(svc.clone(), "/a").await;
+        assert_eq!(body, "v2");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_serves_the_stored_copy_when_the_origin_fails() {
+    let server = RedisServer::start();
+    let origin = Origin::new(Duration::ZERO, "max-age=1, stale-if-error=60");
+    let svc = instance(&server).await.layer(serve(origin.clone()));
+    fetch(svc.clone(), "/a").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    origin.fail_with(500);
+    let (status, x_cache, body) = fetch(svc.clone(), "/a").await;
+    assert_eq!(
+        (status, x_cache.as_str(), body.as_str()),
+        (StatusCode::OK, "STALE", "v1")
+    );
+}
