@@ -230,6 +230,17 @@ impl CachedResponse {
 
     /// The compact binary form (length-prefixed, versioned), for storages that keep bytes.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with(None)
+    }
+
+    /// [`encode`](Self::encode) with the body LZ4-compressed when it is at least `threshold`
+    /// bytes and compression makes it smaller (feature `compression`).
+    #[cfg(feature = "compression")]
+    pub fn encode_compressed(&self, threshold: usize) -> Vec<u8> {
+        self.encode_with(Some(threshold))
+    }
+
+    fn encode_with(&self, compress_over: Option<usize>) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.weight());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.status.as_u16().to_be_bytes());
@@ -257,7 +268,7 @@ impl CachedResponse {
         for tag in &self.tags {
             put_bytes(&mut out, tag.as_bytes());
         }
-        put_bytes(&mut out, &self.body);
+        put_body(&mut out, &self.body, compress_over);
         out
     }
 
@@ -301,7 +312,11 @@ impl CachedResponse {
             let tag = std::str::from_utf8(r.bytes()?).map_err(|_| DecodeError("invalid tag"))?;
             tags.push(tag.to_owned());
         }
-        let body = Bytes::copy_from_slice(r.bytes()?);
+        let body = match r.byte()? {
+            BODY_RAW => Bytes::copy_from_slice(r.bytes()?),
+            BODY_LZ4 => decompress(&mut r)?,
+            _ => return Err(DecodeError("invalid body encoding")),
+        };
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
         }
@@ -335,8 +350,58 @@ fn normalised(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
-/// "TRC" and the encoding version (2: tags).
-const MAGIC: &[u8] = b"TRC\x02";
+/// "TRC" and the encoding version (3: tags, body encoding byte).
+const MAGIC: &[u8] = b"TRC\x03";
+
+const BODY_RAW: u8 = 0;
+const BODY_LZ4: u8 = 1;
+
+/// The largest body a compressed entry may claim: a corrupt length must not make the decoder
+/// allocate gigabytes (the layer never stores more than its `max_entry_size` anyway).
+#[cfg(feature = "compression")]
+const MAX_DECOMPRESSED: u64 = 256 * 1024 * 1024;
+
+fn put_body(out: &mut Vec<u8>, body: &[u8], compress_over: Option<usize>) {
+    #[cfg(feature = "compression")]
+    if let Some(threshold) = compress_over
+        && body.len() >= threshold
+    {
+        let compressed = lz4_flex::block::compress(body);
+        if compressed.len() < body.len() {
+            out.push(BODY_LZ4);
+            put_varint(out, body.len() as u64);
+            put_bytes(out, &compressed);
+            return;
+        }
+    }
+    #[cfg(not(feature = "compression"))]
+    let _ = compress_over;
+    out.push(BODY_RAW);
+    put_bytes(out, body);
+}
+
+#[cfg(feature = "compression")]
+fn decompress(r: &mut Reader<'_>) -> Result<Bytes, DecodeError> {
+    let len = r.varint()?;
+    if len > MAX_DECOMPRESSED {
+        return Err(DecodeError("compressed body too large"));
+    }
+    let compressed = r.bytes()?;
+    let len = usize::try_from(len).map_err(|_| DecodeError("compressed body too large"))?;
+    let body = lz4_flex::block::decompress(compressed, len)
+        .map_err(|_| DecodeError("corrupt compressed body"))?;
+    if body.len() != len {
+        return Err(DecodeError("compressed body length mismatch"));
+    }
+    Ok(Bytes::from(body))
+}
+
+#[cfg(not(feature = "compression"))]
+fn decompress(_: &mut Reader<'_>) -> Result<Bytes, DecodeError> {
+    Err(DecodeError(
+        "compressed body: build turret-cache with the `compression` feature",
+    ))
+}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -538,6 +603,40 @@ mod tests {
         );
         assert_eq!(e.ttl(received + Duration::from_secs(57)), None);
         assert_eq!(e.ttl(received + Duration::from_secs(600)), None);
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn compressed_bodies_round_trip_and_shrink() {
+        let mut e = sample();
+        e.body = Bytes::from(br#"{"id":7,"name":"widget"},"#.repeat(200));
+        let plain = e.encode();
+        let small = e.encode_compressed(1024);
+        assert!(
+            small.len() * 4 < plain.len(),
+            "{} vs {}",
+            small.len(),
+            plain.len()
+        );
+        assert_eq!(CachedResponse::decode(&small), Ok(e.clone()));
+        // Under the threshold, or incompressible: stored raw.
+        assert_eq!(e.encode_compressed(1 << 20), plain);
+        for n in 0..small.len() {
+            assert!(CachedResponse::decode(&small[..n]).is_err(), "prefix {n}");
+        }
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn a_compressed_entry_claiming_a_huge_body_is_an_error() {
+        let mut bytes = sample().encode();
+        // Rewrite the body as "LZ4, 2^40 bytes, 1 byte of data".
+        let body_at = bytes.len() - sample().body().len() - 2;
+        bytes.truncate(body_at);
+        bytes.push(BODY_LZ4);
+        put_varint(&mut bytes, 1 << 40);
+        put_bytes(&mut bytes, b"x");
+        assert!(CachedResponse::decode(&bytes).is_err());
     }
 
     proptest! {

@@ -71,7 +71,7 @@ fn entry(
     received: Duration,
 ) -> Arc<CachedResponse> {
     let ms = received.as_millis() as u64;
-    let mut out = b"TRC\x02".to_vec();
+    let mut out = b"TRC\x03".to_vec();
     out.extend_from_slice(&200u16.to_be_bytes());
     put_varint(&mut out, ms); // request time
     put_varint(&mut out, ms); // response time
@@ -104,6 +104,7 @@ fn entry(
     for t in tags {
         put_bytes(&mut out, t.as_bytes());
     }
+    out.push(0); // raw body
     put_bytes(&mut out, body.as_bytes());
     Arc::new(CachedResponse::decode(&out).expect("a valid entry"))
 }
@@ -791,4 +792,33 @@ async fn the_listener_ends_with_the_last_clone() {
         .await,
         "the listener outlived the storage"
     );
+}
+
+#[cfg(feature = "compression")]
+#[tokio::test]
+async fn large_bodies_are_compressed_in_redis_and_read_back_whole() {
+    let server = RedisServer::start();
+    let redis = connect(&server).await;
+    let plain = RedisStorage::new(redis.clone());
+    let compressed = RedisStorage::new(redis).compress_over(1024);
+    let body = r#"{"id":7,"name":"widget","price":"9.99"},"#.repeat(100);
+    let e = entry(&body, None, &[], now());
+    plain
+        .put("http://shop.example/plain", e.clone(), TTL)
+        .await
+        .unwrap();
+    compressed.put(KEY, e.clone(), TTL).await.unwrap();
+
+    let size = |key: &str| {
+        let hash = plain.entry_key(key);
+        let fields: Vec<String> = server.cmd(&["HKEYS", &hash]);
+        let variant = fields.iter().find(|f| !f.starts_with('!')).unwrap().clone();
+        let len: i64 = server.cmd(&["HSTRLEN", &hash, &variant]);
+        len
+    };
+    let (raw, small) = (size("http://shop.example/plain"), size(KEY));
+    assert!(small * 4 < raw, "{small} vs {raw} bytes in Redis");
+    // Either storage reads either form.
+    let got = plain.get(KEY).await.unwrap();
+    assert_eq!(*got[0], *e);
 }
