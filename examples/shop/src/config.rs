@@ -1,0 +1,193 @@
+//! Command-line flags, each with an environment fallback (`--help` lists them).
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// The shop's configuration: flags first, then the environment variable named in `--help`,
+/// then the default.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "shop",
+    version,
+    about = "An e-commerce API with turret's layers stacked: rate limit, response cache, \
+             conditional requests and stampede protection",
+    long_about = None
+)]
+pub(crate) struct Config {
+    /// Address to listen on (port 0 picks a free port; the address is printed on stdout).
+    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:3000")]
+    pub(crate) listen: SocketAddr,
+
+    /// Redis for the whole fleet (rate-limit quota, stampede leases and values, cache
+    /// invalidations): `redis://host:6379`, `rediss://…`, `redis+cluster://h1,h2`. Absent:
+    /// every layer keeps its state in this process.
+    #[arg(long, env = "REDIS_URL")]
+    pub(crate) redis_url: Option<String>,
+
+    /// The database: `sqlite://shop.db` (created and seeded on first start) or
+    /// `postgres://user:password@host/db`. Processes given the same URL share one database.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://shop.db")]
+    pub(crate) database_url: String,
+
+    /// Requests per client IP: `COUNT/PERIOD`, e.g. `100/60s`, `10/s`, `1000/1h`.
+    #[arg(long, env = "RATE_LIMIT", default_value = "100/60s")]
+    pub(crate) rate_limit: RateLimitSpec,
+
+    /// How requests are counted against `--rate-limit`. `sliding-log` is exact: at most
+    /// COUNT requests in any window of PERIOD.
+    #[arg(long, env = "RATE_LIMIT_ALGORITHM", value_enum, default_value_t = RateAlgorithm::SlidingLog)]
+    pub(crate) rate_limit_algorithm: RateAlgorithm,
+
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` fields are believed, as CIDRs or
+    /// addresses separated by commas (e.g. `10.0.0.0/8,192.168.1.7`). None by default: the
+    /// client is the peer address.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub(crate) trusted_proxies: Vec<String>,
+
+    /// How long product responses stay in the response cache (`300`, `300s`, `5m`, `1h`).
+    /// Categories stay 1 hour.
+    #[arg(long, env = "CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub(crate) cache_ttl: Duration,
+
+    /// Turn the response cache off.
+    #[arg(long, env = "NO_CACHE")]
+    pub(crate) no_cache: bool,
+
+    /// Turn the rate limiter off.
+    #[arg(long, env = "NO_RATE_LIMIT")]
+    pub(crate) no_rate_limit: bool,
+
+    /// Turn conditional requests off (no generated ETags, no 304; the handlers still refuse
+    /// a stale `If-Match` with 412).
+    #[arg(long, env = "NO_CONDITIONAL")]
+    pub(crate) no_conditional: bool,
+
+    /// Turn stampede protection of top-selling and the dashboard off (every request
+    /// aggregates).
+    #[arg(long, env = "NO_STAMPEDE")]
+    pub(crate) no_stampede: bool,
+}
+
+/// The counting algorithms of `turret_ratelimit`, as flag values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RateAlgorithm {
+    /// Smooth rate with a burst of COUNT (one request per PERIOD/COUNT after the burst).
+    Gcra,
+    /// COUNT per fixed window (up to twice COUNT around a window boundary).
+    FixedWindow,
+    /// Weighted previous window: constant memory, approximate.
+    SlidingWindow,
+    /// Exact: at most COUNT in any PERIOD.
+    SlidingLog,
+}
+
+impl From<RateAlgorithm> for turret_ratelimit::Algorithm {
+    fn from(a: RateAlgorithm) -> Self {
+        match a {
+            RateAlgorithm::Gcra => Self::Gcra,
+            RateAlgorithm::FixedWindow => Self::FixedWindow,
+            RateAlgorithm::SlidingWindow => Self::SlidingWindow,
+            RateAlgorithm::SlidingLog => Self::SlidingLog,
+        }
+    }
+}
+
+/// `COUNT/PERIOD` as given to `--rate-limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RateLimitSpec {
+    /// Requests per period (at least 1).
+    pub(crate) count: u32,
+    /// The period.
+    pub(crate) period: Duration,
+}
+
+impl FromStr for RateLimitSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (count, period) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}`: expected COUNT/PERIOD, e.g. 100/60s"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{count}`: COUNT must be a whole number"))?;
+        if count == 0 {
+            return Err("COUNT must be at least 1 (use --no-rate-limit to turn it off)".into());
+        }
+        let period = period.trim();
+        // `100/s`, `100/min`: a unit alone means one of it.
+        let period = if period.starts_with(|c: char| c.is_ascii_digit()) {
+            parse_duration(period)?
+        } else {
+            parse_duration(&format!("1{period}"))?
+        };
+        Ok(Self { count, period })
+    }
+}
+
+/// Parses `300`, `300s`, `500ms`, `5m`, `5min`, `1h` (a bare number is seconds).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a duration like 300s, 5m or 1h"))?;
+    let secs = match unit.trim() {
+        "" | "s" | "sec" | "secs" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" | "min" | "mins" => n.saturating_mul(60),
+        "h" | "hour" | "hours" => n.saturating_mul(3600),
+        other => return Err(format!("`{other}`: unknown unit (use ms, s, m or h)")),
+    };
+    if secs == 0 {
+        return Err(format!("`{s}`: must be more than zero"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_specs_parse() {
+        let spec: RateLimitSpec = "100/60s".parse().unwrap();
+        assert_eq!((spec.count, spec.period), (100, Duration::from_secs(60)));
+        let spec: RateLimitSpec = "10/s".parse().unwrap();
+        assert_eq!((spec.count, spec.period), (10, Duration::from_secs(1)));
+        let spec: RateLimitSpec = "1000/1h".parse().unwrap();
+        assert_eq!(spec.period, Duration::from_secs(3600));
+        let spec: RateLimitSpec = "5/min".parse().unwrap();
+        assert_eq!(spec.period, Duration::from_secs(60));
+        assert!("0/60s".parse::<RateLimitSpec>().is_err());
+        assert!("100".parse::<RateLimitSpec>().is_err());
+        assert!("x/60s".parse::<RateLimitSpec>().is_err());
+        assert!("100/60y".parse::<RateLimitSpec>().is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn flags_have_the_documented_defaults() {
+        let c = Config::try_parse_from(["shop"]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.rate_limit.count, 100);
+        assert_eq!(c.cache_ttl, Duration::from_secs(300));
+        assert!(c.trusted_proxies.is_empty());
+        let c =
+            Config::try_parse_from(["shop", "--trusted-proxies", "10.0.0.0/8,127.0.0.1"]).unwrap();
+        assert_eq!(c.trusted_proxies, ["10.0.0.0/8", "127.0.0.1"]);
+    }
+}

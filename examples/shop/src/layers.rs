@@ -1,0 +1,134 @@
+//! The rate limiter (`turret_ratelimit`) and conditional requests (`turret_conditional`),
+//! configured for the shop. (The response cache is in `cache.rs`, stampede protection in
+//! `stampede.rs`.)
+
+use axum::{
+    Router,
+    body::Bytes,
+    http::{HeaderValue, Response, StatusCode, header},
+    middleware::map_response,
+    response::IntoResponse,
+};
+use serde_json::json;
+use turret_conditional::{BoxError, ConditionalLayer, Validators};
+use turret_ratelimit::{ClientIp, Limited, Quota, RateLimitLayer, RedisBackend};
+use turret_redis::Redis;
+
+use crate::{
+    config::Config,
+    db::Db,
+    errors::error_response,
+    model::{category_etag, product_etag},
+};
+
+/// Limits every route but `/health` and `/metrics` to `--rate-limit` per client IP (the
+/// peer address, or the address behind `--trusted-proxies`), on Redis when there is one
+/// (one quota for the fleet; each process limits on its own while Redis is down).
+pub(crate) fn rate_limit<S>(
+    router: Router<S>,
+    config: &Config,
+    redis: Option<&Redis>,
+) -> Result<Router<S>, String>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let quota = Quota::per(config.rate_limit.period, config.rate_limit.count)
+        .algorithm(config.rate_limit_algorithm.into());
+    let layer = RateLimitLayer::new(quota)
+        .key(ClientIp::trusting(&config.trusted_proxies)?)
+        .exempt("/health")
+        .exempt("/metrics")
+        .on_limited(too_many_requests);
+    Ok(match redis {
+        Some(redis) => router.layer(
+            layer
+                .backend(RedisBackend::new(redis.clone()))
+                .fallback_to_memory(),
+        ),
+        None => router.layer(layer),
+    })
+}
+
+/// The 429 body; the layer adds `Retry-After`, `RateLimit`, `RateLimit-Policy` and
+/// `X-RateLimit-*`.
+fn too_many_requests(limited: &Limited<'_>) -> Response<Bytes> {
+    let retry_after = limited
+        .decision
+        .retry_after
+        .map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    let body = json!({
+        "error": "rate_limited",
+        "message": format!(
+            "at most {} requests per client in this window; retry in {retry_after} s",
+            limited.decision.limit
+        ),
+        "retry_after": retry_after,
+    });
+    let mut res = Response::new(Bytes::from(body.to_string()));
+    *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// ETags and 304 on reads; `If-Match` on writes decided against the database's row
+/// versions before the handler runs (412 when stale).
+///
+/// Product and category responses carry an `ETag` made from their row version
+/// (`"p7v3"`), which the layer leaves alone; lists get one hashed from the body.
+pub(crate) fn conditional<S>(router: Router<S>, db: Db) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let layer = ConditionalLayer::new().validator_source(move |resource: String| {
+        let db = db.clone();
+        async move { current_validators(&db, &resource).await }
+    });
+    router
+        .layer(layer)
+        .layer(map_response(json_precondition_failed))
+}
+
+/// The validators of the product or category a write targets; `None` for anything else.
+async fn current_validators(db: &Db, resource: &str) -> Result<Option<Validators>, BoxError> {
+    let path = resource.split('?').next().unwrap_or(resource);
+    let etag = if let Some(id) = id_after(path, "/products/") {
+        db.product_version(id)
+            .await?
+            .map(|version| product_etag(id, version))
+    } else if let Some(id) = id_after(path, "/categories/") {
+        db.category_version(id)
+            .await?
+            .map(|version| category_etag(id, version))
+    } else {
+        None
+    };
+    Ok(match etag {
+        Some(etag) => Some(Validators::new().with_etag(HeaderValue::from_str(&etag)?)),
+        None => None,
+    })
+}
+
+fn id_after(path: &str, prefix: &str) -> Option<i64> {
+    path.strip_prefix(prefix)?
+        .parse()
+        .ok()
+        .filter(|id: &i64| *id > 0)
+}
+
+/// The conditional layer's own 412 has no body: give it the shop's JSON error.
+async fn json_precondition_failed(res: axum::response::Response) -> axum::response::Response {
+    if res.status() == StatusCode::PRECONDITION_FAILED
+        && !res.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return error_response(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "If-Match does not match the current version: GET it again, then retry",
+        )
+        .into_response();
+    }
+    res
+}

@@ -1,0 +1,919 @@
+//! End-to-end tests: the real `shop` binary on a free port with a fresh SQLite file, driven
+//! over HTTP/1.1 by a small client on `std::net::TcpStream`; Redis tests use real
+//! `redis-server` processes from `turret-testkit`.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Barrier, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use turret_testkit::RedisServer;
+
+/// A running shop process; killed (and its log printed if the test failed) on drop.
+struct Shop {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    host: String,
+    _dir: Option<TempDir>,
+}
+
+impl Shop {
+    /// A shop on its own new SQLite database.
+    fn start(args: &[&str]) -> Shop {
+        let dir = TempDir::new().expect("temp dir");
+        let mut shop = Shop::spawn(&db_url(dir.path()), dir.path(), "shop", args).wait_ready();
+        shop._dir = Some(dir);
+        shop
+    }
+
+    /// Starts the process without waiting for it (see [`Shop::wait_ready`]).
+    fn spawn(database_url: &str, log_dir: &Path, name: &str, args: &[&str]) -> Starting {
+        let log = log_dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shop"))
+            .args(["--listen", "127.0.0.1:0", "--database-url", database_url])
+            .args(args)
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("RATE_LIMIT")
+            .env_remove("CACHE_TTL")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the shop binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        Starting { child, rx, log }
+    }
+
+    /// Sends one request; `headers` may override `Host`.
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut head = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\n");
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            head.push_str(&format!("host: {}\r\n", self.host));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() || matches!(method, "POST" | "PUT") {
+            head.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).expect("send head");
+        stream.write_all(body.as_bytes()).expect("send body");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read response");
+        Resp::parse(&raw)
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, &[], "")
+    }
+
+    fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.request("GET", path, headers, "")
+    }
+
+    fn send_json(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.request(method, path, &all, body)
+    }
+
+    /// The value of one sample of `/metrics`, e.g. `shop_db_queries_total{query="top_selling"}`
+    /// (0 when absent).
+    fn metric(&self, sample: &str) -> f64 {
+        let text = self.get("/metrics").body;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
+    fn db_queries(&self, query: &str) -> f64 {
+        self.metric(&format!("shop_db_queries_total{{query=\"{query}\"}}"))
+    }
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- shop log (last lines, newest first) ---");
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// A shop process that has not printed its address yet.
+struct Starting {
+    child: Child,
+    rx: mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Starting {
+    /// Reads the address from stdout and waits until `/health` answers 200.
+    fn wait_ready(mut self) -> Shop {
+        let line = match self.rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = self.child.kill();
+                panic!(
+                    "the shop did not start: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+        };
+        let port: u16 = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = self.child.kill();
+                panic!(
+                    "no address in {line:?}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                )
+            });
+        let shop = Shop {
+            child: self.child,
+            port,
+            log: self.log,
+            host: format!("127.0.0.1:{port}"),
+            _dir: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() && shop.get("/health").status == 200
+            {
+                return shop;
+            }
+            assert!(Instant::now() < deadline, "/health never answered 200");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn db_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("shop.db").display())
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug, Clone)]
+struct Resp {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl Resp {
+    fn parse(raw: &[u8]) -> Resp {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete response head");
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let mut headers = HashMap::new();
+        for line in lines {
+            if let Some((name, value)) = line.split_once(':') {
+                headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+            }
+        }
+        let mut body = raw[split + 4..].to_vec();
+        if headers
+            .get("transfer-encoding")
+            .is_some_and(|te| te.contains("chunked"))
+        {
+            body = dechunk(&body);
+        }
+        Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size_text = String::from_utf8_lossy(&data[..end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        let start = end + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+}
+
+/// A product body for POST / PUT.
+fn product_body(name: &str, price: f64, category_id: i64) -> String {
+    serde_json::json!({
+        "name": name,
+        "description": "made in the tests",
+        "price": price,
+        "stock": 3,
+        "category_id": category_id,
+    })
+    .to_string()
+}
+
+#[test]
+fn second_get_is_a_cache_hit() {
+    let shop = Shop::start(&[]);
+
+    let first = shop.get("/products/1");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    let second = shop.get("/products/1");
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert!(
+        second
+            .header("cache-status")
+            .is_some_and(|s| s.contains("hit")),
+        "{:?}",
+        second.headers
+    );
+    assert_eq!(first.body, second.body);
+    assert_eq!(shop.db_queries("get_product"), 1.0);
+
+    // Lists too, and parameters outside the key share the entry.
+    assert_eq!(
+        shop.get("/products?skip=0&limit=5").header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        shop.get("/products?limit=5&skip=0&utm_source=mail")
+            .header("x-cache"),
+        Some("HIT")
+    );
+    let categories = shop.get("/categories");
+    assert_eq!(categories.json().as_array().map(Vec::len), Some(20));
+    assert_eq!(shop.get("/categories").header("x-cache"), Some("HIT"));
+    assert_eq!(shop.db_queries("list_products"), 1.0);
+    assert_eq!(shop.db_queries("list_categories"), 1.0);
+    // The tags are for the cache, not for clients.
+    assert_eq!(second.header("surrogate-key"), None);
+}
+
+#[test]
+fn if_none_match_gets_304() {
+    let shop = Shop::start(&[]);
+
+    let product = shop.get("/products/3");
+    let etag = product.header("etag").expect("an ETag").to_owned();
+    assert_eq!(etag, "\"p3v1\"");
+    let revalidated = shop.get_with("/products/3", &[("if-none-match", &etag)]);
+    assert_eq!(revalidated.status, 304);
+    assert_eq!(revalidated.body, "");
+    assert_eq!(revalidated.header("etag"), Some(etag.as_str()));
+
+    // Lists get an ETag hashed from the body.
+    let list = shop.get("/products?limit=3");
+    let list_etag = list.header("etag").expect("a generated ETag").to_owned();
+    assert_eq!(
+        shop.get_with("/products?limit=3", &[("if-none-match", &list_etag)])
+            .status,
+        304
+    );
+    assert_eq!(
+        shop.get_with("/products?limit=3", &[("if-none-match", "\"other\"")])
+            .status,
+        200
+    );
+}
+
+#[test]
+fn stale_if_match_put_gets_412() {
+    let shop = Shop::start(&[]);
+
+    let original = shop.get("/products/4");
+    let etag = original.header("etag").expect("an ETag").to_owned();
+    let mut edited = original.json();
+    edited["name"] = "Edited by the first writer".into();
+    let first = shop.send_json(
+        "PUT",
+        "/products/4",
+        &[("if-match", &etag)],
+        &edited.to_string(),
+    );
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.header("etag"), Some("\"p4v2\""));
+    assert_eq!(first.json()["version"], 2);
+
+    // A second writer that read the same version would overwrite that change.
+    edited["name"] = "Edited by the second writer".into();
+    let second = shop.send_json(
+        "PUT",
+        "/products/4",
+        &[("if-match", &etag)],
+        &edited.to_string(),
+    );
+    assert_eq!(second.status, 412);
+    assert_eq!(second.json()["error"], "precondition_failed");
+    assert_eq!(
+        shop.get("/products/4").json()["name"],
+        "Edited by the first writer"
+    );
+    assert_eq!(
+        shop.metric("turret_conditional_responses_total{outcome=\"412\"}"),
+        1.0
+    );
+
+    // DELETE is guarded the same way.
+    assert_eq!(
+        shop.request("DELETE", "/products/4", &[("if-match", &etag)], "")
+            .status,
+        412
+    );
+    assert_eq!(
+        shop.request("DELETE", "/products/4", &[("if-match", "\"p4v2\"")], "")
+            .status,
+        204
+    );
+}
+
+#[test]
+fn handler_refuses_a_stale_if_match_without_the_layer() {
+    let shop = Shop::start(&["--no-conditional"]);
+    let body = product_body("Renamed", 9.5, 2);
+    let ok = shop.send_json("PUT", "/products/6", &[("if-match", "\"p6v1\"")], &body);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let stale = shop.send_json("PUT", "/products/6", &[("if-match", "\"p6v1\"")], &body);
+    assert_eq!(stale.status, 412);
+    assert_eq!(stale.json()["error"], "precondition_failed");
+    // A list of tags that contains the current one passes.
+    let listed = shop.send_json(
+        "PUT",
+        "/products/6",
+        &[("if-match", "\"p6v1\", \"p6v2\"")],
+        &body,
+    );
+    assert_eq!(listed.status, 200, "{}", listed.body);
+}
+
+#[test]
+fn a_write_invalidates_the_cached_product_and_lists() {
+    let shop = Shop::start(&[]);
+
+    // Fill: the product, two lists it is on, and the category list.
+    let product = shop.get("/products/5").json();
+    let category = product["category_id"].as_i64().expect("a category id");
+    let by_category = format!("/products?category={category}&limit=100");
+    for path in ["/products/5", "/products?limit=10", &by_category] {
+        shop.get(path);
+        assert_eq!(shop.get(path).header("x-cache"), Some("HIT"), "{path}");
+    }
+
+    // PUT: the product and every list show the change at once.
+    let mut edited = product.clone();
+    edited["name"] = "Invalidated Lamp".into();
+    edited["price"] = 12.5.into();
+    let put = shop.send_json("PUT", "/products/5", &[], &edited.to_string());
+    assert_eq!(put.status, 200, "{}", put.body);
+    let fresh = shop.get("/products/5");
+    assert_eq!(fresh.header("x-cache"), Some("MISS"));
+    assert_eq!(fresh.json()["name"], "Invalidated Lamp");
+    assert_eq!(fresh.json()["price"], 12.5);
+    for path in ["/products?limit=10", &by_category] {
+        let list = shop.get(path);
+        assert_eq!(list.header("x-cache"), Some("MISS"), "{path}");
+        assert!(list.body.contains("Invalidated Lamp"), "{path}");
+    }
+
+    // POST: 201 with Location; the lists are invalidated.
+    let last_page = "/products?skip=4990&limit=100";
+    assert_eq!(
+        shop.get(last_page).json().as_array().map(Vec::len),
+        Some(10)
+    );
+    assert_eq!(shop.get(last_page).header("x-cache"), Some("HIT"));
+    let created = shop.send_json(
+        "POST",
+        "/products",
+        &[],
+        &product_body("Fresh Kettle", 19.99, 2),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"].as_i64().expect("an id");
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/products/{id}").as_str())
+    );
+    assert_eq!(created.json()["price"], 19.99);
+    let page = shop.get(last_page);
+    assert_eq!(page.header("x-cache"), Some("MISS"));
+    assert_eq!(page.json().as_array().map(Vec::len), Some(11));
+    assert_eq!(
+        shop.get(&format!("/products/{id}")).json()["name"],
+        "Fresh Kettle"
+    );
+
+    // DELETE: 204, then 404 (never a stale 200), and gone from the lists.
+    shop.get(&format!("/products/{id}"));
+    let deleted = shop.request("DELETE", &format!("/products/{id}"), &[], "");
+    assert_eq!(deleted.status, 204);
+    assert_eq!(shop.get(&format!("/products/{id}")).status, 404);
+    assert_eq!(
+        shop.get(last_page).json().as_array().map(Vec::len),
+        Some(10)
+    );
+
+    // Categories: the item and the list.
+    shop.get("/categories");
+    shop.get("/categories/2");
+    let renamed = shop.send_json(
+        "PUT",
+        "/categories/2",
+        &[],
+        r#"{"name":"Rare Books","description":"Old paper"}"#,
+    );
+    assert_eq!(renamed.status, 200, "{}", renamed.body);
+    assert_eq!(renamed.header("etag"), Some("\"c2v2\""));
+    let list = shop.get("/categories");
+    assert_eq!(list.header("x-cache"), Some("MISS"));
+    assert_eq!(list.json()[1]["name"], "Rare Books");
+    assert_eq!(shop.get("/categories/2").json()["name"], "Rare Books");
+}
+
+/// Sends 100 requests, all admitted, then checks the 101st.
+fn spend_the_quota(shop: &Shop) -> Resp {
+    for i in 1..=100 {
+        let res = shop.get("/products/1");
+        assert_eq!(
+            res.status, 200,
+            "request {i} was refused: {:?}",
+            res.headers
+        );
+        assert_eq!(
+            res.header("x-ratelimit-remaining"),
+            Some((100 - i).to_string().as_str())
+        );
+    }
+    shop.get("/products/1")
+}
+
+#[test]
+fn the_101st_request_in_a_minute_gets_429() {
+    let shop = Shop::start(&[]);
+    let refused = spend_the_quota(&shop);
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"], "rate_limited");
+    let retry: u64 = refused
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(refused.header("x-ratelimit-limit"), Some("100"));
+    assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(
+        refused.header("ratelimit-policy"),
+        Some("\"default\";q=100;w=60")
+    );
+    assert!(
+        refused
+            .header("ratelimit")
+            .is_some_and(|v| v.starts_with("\"default\";r=0;t=")),
+        "{:?}",
+        refused.headers
+    );
+    // Health checks and metrics are exempt.
+    assert_eq!(shop.get("/health").status, 200);
+    assert_eq!(shop.get("/metrics").status, 200);
+    assert_eq!(
+        shop.metric("turret_ratelimit_decisions_total{policy=\"default\",outcome=\"limited\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
+    // Untrusted by default: a client cannot pick a fresh key per request.
+    let shop = Shop::start(&["--rate-limit", "2/60s"]);
+    for ip in ["1.1.1.1", "2.2.2.2"] {
+        assert_eq!(
+            shop.get_with("/products/1", &[("x-forwarded-for", ip)])
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        shop.get_with("/products/1", &[("x-forwarded-for", "3.3.3.3")])
+            .status,
+        429
+    );
+
+    // Behind a trusted proxy (here: loopback), each forwarded client has its own quota.
+    let shop = Shop::start(&["--rate-limit", "2/60s", "--trusted-proxies", "127.0.0.1/32"]);
+    for ip in ["1.1.1.1", "1.1.1.1", "2.2.2.2", "2.2.2.2"] {
+        assert_eq!(
+            shop.get_with("/products/1", &[("x-forwarded-for", ip)])
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        shop.get_with("/products/1", &[("x-forwarded-for", "1.1.1.1")])
+            .status,
+        429
+    );
+}
+
+/// Sends `n` requests to `path` at once (threads released together by a barrier).
+fn concurrently(shop: &Arc<Shop>, path: &str, n: usize) -> Vec<Resp> {
+    let barrier = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (shop, barrier, path) = (shop.clone(), barrier.clone(), path.to_owned());
+            thread::spawn(move || {
+                barrier.wait();
+                shop.get(&path)
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("request thread"))
+        .collect()
+}
+
+#[test]
+fn concurrent_cold_top_selling_requests_run_one_aggregation() {
+    let shop = Arc::new(Shop::start(&["--rate-limit", "10000/60s"]));
+
+    let responses = concurrently(&shop, "/products/top-selling?limit=10", 200);
+    assert!(responses.iter().all(|r| r.status == 200));
+    assert!(responses.iter().all(|r| r.body == responses[0].body));
+    let rows = responses[0].json();
+    assert_eq!(rows.as_array().map(Vec::len), Some(10));
+    assert!(rows[0]["units_sold"].as_i64() >= rows[9]["units_sold"].as_i64());
+    assert_eq!(shop.db_queries("top_selling"), 1.0);
+
+    let responses = concurrently(&shop, "/stats/dashboard", 200);
+    assert!(responses.iter().all(|r| r.status == 200));
+    assert_eq!(responses[0].json()["orders"], 50_000);
+    assert_eq!(shop.db_queries("dashboard"), 1.0);
+
+    // Later requests are answered from the stampede cache too.
+    shop.get("/products/top-selling?limit=10");
+    assert_eq!(shop.db_queries("top_selling"), 1.0);
+}
+
+#[test]
+fn every_layer_switches_off() {
+    let shop = Shop::start(&[
+        "--no-cache",
+        "--no-rate-limit",
+        "--no-conditional",
+        "--no-stampede",
+    ]);
+    let first = shop.get("/products?limit=2");
+    assert_eq!(first.status, 200);
+    for field in ["x-cache", "etag", "ratelimit", "x-ratelimit-limit"] {
+        assert_eq!(first.header(field), None, "{field}");
+    }
+    shop.get("/products?limit=2");
+    assert_eq!(shop.db_queries("list_products"), 2.0);
+    shop.get("/products/top-selling?limit=3");
+    shop.get("/products/top-selling?limit=3");
+    assert_eq!(shop.db_queries("top_selling"), 2.0);
+    // The handler's own ETag stays, but nothing answers 304 for it.
+    let product = shop.get("/products/2");
+    let etag = product
+        .header("etag")
+        .expect("the handler's ETag")
+        .to_owned();
+    assert_eq!(
+        shop.get_with("/products/2", &[("if-none-match", &etag)])
+            .status,
+        200
+    );
+}
+
+#[test]
+fn bad_input_gets_a_json_error_with_the_right_status() {
+    let shop = Shop::start(&[]);
+    let good = product_body("Good", 1.0, 1);
+    // method, path, content-type, body, status, error code ("" for a success)
+    type Case = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        String,
+        u16,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "GET",
+            "/products/abc",
+            None,
+            String::new(),
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/products/0",
+            None,
+            String::new(),
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/products/999999",
+            None,
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/categories/999",
+            None,
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/products?limit=abc",
+            None,
+            String::new(),
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/products?limit=1000",
+            None,
+            String::new(),
+            422,
+            "validation_failed",
+        ),
+        (
+            "GET",
+            "/products?skip=-1",
+            None,
+            String::new(),
+            422,
+            "validation_failed",
+        ),
+        (
+            "GET",
+            "/products/top-selling?limit=0",
+            None,
+            String::new(),
+            422,
+            "validation_failed",
+        ),
+        ("GET", "/nowhere", None, String::new(), 404, "not_found"),
+        (
+            "PATCH",
+            "/products/1",
+            None,
+            String::new(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            "/products",
+            Some("application/json"),
+            "{\"name\":".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/products",
+            None,
+            good.clone(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/products",
+            Some("application/json"),
+            r#"{"name":"x"}"#.into(),
+            422,
+            "validation_failed",
+        ),
+        (
+            "POST",
+            "/products",
+            Some("application/json"),
+            r#"{"name":"x","price":"cheap","stock":1,"category_id":1}"#.into(),
+            422,
+            "validation_failed",
+        ),
+        (
+            "POST",
+            "/products",
+            Some("application/json"),
+            product_body("", 1.0, 1),
+            422,
+            "validation_failed",
+        ),
+        (
+            "POST",
+            "/products",
+            Some("application/json"),
+            product_body("x", -1.0, 1),
+            422,
+            "validation_failed",
+        ),
+        (
+            "POST",
+            "/products",
+            Some("application/json"),
+            product_body("x", 1.001, 1),
+            422,
+            "validation_failed",
+        ),
+        (
+            "POST",
+            "/products",
+            Some("application/json"),
+            product_body("x", 1.0, 999),
+            422,
+            "validation_failed",
+        ),
+        (
+            "PUT",
+            "/products/999999",
+            Some("application/json"),
+            good.clone(),
+            404,
+            "not_found",
+        ),
+        (
+            "PUT",
+            "/products/1",
+            Some("application/json"),
+            good.clone(),
+            200,
+            "",
+        ),
+        (
+            "PUT",
+            "/categories/1",
+            Some("application/json"),
+            r#"{"name":"   "}"#.into(),
+            422,
+            "validation_failed",
+        ),
+        (
+            "DELETE",
+            "/products/999999",
+            None,
+            String::new(),
+            404,
+            "not_found",
+        ),
+    ];
+    for (method, path, content_type, body, status, code) in cases {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|c| ("content-type", c))
+            .into_iter()
+            .collect();
+        let res = shop.request(method, path, &headers, &body);
+        assert_eq!(res.status, status, "{method} {path} {body}: {}", res.body);
+        if !code.is_empty() {
+            assert_eq!(res.json()["error"], code, "{method} {path}: {}", res.body);
+            assert!(res.json()["message"].is_string());
+            assert_eq!(res.header("content-type"), Some("application/json"));
+        }
+    }
+    // Errors are never stored: a product created after its 404 is found.
+    assert_eq!(shop.get("/products/5001").status, 404);
+    let created = shop.send_json("POST", "/products", &[], &product_body("Late", 2.0, 1));
+    assert_eq!(created.json()["id"], 5001);
+    assert_eq!(shop.get("/products/5001").status, 200);
+}
+
+/// Two shops on one SQLite file and one Redis, started at the same time.
+fn fleet(args: &[&str]) -> (RedisServer, TempDir, Shop, Shop) {
+    let redis = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let url = redis.url();
+    let mut all = vec!["--redis-url", url.as_str()];
+    all.extend_from_slice(args);
+    let a = Shop::spawn(&db_url(dir.path()), dir.path(), "a", &all);
+    let b = Shop::spawn(&db_url(dir.path()), dir.path(), "b", &all);
+    let (mut a, mut b) = (a.wait_ready(), b.wait_ready());
+    // One public host name, as behind a load balancer.
+    a.host = "shop.test".into();
+    b.host = "shop.test".into();
+    (redis, dir, a, b)
+}
+
+#[test]
+fn two_processes_on_one_redis_share_one_rate_limit_quota() {
+    let (_redis, _dir, a, b) = fleet(&["--rate-limit", "10/60s"]);
+    for i in 0..10 {
+        let shop = if i % 2 == 0 { &a } else { &b };
+        let res = shop.get("/categories");
+        assert_eq!(res.status, 200, "request {i}");
+        assert_eq!(
+            res.header("x-ratelimit-remaining"),
+            Some((9 - i).to_string().as_str())
+        );
+    }
+    assert_eq!(a.get("/categories").status, 429);
+    assert_eq!(b.get("/categories").status, 429);
+}
+
+#[test]
+fn two_processes_on_one_database_and_redis_act_as_one() {
+    let (_redis, _dir, a, b) = fleet(&["--rate-limit", "1000/60s"]);
+
+    // Started together on one new file: seeded once.
+    assert_eq!(a.get("/stats/dashboard").json()["products"], 5000);
+
+    // One aggregation for the fleet: B reads what A computed.
+    let top = a.get("/products/top-selling?limit=5");
+    assert_eq!(top.status, 200);
+    assert_eq!(b.get("/products/top-selling?limit=5").body, top.body);
+    assert_eq!(a.db_queries("top_selling"), 1.0);
+    assert_eq!(b.db_queries("top_selling"), 0.0);
+
+    // One response cache: what A stored is a hit on B (same public host).
+    assert_eq!(a.get("/products/9").header("x-cache"), Some("MISS"));
+    assert_eq!(b.get("/products/9").header("x-cache"), Some("HIT"));
+    assert_eq!(
+        a.db_queries("get_product") + b.db_queries("get_product"),
+        1.0
+    );
+
+    // A write on A is seen on B at once, cached or not.
+    b.get("/products/8");
+    assert_eq!(b.get("/products/8").header("x-cache"), Some("HIT"));
+    let mut edited = a.get("/products/8").json();
+    edited["name"] = "Written on A".into();
+    let put = a.send_json("PUT", "/products/8", &[], &edited.to_string());
+    assert_eq!(put.status, 200, "{}", put.body);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = b.get("/products/8");
+        if seen.json()["name"] == "Written on A" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B still serves {}", seen.body);
+        thread::sleep(Duration::from_millis(20));
+    }
+}
