@@ -359,24 +359,44 @@ fn reuse<B: Body>(
 }
 
 fn hit<B: Body>(
-    ctx: &Ctx,
+    policy: &Policy,
+    key: &str,
+    head: bool,
     entry: &CachedResponse,
     ttl: Duration,
     now: Duration,
     request: &HeaderMap,
 ) -> Response<ResponseBody<B>> {
-    ctx.policy.count(Outcome::Hit);
-    tracing::debug!(key = %ctx.key, "cache hit");
-    let mut res = reuse(entry, now, ctx.head, request);
-    let mut value = Vec::with_capacity(24);
-    value.extend_from_slice(b"turret; hit; ttl=");
-    push_digits(&mut value, ttl.as_secs());
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-        res.headers_mut().append(CACHE_STATUS, v);
-    }
+    policy.count(Outcome::Hit);
+    tracing::debug!(%key, "cache hit");
+    let mut res = reuse(entry, now, head, request);
+    res.headers_mut()
+        .append(CACHE_STATUS, hit_status(ttl.as_secs()));
     res.headers_mut()
         .insert(X_CACHE, HeaderValue::from_static("HIT"));
     res
+}
+
+/// `turret; hit; ttl=N`; the first hour's values are made once each and shared.
+fn hit_status(ttl: u64) -> HeaderValue {
+    const SHARED: usize = 3600;
+    static VALUES: std::sync::OnceLock<Vec<std::sync::OnceLock<HeaderValue>>> =
+        std::sync::OnceLock::new();
+    let make = |ttl: u64| {
+        let mut value = Vec::with_capacity(24);
+        value.extend_from_slice(b"turret; hit; ttl=");
+        push_digits(&mut value, ttl);
+        HeaderValue::from_maybe_shared(Bytes::from(value))
+            .unwrap_or_else(|_| HeaderValue::from_static("turret; hit"))
+    };
+    match usize::try_from(ttl) {
+        Ok(i) if i < SHARED => {
+            let values =
+                VALUES.get_or_init(|| (0..SHARED).map(|_| std::sync::OnceLock::new()).collect());
+            values[i].get_or_init(|| make(ttl)).clone()
+        }
+        _ => make(ttl),
+    }
 }
 
 /// Appends `n` in decimal, without allocating.
@@ -482,11 +502,14 @@ fn windows(ctx: &Ctx, headers: &HeaderMap) -> Windows {
 }
 
 /// GET/HEAD: look the key up, answer a fresh hit at once, otherwise decide.
-pub(crate) fn lookup<S, ReqBody, B>(
+/// The look-up's answer: a synchronous storage (memory) has it already and a fresh hit is
+/// answered without boxing; otherwise one boxed future waits for it and decides.
+pub(crate) fn looked_up<S, ReqBody, B>(
     ctx: Ctx,
     inner: S,
     req: Request<ReqBody>,
     force: bool,
+    mut pending: StorageFuture<Variants>,
 ) -> ResponseFuture<S::Future, B, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
@@ -496,17 +519,11 @@ where
     B: Body + Send + 'static,
     B::Error: Send + 'static,
 {
-    let mut pending = ctx.config.storage.get(&ctx.key);
     match pending.take_ready() {
-        // The memory storage: a fresh hit is decided here, without boxing.
         Some(result) => {
             let now = ctx.config.clock.now();
-            match select(result, req.headers(), &ctx.directives, force, now) {
-                Lookup::Fresh(entry, ttl) => {
-                    ResponseFuture::ready(hit(&ctx, &entry, ttl, now, req.headers()))
-                }
-                other => ResponseFuture::boxed(Box::pin(decide(ctx, inner, req, other))),
-            }
+            let found = select(result, req.headers(), &ctx.directives, force, now);
+            ResponseFuture::boxed(Box::pin(decide(ctx, inner, req, found)))
         }
         None => ResponseFuture::boxed(Box::pin(async move {
             let result = pending.await;
@@ -514,6 +531,36 @@ where
             let found = select(result, req.headers(), &ctx.directives, force, now);
             decide(ctx, inner, req, found).await
         })),
+    }
+}
+
+/// The fast path of a synchronous storage: a fresh hit answered inside `call`, with the key
+/// still borrowed (no allocation for it). `Err` gives the look-up back for the slow path.
+pub(crate) fn fresh_hit<B: Body>(
+    config: &Config,
+    policy: &Policy,
+    key: &str,
+    head: bool,
+    directives: &CacheControl,
+    request: &HeaderMap,
+    mut pending: StorageFuture<Variants>,
+) -> Result<Response<ResponseBody<B>>, StorageFuture<Variants>> {
+    let variants = match pending.take_ready() {
+        None => return Err(pending),
+        Some(Ok(variants)) => variants,
+        Some(Err(e)) => return Err(StorageFuture::ready(Err(e))),
+    };
+    let now = config.clock.now();
+    match select(Ok(variants.clone()), request, directives, false, now) {
+        Lookup::Fresh(entry, ttl) => Ok(hit(policy, key, head, &entry, ttl, now, request)),
+        // Decided again on the slow path (stale, miss).
+        _ => Err(StorageFuture::ready(Ok(variants))),
+    }
+}
+
+impl<F, B: Body, E> ResponseFuture<F, B, E> {
+    pub(crate) fn hit(res: Response<ResponseBody<B>>) -> Self {
+        Self::ready(res)
     }
 }
 
@@ -535,7 +582,15 @@ where
 {
     let now = ctx.config.clock.now();
     match found {
-        Lookup::Fresh(entry, ttl) => Ok(hit(&ctx, &entry, ttl, now, req.headers())),
+        Lookup::Fresh(entry, ttl) => Ok(hit(
+            &ctx.policy,
+            &ctx.key,
+            ctx.head,
+            &entry,
+            ttl,
+            now,
+            req.headers(),
+        )),
         Lookup::Stale(entry, member) => {
             let windows = windows(&ctx, entry.headers());
             let stale_for = staleness(&entry, now);

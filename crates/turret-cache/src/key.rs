@@ -9,30 +9,45 @@ use crate::QueryKey;
 /// part of the key; the query's parameters are sorted by name (stable, so repeated names keep
 /// their order), empty ones dropped, and those `query` does not keep left out.
 pub(crate) fn primary_key(uri: &Uri, headers: &HeaderMap, query: &QueryKey) -> String {
+    let mut key = String::new();
+    push_primary_key(&mut key, uri, headers, query);
+    key
+}
+
+/// [`primary_key`] appended to `out` (a reused buffer).
+pub(crate) fn push_primary_key(out: &mut String, uri: &Uri, headers: &HeaderMap, query: &QueryKey) {
     let host = uri
         .authority()
         .map(|a| a.as_str())
         .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
     build(
+        out,
         uri.scheme_str().unwrap_or("http"),
         host,
         uri.path(),
         uri.query(),
         query,
-    )
+    );
 }
 
-fn build(scheme: &str, host: &str, path: &str, query: Option<&str>, keep: &QueryKey) -> String {
+fn build(
+    key: &mut String,
+    scheme: &str,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    keep: &QueryKey,
+) {
     let host = host.rsplit('@').next().unwrap_or(host);
     let query_len = query.map_or(0, |q| q.len() + 1);
-    let mut key = String::with_capacity(scheme.len() + 3 + host.len() + path.len() + 1 + query_len);
-    push_lowercase(&mut key, scheme);
+    key.reserve(scheme.len() + 3 + host.len() + path.len() + 1 + query_len);
+    push_lowercase(key, scheme);
     key.push_str("://");
-    push_lowercase(&mut key, host);
+    push_lowercase(key, host);
     key.push_str(if path.is_empty() { "/" } else { path });
     let Some(query) = query else {
-        return key;
+        return;
     };
     // Already normalised (the common case): copied as is, without sorting.
     let mut previous = "";
@@ -45,7 +60,7 @@ fn build(scheme: &str, host: &str, path: &str, query: Option<&str>, keep: &Query
     if normalised {
         key.push('?');
         key.push_str(query);
-        return key;
+        return;
     }
     let mut params: Vec<&str> = query
         .split('&')
@@ -56,7 +71,6 @@ fn build(scheme: &str, host: &str, path: &str, query: Option<&str>, keep: &Query
         key.push(if i == 0 { '?' } else { '&' });
         key.push_str(p);
     }
-    key
 }
 
 fn push_lowercase(out: &mut String, s: &str) {

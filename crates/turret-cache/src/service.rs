@@ -21,6 +21,11 @@ use crate::{
     validate,
 };
 
+thread_local! {
+    /// The key buffer of the hit path (keys are built here, allocated only on a miss).
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// A service that answers GET and HEAD from an RFC 9111 shared cache and fills it from
 /// `inner`. See [`ResponseCacheLayer`].
 #[derive(Clone)]
@@ -147,19 +152,47 @@ where
             policy.count(Outcome::Bypass);
             return ResponseFuture::forward(inner.call(req), "fwd=request", None);
         }
-        let Some(key) = config.policies.key(&policy, req.uri(), req.headers()) else {
-            policy.count(Outcome::Bypass);
-            return ResponseFuture::forward(inner.call(req), "fwd=bypass", None);
-        };
         // RFC 9111 §5.2.1.4: `no-cache` reuses nothing without validating it first.
         let force = directives.no_cache != Qualified::Absent;
+        let head = req.method() == Method::HEAD;
+        let (key, pending) = if config.policies.make_key.is_none() && !force {
+            // The default key, built in a reused buffer: a fresh hit never allocates it.
+            let looked_up = KEY.with_borrow_mut(|buf| {
+                buf.clear();
+                key::push_primary_key(buf, req.uri(), req.headers(), &policy.query);
+                let pending = config.storage.get(buf);
+                match future::fresh_hit(
+                    &config,
+                    &policy,
+                    buf,
+                    head,
+                    &directives,
+                    req.headers(),
+                    pending,
+                ) {
+                    Ok(res) => Ok(res),
+                    Err(pending) => Err((buf.clone(), pending)),
+                }
+            });
+            match looked_up {
+                Ok(res) => return ResponseFuture::hit(res),
+                Err(slow) => slow,
+            }
+        } else {
+            let Some(key) = config.policies.key(&policy, req.uri(), req.headers()) else {
+                policy.count(Outcome::Bypass);
+                return ResponseFuture::forward(inner.call(req), "fwd=bypass", None);
+            };
+            let pending = config.storage.get(&key);
+            (key, pending)
+        };
         let ctx = Ctx {
-            head: req.method() == Method::HEAD,
+            head,
             config,
             policy,
             key,
             directives,
         };
-        future::lookup(ctx, inner, req, force)
+        future::looked_up(ctx, inner, req, force, pending)
     }
 }
