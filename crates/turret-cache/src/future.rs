@@ -607,7 +607,7 @@ where
                 return Ok(gateway_timeout(&ctx));
             }
             if ctx.head {
-                return forward_plain(&ctx, inner, req, member).await;
+                return forward_head(&ctx, inner, req, member, &entry).await;
             }
             // RFC 5861 §3: serve it now, refresh once in the background.
             if entry.ttl(now).is_none()
@@ -647,6 +647,37 @@ where
     ctx.policy.count(Outcome::Miss);
     let mut res = inner.call(req).await?.map(ResponseBody::inner);
     annotate(&mut res, member, "MISS");
+    Ok(res)
+}
+
+/// A HEAD for a stale stored GET: forwarded; a 200 whose validators or length differ from the
+/// stored response's invalidates it (RFC 9111 §4.3.5: the stored GET is outdated).
+async fn forward_head<S, ReqBody, B>(
+    ctx: &Ctx,
+    inner: S,
+    req: Request<ReqBody>,
+    member: &'static str,
+    stored: &CachedResponse,
+) -> Result<Response<ResponseBody<B>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    B: Body,
+{
+    let res = forward_plain(ctx, inner, req, member).await?;
+    if res.status() == StatusCode::OK {
+        let differs = [header::ETAG, header::LAST_MODIFIED, header::CONTENT_LENGTH]
+            .iter()
+            .any(|name| {
+                let new = res.headers().get(name);
+                new.is_some() && new != stored.headers().get(name)
+            });
+        if differs {
+            tracing::debug!(key = %ctx.key, "a HEAD shows the stored GET is outdated");
+            if let Err(e) = ctx.config.storage.invalidate(&ctx.key, Purge::Remove).await {
+                storage_error("invalidate", &e);
+            }
+        }
+    }
     Ok(res)
 }
 

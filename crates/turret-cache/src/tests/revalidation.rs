@@ -214,3 +214,29 @@ async fn a_304_with_another_etag_is_passed_on_not_merged_rfc9111_4_3_4() {
     assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(field(&res, "x-cache"), "MISS");
 }
+
+#[tokio::test]
+async fn a_head_showing_a_new_validator_invalidates_the_stale_get_rfc9111_4_3_5() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(scripted(calls.clone(), |n, _| {
+        let etag = if n == 1 { "\"v1\"" } else { "\"v2\"" };
+        Ok(respond(
+            200,
+            &format!("v{n}"),
+            &[("etag", etag), ("cache-control", "max-age=10")],
+        ))
+    }));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    clock.advance(Duration::from_secs(20));
+    let res = svc
+        .clone()
+        .oneshot(with(Method::HEAD, "/a", &[]))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // The stored v1 is gone: the next GET is a plain miss, not a revalidation of v1.
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "cache-status"), "turret; fwd=miss; stored");
+    assert_eq!(text(res).await, "v3");
+}
