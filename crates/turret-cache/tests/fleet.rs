@@ -17,7 +17,7 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use turret_cache::{ResponseCacheLayer, TieredStorage};
 use turret_redis::{BreakerConfig, Redis, RedisConfig};
 use turret_stampede::LeaseLock;
-use turret_testkit::RedisServer;
+use turret_testkit::{RedisCluster, RedisServer};
 
 fn config(url: &str) -> RedisConfig {
     RedisConfig::from_url(url)
@@ -90,7 +90,11 @@ fn serve(
 
 /// An instance: its own Redis handle, two-tier storage, fill lease and layer.
 async fn instance(server: &RedisServer) -> ResponseCacheLayer {
-    let redis = Redis::connect(config(&server.url())).await.unwrap();
+    instance_at(&server.url()).await
+}
+
+async fn instance_at(url: &str) -> ResponseCacheLayer {
+    let redis = Redis::connect(config(url)).await.unwrap();
     let storage = TieredStorage::new(redis.clone());
     ResponseCacheLayer::with_storage(storage)
         .fill_lease(LeaseLock::redis(redis), Duration::from_secs(5))
@@ -245,4 +249,53 @@ async fn stale_if_error_serves_the_stored_copy_when_the_origin_fails() {
         (status, x_cache.as_str(), body.as_str()),
         (StatusCode::OK, "STALE", "v1")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_instances_share_fills_and_invalidations() {
+    let cluster = RedisCluster::start(3);
+    let origin = Origin::new(Duration::from_millis(100), "max-age=300");
+    let layers = [
+        instance_at(&cluster.url()).await,
+        instance_at(&cluster.url()).await,
+    ];
+    let services: Vec<_> = layers
+        .iter()
+        .map(|l| l.layer(serve(origin.clone())))
+        .collect();
+    // Keys in many slots; each one filled once for both instances.
+    let paths: Vec<String> = (0..20).map(|i| format!("/products/{i}")).collect();
+    let mut tasks = Vec::new();
+    for path in &paths {
+        for svc in &services {
+            for _ in 0..5 {
+                let (svc, path) = (svc.clone(), path.clone());
+                tasks.push(tokio::spawn(async move { fetch(svc, &path).await }));
+            }
+        }
+    }
+    let mut before = std::collections::HashMap::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (status, _, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let path = &paths[i / 10];
+        assert_eq!(before.entry(path.clone()).or_insert(body.clone()), &body);
+    }
+    assert_eq!(origin.calls(), paths.len(), "one origin call per key");
+
+    layers[1].invalidate_tag("products").await.unwrap();
+    // No instance serves a body from before the invalidation (L1s included).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for svc in &services {
+        for path in &paths {
+            loop {
+                let (_, _, body) = fetch(svc.clone(), path).await;
+                if body != before[path] {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{path} still serves {body}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
