@@ -10,7 +10,7 @@ use crate::freshness;
 /// A response as the cache stores it: status, header fields, body, the times the request was
 /// sent and the response received (for the age calculation of RFC 9111 §4.2.3), and the
 /// request's values of the fields its `Vary` names (the secondary key, RFC 9111 §4.1).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct CachedResponse {
     status: StatusCode,
     headers: HeaderMap,
@@ -21,6 +21,43 @@ pub struct CachedResponse {
     initial_age: Duration,
     vary: Vec<(HeaderName, Option<Bytes>)>,
     tags: Vec<String>,
+    /// The fields of a hit, made once: the stored ones plus `Age`, `X-Cache` and (when no
+    /// upstream cache sent one) `Cache-Status`, whose values a hit replaces in place.
+    hit_headers: HeaderMap,
+}
+
+impl PartialEq for CachedResponse {
+    fn eq(&self, other: &Self) -> bool {
+        self.status == other.status
+            && self.headers == other.headers
+            && self.body == other.body
+            && self.request_time == other.request_time
+            && self.response_time == other.response_time
+            && self.lifetime == other.lifetime
+            && self.initial_age == other.initial_age
+            && self.vary == other.vary
+            && self.tags == other.tags
+    }
+}
+
+impl Eq for CachedResponse {}
+
+/// `X-Cache`, and `Cache-Status` (RFC 9211).
+pub(crate) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// The hit template of [`CachedResponse::hit_headers`].
+fn hit_template(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len() + 3);
+    for (name, value) in headers {
+        out.append(name, value.clone());
+    }
+    out.insert(header::AGE, HeaderValue::from_static("0"));
+    out.insert(X_CACHE, HeaderValue::from_static("HIT"));
+    if !headers.contains_key(CACHE_STATUS) {
+        out.insert(CACHE_STATUS, HeaderValue::from_static("turret; hit"));
+    }
+    out
 }
 
 impl fmt::Debug for CachedResponse {
@@ -67,6 +104,7 @@ impl CachedResponse {
         }
         Self {
             status,
+            hit_headers: hit_template(&headers),
             headers,
             body,
             request_time,
@@ -112,6 +150,7 @@ impl CachedResponse {
     ) -> CachedResponse {
         CachedResponse {
             status: self.status,
+            hit_headers: hit_template(&headers),
             headers,
             body: self.body.clone(),
             request_time,
@@ -131,6 +170,12 @@ impl CachedResponse {
     /// The stored header fields.
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
+    }
+
+    /// The fields of a hit: the stored ones plus `Age`, `X-Cache` and, unless an upstream
+    /// cache sent one, `Cache-Status`, with placeholder values to replace.
+    pub(crate) fn hit_headers(&self) -> &HeaderMap {
+        &self.hit_headers
     }
 
     /// The body.
@@ -225,7 +270,8 @@ impl CachedResponse {
             .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, Bytes::len) + 32)
             .sum();
         let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
-        std::mem::size_of::<Self>() + headers + vary + tags + self.body.len()
+        // The hit template holds the same values again (shared bytes, own map).
+        std::mem::size_of::<Self>() + 2 * headers + vary + tags + self.body.len()
     }
 
     /// The compact binary form (length-prefixed, versioned), for storages that keep bytes.
@@ -322,6 +368,7 @@ impl CachedResponse {
         }
         Ok(Self {
             status,
+            hit_headers: hit_template(&headers),
             headers,
             body,
             request_time,
