@@ -388,6 +388,24 @@ mod tests {
     }
 
     #[test]
+    fn targeted_fields_are_sf_dictionaries_rfc9213_2_1() {
+        let c = CacheControl::from_targeted(b"max-age=60, must-revalidate").unwrap();
+        assert_eq!(c.max_age, Delta::Seconds(60));
+        assert!(c.must_revalidate);
+        let c = CacheControl::from_targeted(b"private=\"set-cookie\", no-cache").unwrap();
+        assert_eq!(c.private.fields(), ["set-cookie"]);
+        assert!(c.no_cache.is_unqualified());
+        // A negative integer is an invalid delta: stale.
+        assert_eq!(
+            CacheControl::from_targeted(b"max-age=-1").unwrap().max_age,
+            Delta::Invalid
+        );
+        // Not a dictionary (a quoted string cannot be a key): the field is ignored.
+        assert_eq!(CacheControl::from_targeted(b"\"max-age\"=60"), None);
+        assert_eq!(CacheControl::from_targeted(b"max-age=\"60"), None);
+    }
+
+    #[test]
     fn empty_members_and_whitespace_are_skipped_rfc9110_5_6_1() {
         let c = cc(&[" , ,\tno-store ,, "]);
         assert!(c.no_store);
@@ -406,6 +424,23 @@ mod tests {
             if let Delta::Seconds(n) = c.max_age {
                 prop_assert!(n <= DELTA_SECONDS_MAX);
             }
+        }
+
+        #[test]
+        fn any_targeted_field_parses_without_panicking(value in prop::collection::vec(any::<u8>(), 0..96)) {
+            if let Some(c) = CacheControl::from_targeted(&value) {
+                if let Delta::Seconds(n) = c.max_age {
+                    prop_assert!(n <= DELTA_SECONDS_MAX);
+                }
+            }
+        }
+
+        #[test]
+        fn targeted_dictionaries_mean_what_cache_control_means(age in 0u64..1_000_000, no_store in any::<bool>()) {
+            let field = format!("max-age={age}{}", if no_store { ", no-store" } else { "" });
+            let c = CacheControl::from_targeted(field.as_bytes()).unwrap();
+            prop_assert_eq!(c.max_age, Delta::Seconds(age));
+            prop_assert_eq!(c.no_store, no_store);
         }
 
         #[test]

@@ -141,7 +141,34 @@ pub(crate) fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn any_conditional_fields_evaluate_without_panicking(
+            etag in prop::collection::vec(any::<u8>(), 0..32),
+            inm in prop::collection::vec(any::<u8>(), 0..64),
+            ims in prop::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let mut stored = HeaderMap::new();
+            let mut request = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(&etag) {
+                stored.insert(header::ETAG, v);
+            }
+            if let Ok(v) = HeaderValue::from_bytes(&inm) {
+                request.insert(header::IF_NONE_MATCH, v);
+            }
+            if let Ok(v) = HeaderValue::from_bytes(&ims) {
+                request.insert(header::IF_MODIFIED_SINCE, v);
+            }
+            let _ = client_copy_is_current(&stored, &request);
+            let _ = selects(&stored, &request);
+            let mut forwarded = request.clone();
+            add_validators(&mut forwarded, &stored);
+        }
+    }
 
     fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
