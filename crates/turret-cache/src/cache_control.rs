@@ -428,10 +428,10 @@ mod tests {
 
         #[test]
         fn any_targeted_field_parses_without_panicking(value in prop::collection::vec(any::<u8>(), 0..96)) {
-            if let Some(c) = CacheControl::from_targeted(&value) {
-                if let Delta::Seconds(n) = c.max_age {
-                    prop_assert!(n <= DELTA_SECONDS_MAX);
-                }
+            if let Some(c) = CacheControl::from_targeted(&value)
+                && let Delta::Seconds(n) = c.max_age
+            {
+                prop_assert!(n <= DELTA_SECONDS_MAX);
             }
         }
 
