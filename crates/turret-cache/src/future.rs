@@ -5,7 +5,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, atomic::Ordering},
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -79,6 +79,7 @@ pin_project! {
         Invalidating {
             pending: Vec<StorageFuture<()>>,
             res: Option<Response<ResponseBody<B>>>,
+            config: Arc<Config>,
         },
         // Anything that waits for storage or fills it.
         Boxed {
@@ -156,19 +157,24 @@ where
                             Kind::Invalidating {
                                 pending,
                                 res: Some(res),
+                                config: inv.config,
                             }
                         }
                         _ => Kind::Ready { res: Some(res) },
                     }
                 }
-                KindProj::Invalidating { pending, res } => {
+                KindProj::Invalidating {
+                    pending,
+                    res,
+                    config,
+                } => {
                     let mut i = 0;
                     while i < pending.len() {
                         match Pin::new(&mut pending[i]).poll(cx) {
                             Poll::Pending => i += 1,
                             Poll::Ready(result) => {
                                 if let Err(e) = result {
-                                    storage_error("invalidate", &e);
+                                    storage_error(config, "invalidate", &e);
                                 }
                                 drop(pending.swap_remove(i));
                             }
@@ -219,9 +225,24 @@ fn invalidations(inv: &Invalidate, headers: &HeaderMap) -> Vec<StorageFuture<()>
         .collect()
 }
 
-fn storage_error(op: &'static str, e: &StorageError) {
-    tracing::warn!(op, error = %e, "cache storage error; treated as a miss");
+/// Counts a storage error; logs once when the storage starts failing (then every request
+/// is a miss, answered by the origin), not once per request.
+fn storage_error(config: &Config, op: &'static str, e: &StorageError) {
     metrics::counter!("turret_cache_backend_errors_total", "op" => op).increment(1);
+    if !config.storage_failing.swap(true, Ordering::Relaxed) {
+        tracing::warn!(op, error = %e, "cache storage failing; requests go to the origin");
+    } else {
+        tracing::debug!(op, error = %e, "cache storage error");
+    }
+}
+
+/// Notes a storage success; logs once when the storage recovers.
+fn storage_ok(config: &Config) {
+    if config.storage_failing.load(Ordering::Relaxed)
+        && config.storage_failing.swap(false, Ordering::Relaxed)
+    {
+        tracing::info!("cache storage recovered");
+    }
 }
 
 /// Appends this cache's member to `Cache-Status` (RFC 9211 §2: keep the upstream members)
@@ -253,6 +274,7 @@ enum Lookup {
 /// invalid values are ignored (request directives are advisory). A request `no-cache`
 /// (`force`) makes any match need validation.
 fn select(
+    config: &Config,
     result: Result<Variants, StorageError>,
     req: &HeaderMap,
     directives: &CacheControl,
@@ -260,9 +282,12 @@ fn select(
     now: Duration,
 ) -> Lookup {
     let variants = match result {
-        Ok(v) => v,
+        Ok(v) => {
+            storage_ok(config);
+            v
+        }
         Err(e) => {
-            storage_error("get", &e);
+            storage_error(config, "get", &e);
             return Lookup::Miss("fwd=miss");
         }
     };
@@ -530,13 +555,27 @@ where
     match pending.take_ready() {
         Some(result) => {
             let now = ctx.config.clock.now();
-            let found = select(result, req.headers(), &ctx.directives, force, now);
+            let found = select(
+                &ctx.config,
+                result,
+                req.headers(),
+                &ctx.directives,
+                force,
+                now,
+            );
             ResponseFuture::boxed(Box::pin(decide(ctx, inner, req, found)))
         }
         None => ResponseFuture::boxed(Box::pin(async move {
             let result = pending.await;
             let now = ctx.config.clock.now();
-            let found = select(result, req.headers(), &ctx.directives, force, now);
+            let found = select(
+                &ctx.config,
+                result,
+                req.headers(),
+                &ctx.directives,
+                force,
+                now,
+            );
             decide(ctx, inner, req, found).await
         })),
     }
@@ -559,7 +598,14 @@ pub(crate) fn fresh_hit<B: Body>(
         Some(Err(e)) => return Err(StorageFuture::ready(Err(e))),
     };
     let now = config.clock.now();
-    match select(Ok(variants.clone()), request, directives, false, now) {
+    match select(
+        config,
+        Ok(variants.clone()),
+        request,
+        directives,
+        false,
+        now,
+    ) {
         Lookup::Fresh(entry, ttl) => Ok(hit(policy, key, head, &entry, ttl, now, request)),
         // Decided again on the slow path (stale, miss).
         _ => Err(StorageFuture::ready(Ok(variants))),
@@ -682,7 +728,7 @@ where
         if differs {
             tracing::debug!(key = %ctx.key, "a HEAD shows the stored GET is outdated");
             if let Err(e) = ctx.config.storage.invalidate(&ctx.key, Purge::Remove).await {
-                storage_error("invalidate", &e);
+                storage_error(&ctx.config, "invalidate", &e);
             }
         }
     }
@@ -954,9 +1000,14 @@ where
             // while we waited): read what it stored.
             let result = config.storage.get(&ctx.key).await;
             let now = config.clock.now();
-            if let Lookup::Fresh(entry, _) =
-                select(result, req.headers(), &CacheControl::default(), false, now)
-            {
+            if let Lookup::Fresh(entry, _) = select(
+                config,
+                result,
+                req.headers(),
+                &CacheControl::default(),
+                false,
+                now,
+            ) {
                 return Exchange {
                     res: Ok(from_storage(&entry, now, false)),
                     entry: Some(entry),
@@ -1178,12 +1229,13 @@ async fn store<B: Body>(
 async fn put(ctx: &Ctx, entry: Arc<CachedResponse>, ttl: Duration) -> Option<Arc<CachedResponse>> {
     match ctx.config.storage.put(&ctx.key, entry.clone(), ttl).await {
         Ok(()) => {
+            storage_ok(&ctx.config);
             tracing::debug!(key = %ctx.key, lifetime = ?entry.freshness_lifetime(), ?ttl, "response stored");
             ctx.policy.stored(entry.body().len());
             Some(entry)
         }
         Err(e) => {
-            storage_error("put", &e);
+            storage_error(&ctx.config, "put", &e);
             None
         }
     }
@@ -1228,7 +1280,7 @@ async fn store_revalidated(
         Err(why) => {
             tracing::debug!(key = %ctx.key, why, "revalidated response no longer storable");
             if let Err(e) = ctx.config.storage.invalidate(&ctx.key, Purge::Remove).await {
-                storage_error("invalidate", &e);
+                storage_error(&ctx.config, "invalidate", &e);
             }
             Arc::new(stale.revalidated(
                 headers,

@@ -3,7 +3,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -64,6 +64,8 @@ pub(crate) struct Config {
     pub(crate) lease_wait: Duration,
     /// Tags to invalidate per application event ([`CacheInvalidator::emit`]).
     pub(crate) events: Arc<HashMap<String, Vec<String>>>,
+    /// Whether the last storage operation failed (to log state changes, not every error).
+    pub(crate) storage_failing: Arc<AtomicBool>,
 }
 
 /// RFC 9213 `CDN-Cache-Control`.
@@ -131,6 +133,7 @@ impl ResponseCacheLayer {
                 lease: None,
                 lease_wait: DEFAULT_LEASE_WAIT,
                 events: Arc::default(),
+                storage_failing: Arc::default(),
             }),
         }
     }
