@@ -1,0 +1,151 @@
+//! Flags of the two binaries, each with an environment fallback (`--help` lists them).
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::Parser;
+
+/// The server's configuration: flags first, then the environment variable named in
+/// `--help`, then the default.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "server",
+    version,
+    about = "A gRPC product catalogue with turret's rate limiter (per x-api-key) and stampede \
+             protection on its slow ListProducts",
+    long_about = None
+)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0 picks a free port; the address is printed on stdout).
+    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Redis for a fleet of servers (one quota per API key, one ListProducts computation):
+    /// `redis://host:6379`, `rediss://…`, `redis+cluster://h1,h2`. Absent: memory.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Calls per API key: `COUNT/PERIOD`, e.g. `10/60s`, `5/s`, `1000/1h`. `Stats` is exempt.
+    #[arg(long, env = "RATE_LIMIT", default_value = "10/60s")]
+    pub rate_limit: RateLimitSpec,
+
+    /// How long ListProducts' read takes (`500ms`, `2s`): the expensive query being saved.
+    #[arg(long, env = "SLOW_READ", default_value = "500ms", value_parser = parse_duration)]
+    pub slow_read: Duration,
+
+    /// How long a computed list is reused (`5s`, `1m`).
+    #[arg(long, env = "LIST_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub list_ttl: Duration,
+}
+
+/// The client's configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "client",
+    version,
+    about = "Calls the catalogue until the rate limiter answers RESOURCE_EXHAUSTED, and shows it",
+    long_about = None
+)]
+pub struct ClientConfig {
+    /// The server's address.
+    #[arg(long, env = "GRPC_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+
+    /// The API key sent as `x-api-key` metadata (the rate limiter's key).
+    #[arg(long, env = "API_KEY", default_value = "demo")]
+    pub api_key: String,
+
+    /// Give up after this many calls without a refusal.
+    #[arg(long, default_value_t = 1000)]
+    pub max_calls: u32,
+}
+
+/// `COUNT/PERIOD` as given to `--rate-limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitSpec {
+    /// Calls per period (at least 1).
+    pub count: u32,
+    /// The period.
+    pub period: Duration,
+}
+
+impl FromStr for RateLimitSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (count, period) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}`: expected COUNT/PERIOD, e.g. 10/60s"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{count}`: COUNT must be a whole number"))?;
+        if count == 0 {
+            return Err("COUNT must be at least 1".into());
+        }
+        let period = period.trim();
+        // `10/s`, `10/min`: a unit alone means one of it.
+        let period = if period.starts_with(|c: char| c.is_ascii_digit()) {
+            parse_duration(period)?
+        } else {
+            parse_duration(&format!("1{period}"))?
+        };
+        Ok(Self { count, period })
+    }
+}
+
+/// Parses `300`, `300s`, `500ms`, `5m`, `5min`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a duration like 500ms, 5s or 1m"))?;
+    let duration = match unit.trim() {
+        "" | "s" | "sec" | "secs" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" | "min" | "mins" => Duration::from_secs(n.saturating_mul(60)),
+        "h" | "hour" | "hours" => Duration::from_secs(n.saturating_mul(3600)),
+        other => return Err(format!("`{other}`: unknown unit (use ms, s, m or h)")),
+    };
+    if duration.is_zero() {
+        return Err(format!("`{s}`: must be more than zero"));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_specs_parse() {
+        let spec: RateLimitSpec = "10/60s".parse().unwrap();
+        assert_eq!((spec.count, spec.period), (10, Duration::from_secs(60)));
+        let spec: RateLimitSpec = "5/s".parse().unwrap();
+        assert_eq!((spec.count, spec.period), (5, Duration::from_secs(1)));
+        assert!("0/60s".parse::<RateLimitSpec>().is_err());
+        assert!("10".parse::<RateLimitSpec>().is_err());
+        assert!("10/60y".parse::<RateLimitSpec>().is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("0ms").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn flags_have_the_documented_defaults() {
+        let c = ServerConfig::try_parse_from(["server"]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.rate_limit.count, 10);
+        assert_eq!(c.slow_read, Duration::from_millis(500));
+        let c = ClientConfig::try_parse_from(["client"]).unwrap();
+        assert_eq!(c.api_key, "demo");
+    }
+}

@@ -1,0 +1,754 @@
+//! End-to-end tests: a small origin inside the test (hyper on a tokio listener) that records
+//! every request it gets and answers with `Cache-Control` variations, the real `proxy`
+//! binary in front of it, and a client — hyper-util's, or raw TCP where the exact bytes
+//! matter. The fleet test runs two proxies on a real `redis-server` from `turret-testkit`.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    task::{Context, Poll},
+    thread,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use tempfile::TempDir;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{Notify, watch},
+};
+use turret_testkit::RedisServer;
+
+/// How long a test waits for anything before failing instead of hanging.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// The origin.
+
+/// One request as the origin received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct OriginState {
+    seen: Mutex<Vec<Seen>>,
+    /// `/stream` sends its second chunk once this is notified.
+    release_stream: Notify,
+    /// Notified by `/upload` when its first chunk has arrived.
+    upload_started: Notify,
+}
+
+/// The origin server; stopped (listener and connections closed) by [`Origin::stop`].
+struct Origin {
+    addr: SocketAddr,
+    state: Arc<OriginState>,
+    stop: watch::Sender<bool>,
+}
+
+impl Origin {
+    async fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(OriginState::default());
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(accept(listener, state.clone(), stopped));
+        Origin { addr, state, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The requests to `path`, in order.
+    fn seen(&self, path: &str) -> Vec<Seen> {
+        let seen = self.state.seen.lock().expect("lock");
+        seen.iter().filter(|s| s.path == path).cloned().collect()
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.seen(path).len()
+    }
+
+    fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn accept(listener: TcpListener, state: Arc<OriginState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let state = state.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            // Dropping the connection on stop closes its socket.
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.changed() => {}
+            }
+        });
+    }
+}
+
+type OriginBody = BoxBody<Bytes, Infallible>;
+
+fn respond(status: u16, fields: &[(&str, &str)], body: impl Into<Bytes>) -> Response<OriginBody> {
+    let mut res = Response::new(Full::new(body.into()).boxed());
+    *res.status_mut() = StatusCode::from_u16(status).expect("status");
+    for (name, value) in fields {
+        res.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            value.parse().expect("value"),
+        );
+    }
+    res
+}
+
+async fn handle(
+    state: Arc<OriginState>,
+    req: Request<Incoming>,
+) -> Result<Response<OriginBody>, Infallible> {
+    let (parts, mut body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    // Read the body frame by frame; `/upload` tells the test when its first chunk is in.
+    let mut received = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            if received.is_empty() && path == "/upload" {
+                state.upload_started.notify_one();
+            }
+            received.extend_from_slice(&data);
+        }
+    }
+    let received = Bytes::from(received);
+    let n = {
+        let mut seen = state.seen.lock().expect("lock");
+        seen.push(Seen {
+            method: parts.method.clone(),
+            path: path.clone(),
+            headers: parts.headers.clone(),
+            body: received.clone(),
+        });
+        seen.iter().filter(|s| s.path == path).count()
+    };
+    let method = parts.method;
+    if method != Method::GET && method != Method::HEAD {
+        let text = format!("{method} {path} {}", String::from_utf8_lossy(&received));
+        return Ok(respond(200, &[("cache-control", "no-store")], text));
+    }
+    let res = match path.as_str() {
+        "/max-age" | "/items" => respond(
+            200,
+            &[("cache-control", "max-age=60")],
+            format!("{path} #{n}"),
+        ),
+        "/no-store" => respond(200, &[("cache-control", "no-store")], format!("#{n}")),
+        "/private" => respond(
+            200,
+            &[("cache-control", "private, max-age=60")],
+            format!("#{n}"),
+        ),
+        "/head" => respond(200, &[("cache-control", "max-age=60")], "head body"),
+        "/etag" => {
+            let fields = [("cache-control", "max-age=1"), ("etag", "\"v1\"")];
+            if parts
+                .headers
+                .get("if-none-match")
+                .is_some_and(|v| v == "\"v1\"")
+            {
+                respond(304, &fields, "")
+            } else {
+                respond(200, &fields, "etag body")
+            }
+        }
+        "/sie" => respond(
+            200,
+            &[("cache-control", "max-age=0, stale-if-error=60")],
+            format!("sie #{n}"),
+        ),
+        "/hop" => respond(
+            200,
+            &[
+                ("connection", "x-bar, keep-alive"),
+                ("x-bar", "secret"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authenticate", "Basic realm=\"origin\""),
+                ("upgrade", "h2c"),
+                ("x-end-to-end", "kept"),
+                ("cache-control", "no-store"),
+            ],
+            "hop",
+        ),
+        "/stream" => {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"first\n")).await;
+                state.release_stream.notified().await;
+                let _ = tx.send(Bytes::from_static(b"second\n")).await;
+            });
+            let mut res = Response::new(ChannelBody(rx).boxed());
+            res.headers_mut()
+                .insert("cache-control", "max-age=60".parse().expect("value"));
+            res
+        }
+        _ => respond(404, &[], "not found"),
+    };
+    Ok(res)
+}
+
+/// A body of unknown length, one chunk per message on the channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The proxy process and the clients.
+
+/// A running proxy process; killed (and its log printed if the test failed) on drop.
+struct Proxy {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Proxy {
+    /// Starts `proxy --listen 127.0.0.1:0 --origin ORIGIN ARGS…`.
+    fn start(origin: &str, args: &[&str]) -> Proxy {
+        let dir = TempDir::new().expect("temp dir");
+        let log = dir.path().join("proxy.log");
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .args(["--listen", "127.0.0.1:0", "--origin", origin])
+            .args(args)
+            .env_remove("REDIS_URL")
+            .env_remove("MAX_ENTRY_SIZE")
+            .env_remove("CACHE_SIZE")
+            .env_remove("ORIGIN_TIMEOUT")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start the proxy binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let Some(addr) = line.trim().strip_prefix("proxy listening on http://") else {
+            let _ = child.kill();
+            panic!(
+                "the proxy did not start ({line:?}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        Proxy {
+            addr: addr.to_owned(),
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("--- proxy log ---");
+            eprintln!("{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// An HTTP/1.1 client (pooled connections) to one proxy.
+struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl Http {
+    fn new(proxy: &Proxy) -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            base: format!("http://{}", proxy.addr),
+        }
+    }
+
+    async fn send(&self, method: &str, path: &str, fields: &[(&str, &str)], body: &str) -> Resp {
+        let res = self.start(method, path, fields, body).await;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = tokio::time::timeout(PATIENCE, res.into_body().collect())
+            .await
+            .expect("the body in time")
+            .expect("the body")
+            .to_bytes();
+        Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// Sends a request and returns as soon as the response head is in.
+    async fn start(
+        &self,
+        method: &str,
+        path: &str,
+        fields: &[(&str, &str)],
+        body: &str,
+    ) -> Response<Incoming> {
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in fields {
+            req = req.header(*name, *value);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
+        tokio::time::timeout(PATIENCE, self.client.request(req))
+            .await
+            .expect("a response in time")
+            .expect("a response")
+    }
+
+    async fn get(&self, path: &str) -> Resp {
+        self.send("GET", path, &[], "").await
+    }
+}
+
+/// Sends `head` on a new connection, then `then` once `before_then` resolves, and reads
+/// until the proxy closes the connection. Returns the status, fields (lower-case names, in
+/// order) and body.
+async fn raw(
+    addr: &str,
+    head: &str,
+    before_then: impl Future<Output = ()>,
+    then: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("send");
+    tokio::time::timeout(PATIENCE, before_then)
+        .await
+        .expect("in time");
+    stream.write_all(then.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
+        .await
+        .expect("the response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let fields = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, fields, body.to_owned())
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_get_is_a_hit_and_no_store_or_private_is_not_stored() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let http = Http::new(&proxy);
+
+    let first = http.get("/max-age").await;
+    assert_eq!((first.status, first.body.as_str()), (200, "/max-age #1"));
+    assert_eq!(first.header("x-cache"), "MISS");
+    assert_eq!(first.header("cache-status"), "turret; fwd=miss; stored");
+    let second = http.get("/max-age").await;
+    assert_eq!(second.body, "/max-age #1");
+    assert_eq!(second.header("x-cache"), "HIT");
+    assert!(second.headers.contains_key("age"));
+    assert_eq!(origin.count("/max-age"), 1);
+
+    // Another spelling of the proxy's host shares the entry (the key's host is the origin's).
+    let other_host = http
+        .send("GET", "/max-age", &[("host", "localhost:1")], "")
+        .await;
+    assert_eq!(other_host.header("x-cache"), "HIT");
+    assert_eq!(origin.count("/max-age"), 1);
+
+    for path in ["/no-store", "/private"] {
+        let a = http.get(path).await;
+        let b = http.get(path).await;
+        assert_eq!((a.body.as_str(), b.body.as_str()), ("#1", "#2"), "{path}");
+        assert_eq!(b.header("x-cache"), "MISS", "{path}");
+        assert_eq!(origin.count(path), 2, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_and_unknown_methods_are_forwarded_with_their_bodies_and_invalidate() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let http = Http::new(&proxy);
+
+    assert_eq!(http.get("/items").await.header("x-cache"), "MISS");
+    assert_eq!(http.get("/items").await.header("x-cache"), "HIT");
+
+    let posted = http
+        .send(
+            "POST",
+            "/items",
+            &[("content-type", "text/plain")],
+            "a new item",
+        )
+        .await;
+    assert_eq!(
+        (posted.status, posted.body.as_str()),
+        (200, "POST /items a new item")
+    );
+    let seen = origin.seen("/items");
+    let post = seen
+        .iter()
+        .find(|s| s.method == Method::POST)
+        .expect("POST");
+    assert_eq!(post.body, "a new item");
+    assert_eq!(post.headers["content-type"], "text/plain");
+
+    // The POST invalidated the stored GET (RFC 9111 §4.4).
+    let after = http.get("/items").await;
+    assert_eq!(
+        (after.header("x-cache"), after.body.as_str()),
+        ("MISS", "/items #3")
+    );
+
+    for method in ["PUT", "DELETE", "PATCH", "FROBNICATE"] {
+        let res = http.send(method, "/items", &[], "payload").await;
+        assert_eq!(res.status, 200, "{method}");
+        assert_eq!(res.body, format!("{method} /items payload"));
+    }
+    let methods: Vec<String> = origin
+        .seen("/items")
+        .iter()
+        .map(|s| s.method.to_string())
+        .collect();
+    assert_eq!(
+        methods,
+        ["GET", "POST", "GET", "PUT", "DELETE", "PATCH", "FROBNICATE"]
+    );
+    // The unknown method invalidated too.
+    assert_eq!(http.get("/items").await.header("x-cache"), "MISS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_forwarded_on_a_miss_and_answered_from_a_stored_get() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let http = Http::new(&proxy);
+
+    let head = http.send("HEAD", "/head", &[], "").await;
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    assert_eq!(head.header("content-length"), "9");
+    assert_eq!(origin.seen("/head")[0].method, Method::HEAD);
+
+    assert_eq!(http.get("/head").await.body, "head body");
+    let head = http.send("HEAD", "/head", &[], "").await;
+    assert_eq!(head.header("x-cache"), "HIT");
+    assert_eq!(head.header("content-length"), "9");
+    assert_eq!(head.body, "");
+    assert_eq!(origin.count("/head"), 2, "HEAD (miss) and GET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_fields_do_not_pass_and_forwarding_fields_are_added() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+
+    let head = "GET /hop HTTP/1.1\r\n\
+                Host: shop.example\r\n\
+                Connection: close, x-foo\r\n\
+                X-Foo: secret\r\n\
+                Keep-Alive: timeout=5\r\n\
+                Proxy-Connection: keep-alive\r\n\
+                TE: trailers\r\n\
+                Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+                X-Forwarded-For: 203.0.113.9\r\n\
+                X-End-To-End: kept\r\n\r\n";
+    let (status, fields, body) = raw(&proxy.addr, head, async {}, "").await;
+    assert_eq!((status, body.as_str()), (200, "hop"));
+
+    // What the origin got.
+    let seen = &origin.seen("/hop")[0];
+    for gone in [
+        "connection",
+        "x-foo",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "proxy-authorization",
+    ] {
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the origin: {:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(seen.headers["x-end-to-end"], "kept");
+    assert_eq!(seen.headers["host"], origin.addr.to_string());
+    assert_eq!(seen.headers["x-forwarded-host"], "shop.example");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(
+        seen.headers["forwarded"],
+        "for=127.0.0.1;host=\"shop.example\";proto=http"
+    );
+    assert_eq!(seen.headers["via"], "1.1 turret-proxy");
+
+    // What the client got.
+    let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+    for gone in ["x-bar", "keep-alive", "proxy-authenticate", "upgrade"] {
+        assert!(
+            !names.contains(&gone),
+            "{gone} reached the client: {fields:?}"
+        );
+    }
+    for (name, value) in &fields {
+        if name == "connection" {
+            assert_eq!(value, "close", "only the proxy's own Connection field");
+        }
+    }
+    assert!(
+        fields
+            .iter()
+            .any(|(n, v)| n == "x-end-to-end" && v == "kept")
+    );
+
+    // An absolute-form target naming another host still goes to the origin: this is a
+    // reverse proxy, not an open forward proxy.
+    let head = "GET http://elsewhere.example/hop HTTP/1.1\r\n\
+                Host: elsewhere.example\r\n\
+                Connection: close\r\n\r\n";
+    let (status, _, _) = raw(&proxy.addr, head, async {}, "").await;
+    assert_eq!(status, 200);
+    let seen = &origin.seen("/hop")[1];
+    assert_eq!(seen.headers["host"], origin.addr.to_string());
+    assert_eq!(seen.headers["x-forwarded-host"], "elsewhere.example");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_response_is_revalidated_with_if_none_match() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let http = Http::new(&proxy);
+
+    let first = http.get("/etag").await;
+    assert_eq!((first.status, first.header("etag")), (200, "\"v1\""));
+    assert_eq!(http.get("/etag").await.header("x-cache"), "HIT");
+    // The client's own conditional GET is answered by the cache.
+    let not_modified = http
+        .send("GET", "/etag", &[("if-none-match", "\"v1\"")], "")
+        .await;
+    assert_eq!(not_modified.status, 304);
+    assert_eq!(origin.count("/etag"), 1);
+
+    // max-age=1: wait until the stored copy is stale (Age counts whole seconds).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let revalidated = http.get("/etag").await;
+    assert_eq!(revalidated.status, 200);
+    assert_eq!(revalidated.body, "etag body");
+    assert_eq!(revalidated.header("x-cache"), "REVALIDATED");
+    let seen = origin.seen("/etag");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].headers["if-none-match"], "\"v1\"");
+
+    // The 304 made the stored copy fresh again.
+    assert_eq!(http.get("/etag").await.header("x-cache"), "HIT");
+    assert_eq!(origin.count("/etag"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_response_arrives_chunk_by_chunk() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let http = Http::new(&proxy);
+
+    let res = http.start("GET", "/stream", &[], "").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-cache"], "MISS");
+    assert!(!res.headers().contains_key("content-length"));
+    let mut body = res.into_body();
+    // The first chunk arrives while the origin is still holding the second one back.
+    let first = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .expect("the first chunk before the origin finishes")
+        .expect("a frame")
+        .expect("data");
+    assert_eq!(first.into_data().expect("data"), "first\n");
+    origin.state.release_stream.notify_one();
+    let rest = tokio::time::timeout(PATIENCE, body.collect())
+        .await
+        .expect("the rest in time")
+        .expect("the rest")
+        .to_bytes();
+    assert_eq!(rest, "second\n");
+
+    // A body of unknown size is not stored: the next GET goes to the origin again.
+    origin.state.release_stream.notify_one();
+    let again = http.get("/stream").await;
+    assert_eq!(again.body, "first\nsecond\n");
+    assert_eq!(origin.count("/stream"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_streams_to_the_origin_without_buffering() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let head = "POST /upload HTTP/1.1\r\n\
+                Host: shop.example\r\n\
+                Transfer-Encoding: chunked\r\n\
+                Connection: close\r\n\r\n\
+                5\r\npart1\r\n";
+    // The second chunk is sent only once the origin has the first one.
+    let (status, _, body) = raw(
+        &proxy.addr,
+        head,
+        origin.state.upload_started.notified(),
+        "5\r\npart2\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.ends_with("POST /upload part1part2"), "{body:?}");
+    assert_eq!(origin.seen("/upload")[0].body, "part1part2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_origin_gives_502_and_stale_if_error_serves_the_stored_copy() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let http = Http::new(&proxy);
+
+    let stored = http.get("/sie").await;
+    assert_eq!(stored.body, "sie #1");
+    assert_eq!(stored.header("cache-status"), "turret; fwd=miss; stored");
+
+    origin.stop();
+    let down = http.get("/max-age").await;
+    assert_eq!(down.status, 502);
+    assert_eq!(down.body, "the origin could not be reached\n");
+
+    // max-age=0, stale-if-error=60: the stale copy instead of the 502.
+    let stale = http.get("/sie").await;
+    assert_eq!((stale.status, stale.body.as_str()), (200, "sie #1"));
+    assert_eq!(stale.header("x-cache"), "STALE");
+    assert!(
+        stale.header("cache-status").contains("stale-if-error"),
+        "{:?}",
+        stale.headers
+    );
+
+    // A proxy whose origin never existed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let nowhere = Proxy::start(&format!("http://127.0.0.1:{port}"), &[]);
+    let res = Http::new(&nowhere).get("/").await;
+    assert_eq!(res.status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_on_one_redis_share_the_cache_and_its_invalidations() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let origin = Origin::start().await;
+    let a = Proxy::start(&origin.url(), &["--redis-url", &url]);
+    let b = Proxy::start(&origin.url(), &["--redis-url", &url]);
+    let (on_a, on_b) = (Http::new(&a), Http::new(&b));
+
+    assert_eq!(on_a.get("/max-age").await.header("x-cache"), "MISS");
+    let from_b = on_b.get("/max-age").await;
+    assert_eq!(from_b.header("x-cache"), "HIT", "stored by a, read by b");
+    assert_eq!(from_b.body, "/max-age #1");
+    assert_eq!(origin.count("/max-age"), 1);
+    // Now in a's memory (L1) too.
+    assert_eq!(on_a.get("/max-age").await.header("x-cache"), "HIT");
+
+    // A write through b invalidates on a as well (published to every proxy's L1).
+    on_b.send("PUT", "/max-age", &[], "new").await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let res = on_a.get("/max-age").await;
+        if res.header("x-cache") == "MISS" {
+            assert_eq!(res.body, "/max-age #3");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never saw the invalidation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
