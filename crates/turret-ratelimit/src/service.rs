@@ -130,8 +130,13 @@ where
             Err(missing) => match shared.missing {
                 MissingKeyAction::Reject => {
                     tracing::error!(policy = %policy.name, %missing, "rate limit: no key for this request; answering 500");
-                    let mut res = Response::new(Bytes::from_static(b"Internal Server Error\n"));
-                    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    let res = if is_grpc(&req) {
+                        grpc_error("13", "rate%20limit%20key%20missing")
+                    } else {
+                        let mut res = Response::new(Bytes::from_static(b"Internal Server Error\n"));
+                        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        res
+                    };
                     return ResponseFuture::ready(res, self.shared.clone());
                 }
                 MissingKeyAction::SharedKey => MISSING_KEY.to_owned(),
@@ -231,6 +236,9 @@ fn verdict<K, Bk, L: OnLimited>(
             } else {
                 return match shared.failure {
                     FailureMode::Open => Verdict::Pass(None),
+                    FailureMode::Closed if grpc => {
+                        Verdict::Refuse(grpc_error("14", "rate%20limiter%20unavailable"))
+                    }
                     FailureMode::Closed => {
                         let mut res = Response::new(Bytes::from_static(b"Service Unavailable\n"));
                         *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -277,17 +285,20 @@ fn verdict<K, Bk, L: OnLimited>(
 
 /// A trailers-only gRPC response: HTTP 200, `grpc-status: 8` (RESOURCE_EXHAUSTED).
 fn grpc_refusal() -> Response<Bytes> {
+    grpc_error("8", "rate%20limit%20exceeded")
+}
+
+/// A trailers-only gRPC response with `grpc-status: code` and a percent-encoded message:
+/// 8 RESOURCE_EXHAUSTED (refused), 13 INTERNAL (no key), 14 UNAVAILABLE (fail closed).
+fn grpc_error(code: &'static str, message: &'static str) -> Response<Bytes> {
     let mut res = Response::new(Bytes::new());
     let h = res.headers_mut();
     h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert("grpc-status", HeaderValue::from_static("8"));
-    h.insert(
-        "grpc-message",
-        HeaderValue::from_static("rate%20limit%20exceeded"),
-    );
+    h.insert("grpc-status", HeaderValue::from_static(code));
+    h.insert("grpc-message", HeaderValue::from_static(message));
     res
 }
 

@@ -223,6 +223,17 @@ async fn missing_key_is_a_500_by_default_or_a_shared_key() {
 }
 
 #[tokio::test]
+async fn a_grpc_request_without_a_key_gets_a_grpc_internal_status() {
+    let svc = stack(RateLimitLayer::new(Quota::per_minute(1)));
+    let mut r = Request::new(String::new());
+    r.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    let res = svc.oneshot(r).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "trailers-only gRPC answer");
+    assert_eq!(res.headers()["grpc-status"], "13");
+}
+
+#[tokio::test]
 async fn shadow_policy_never_refuses_but_reports() {
     let svc = stack(RateLimitLayer::policies([Policy::new(
         "dark",

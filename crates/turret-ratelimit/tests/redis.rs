@@ -281,6 +281,13 @@ async fn redis_stopped_fail_open_passes_fail_closed_refuses_both_fast_then_limit
         elapsed < Duration::from_millis(200),
         "200 requests with Redis down took {elapsed:?}"
     );
+    // A gRPC client gets a gRPC status, not a bare 503.
+    let mut grpc = get("192.0.2.70");
+    grpc.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    let res = closed.clone().oneshot(grpc).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["grpc-status"], "14", "UNAVAILABLE");
 
     server.restart();
     // After restart (and a breaker cool-down) the quota is enforced again: the fresh server
