@@ -348,7 +348,13 @@ impl RedisCluster {
     }
 
     /// Starts `masters` masters with `replicas` replicas each, and waits until the cluster
-    /// reports `cluster_state:ok` on every node.
+    /// reports `cluster_state:ok` on every node and, with replicas, until every replica has
+    /// finished its first sync with its master.
+    ///
+    /// Failover needs that sync: a replica that never synced considers its data too old to
+    /// take over (`cluster-replica-validity-factor`), so a master killed before it would stay
+    /// failed. The nodes sync at once (`repl-diskless-sync-delay 0`, instead of waiting 5 s
+    /// for more replicas), and a master is marked failing after 2 s (`cluster-node-timeout`).
     pub fn start_with_replicas(masters: usize, replicas: usize) -> Self {
         assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
         ensure_installed();
@@ -363,6 +369,8 @@ impl RedisCluster {
                         "nodes.conf",
                         "--cluster-node-timeout",
                         "2000",
+                        "--repl-diskless-sync-delay",
+                        "0",
                     ],
                     true,
                 )
@@ -384,7 +392,34 @@ impl RedisCluster {
         );
         let cluster = Self { nodes };
         cluster.wait_ok(total);
+        if replicas > 0 {
+            cluster.wait_replicas_synced(masters * replicas);
+        }
         cluster
+    }
+
+    /// Waits until `count` nodes are replicas whose link to their master is up (their first
+    /// sync done).
+    fn wait_replicas_synced(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced = self
+                .nodes
+                .iter()
+                .filter(|n| {
+                    let info: String = n.cmd(&["INFO", "replication"]);
+                    info.contains("role:slave") && info.contains("master_link_status:up")
+                })
+                .count();
+            if synced >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test cluster's replicas did not sync with their masters within 30 s ({synced} of {count})"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn wait_ok(&self, total: usize) {

@@ -619,13 +619,47 @@ impl<L: LockBackend> LeaseGuard<L> {
     }
 
     /// Releases the lease (only if still ours) and wakes the waiters.
+    ///
+    /// If the backend is unreachable (Redis down, its circuit breaker open), the release is
+    /// retried in the background until it succeeds or the lease would have expired anyway,
+    /// so that waiters on other instances are not kept out for a whole TTL after Redis
+    /// returns; the error is still returned.
     pub async fn release(mut self) -> Result<bool, LockError> {
         if let Some(w) = self.watchdog.take() {
             w.abort();
         }
-        match self.lease.take() {
-            Some(lease) => self.backend.release(&lease).await,
-            None => Ok(false),
+        let Some(lease) = self.lease.take() else {
+            return Ok(false);
+        };
+        let result = self.backend.release(&lease).await;
+        if let Err(e) = &result
+            && e.is_unavailable()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(release_until_expiry(self.backend.clone(), lease));
+        }
+        result
+    }
+}
+
+/// Retries a release the backend could not take (with backoff, up to 500 ms apart) until it
+/// succeeds, fails for another reason, or the lease has expired by itself (its ttl after the
+/// last extension, at most `ttl` from now).
+async fn release_until_expiry<L: LockBackend>(backend: Arc<L>, lease: Lease) {
+    let expires = Instant::now() + lease.ttl();
+    let mut backoff = Duration::from_millis(25);
+    loop {
+        match backend.release(&lease).await {
+            Err(e) if e.is_unavailable() && Instant::now() + backoff < expires => {
+                tracing::debug!(key = lease.key(), "lease release failed; retrying");
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(key = lease.key(), error = %e, "lease release given up; it expires by itself");
+                return;
+            }
         }
     }
 }
@@ -638,10 +672,7 @@ impl<L: LockBackend> Drop for LeaseGuard<L> {
         if let Some(lease) = self.lease.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            let backend = self.backend.clone();
-            rt.spawn(async move {
-                let _ = backend.release(&lease).await;
-            });
+            rt.spawn(release_until_expiry(self.backend.clone(), lease));
         }
     }
 }
