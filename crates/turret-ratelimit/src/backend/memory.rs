@@ -196,6 +196,15 @@ impl MemoryBackend {
 
     /// Decides synchronously.
     pub fn decide_now(&self, policy: &str, key: &str, quota: &Quota, cost: u32) -> Decision {
+        // A client may choose its key's length (an API key header): long keys are kept as
+        // a digest, so memory per key is bounded whatever the client sends.
+        let digest;
+        let key = if key.len() > MAX_KEY_BYTES {
+            digest = long_key_digest(key);
+            digest.as_str()
+        } else {
+            key
+        };
         let mut h = self.hasher.build_hasher();
         policy.hash(&mut h);
         key.hash(&mut h);
@@ -231,6 +240,23 @@ impl MemoryBackend {
         }
         decision
     }
+}
+
+/// Keys longer than this are kept as [`long_key_digest`].
+const MAX_KEY_BYTES: usize = 128;
+
+/// `#` and the first 128 bits of the key's SHA-256 in hex: 33 bytes whatever the key's
+/// length. Distinct long keys share a quota only on a 128-bit SHA-256 prefix collision.
+fn long_key_digest(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(1 + 32);
+    out.push('#');
+    for b in &digest[..16] {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 struct MapKeyRef<'a> {
@@ -336,6 +362,30 @@ mod tests {
 
     use super::*;
     use crate::FakeClock;
+
+    #[test]
+    fn long_keys_are_kept_as_digests_with_their_own_quota() {
+        let backend = MemoryBackend::new();
+        let quota = Quota::per_hour(1);
+        let (a, b) = ("a".repeat(64 * 1024), "b".repeat(64 * 1024));
+        assert!(backend.decide_now("p", &a, &quota, 1).allowed);
+        assert!(!backend.decide_now("p", &a, &quota, 1).allowed);
+        assert!(backend.decide_now("p", &b, &quota, 1).allowed);
+        assert_eq!(long_key_digest(&a).len(), 33);
+        assert_ne!(long_key_digest(&a), long_key_digest(&b));
+        let kept: usize = backend
+            .shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap()
+                    .keys()
+                    .map(|k| k.joined.len())
+                    .sum::<usize>()
+            })
+            .sum();
+        assert!(kept < 100, "{kept} bytes of keys kept for two 64 KiB keys");
+    }
 
     #[test]
     fn keys_and_policies_are_independent() {
