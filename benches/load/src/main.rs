@@ -1,24 +1,46 @@
 //! The load benchmark driver: starts a real redis-server, then each scenario as its own
 //! server process on loopback, drives it with `wrk` (keep-alive, fixed concurrency, a
-//! warm-up, the median of several runs) and writes a Markdown table.
+//! warm-up that requests every id in turn, the median of several measured runs), measures
+//! the Redis round-trip limit with `redis-benchmark`, and writes a Markdown table and two
+//! SVG charts.
 //!
 //! ```text
 //! cargo build --release -p turret-bench
-//! target/release/turret-bench [--duration 10] [--connections 64,400] [--repeat 3]
-//!                             [--scenarios raw,turret-memory,…] [--out docs/benchmarks/ratelimit.md]
+//! target/release/turret-bench [--duration 3] [--warmup 2] [--connections 64,400] [--repeat 3]
+//!                             [--scenarios raw,turret-cache-memory,…] [--out-dir docs/benchmarks]
+//!                             [--no-redis-benchmark] [--quiet 30 [--quiet-limit 900]]
+//! target/release/turret-bench --charts-from docs/benchmarks/results.tsv   # redraw the charts
 //! ```
-//! `scripts/bench` does both and installs `wrk` when it is missing.
+//! `scripts/bench` does both and installs `wrk` and `redis-server` when they are missing.
+//!
+//! Per scenario and concurrency: requests/s, p50/p95/p99/p99.9 (wrk's latency histogram,
+//! read in a Lua `done` hook), the ratio to the ceiling (`raw`, or `raw-<n>ms` for scenarios
+//! with that origin delay) of the same run, origin calls per request (the server's
+//! `/__origin_calls` before and after), Redis commands per request (`INFO commandstats`
+//! deltas, commands run by scripts included), the server's peak RSS, and the share of the
+//! CPU that other processes used meanwhile.
+//!
+//! `--quiet N`, on a machine others use: before each scenario, wait until no `rustc` has
+//! run and other processes used under 3% of the CPU for N seconds in a row (3 s before each
+//! measured run), at most `--quiet-limit` seconds (900) per wait, and measure a disturbed run
+//! again (twice per row at most).
+
+mod charts;
+mod load;
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    path::PathBuf,
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use turret_testkit::RedisServer;
 
-const ALL: &[&str] = &[
+/// The rate-limit and conditional scenarios (origin delay 0 ms).
+const LAYERS: &[&str] = &[
     "raw",
     "raw-plus-5-headers",
     "turret-memory",
@@ -30,24 +52,72 @@ const ALL: &[&str] = &[
     "turret-conditional",
 ];
 
-const LUA: &str = "math.randomseed(os.time())\n\
-request = function() return wrk.format('GET', '/items/' .. math.random(0, 999)) end\n";
+/// The response caches and their peers; each also runs with a 2 ms origin (`-2ms`).
+const CACHES: &[&str] = &[
+    "turret-cache-memory",
+    "turret-cache-tiered",
+    "turret-cache-redis",
+    "redis-cache-aside",
+    "http-cache-tower-server",
+];
+
+fn default_scenarios() -> Vec<String> {
+    let mut all: Vec<String> = LAYERS.iter().map(|s| s.to_string()).collect();
+    all.extend(CACHES.iter().map(|s| s.to_string()));
+    // Control: the origin with the three fields a turret-cache hit adds, no cache.
+    all.push("raw-plus-cache-headers".into());
+    all.push("raw-2ms".into());
+    all.extend(CACHES.iter().map(|s| format!("{s}-2ms")));
+    all
+}
+
+/// Measured runs: random ids.
+const MEASURE_LUA: &str = r#"math.randomseed(os.time())
+request = function() return wrk.format('GET', '/items/' .. math.random(0, 999)) end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("TURRET-SUMMARY %d %d %d %d %d %d %d\n",
+    summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99),
+    latency:percentile(99.9),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"#;
+
+/// Warm-up: every id in turn, over and over, so each one is requested (and cached) before
+/// the measured period, whatever the rate.
+const WARM_LUA: &str = r#"local n = 0
+request = function()
+  n = n + 1
+  return wrk.format('GET', '/items/' .. (n % 1000))
+end
+"#;
 
 struct Options {
     duration: u64,
+    warmup: u64,
     connections: Vec<u32>,
     repeat: usize,
     scenarios: Vec<String>,
-    out: PathBuf,
+    out_dir: PathBuf,
+    redis_benchmark: bool,
+    charts_from: Option<PathBuf>,
+    quiet: u64,
+    quiet_limit: u64,
 }
 
 fn options() -> Options {
     let mut o = Options {
-        duration: 10,
+        duration: 3,
+        warmup: 2,
         connections: vec![64, 400],
         repeat: 3,
-        scenarios: ALL.iter().map(|s| s.to_string()).collect(),
-        out: PathBuf::from("docs/benchmarks/ratelimit.md"),
+        scenarios: default_scenarios(),
+        out_dir: PathBuf::from("docs/benchmarks"),
+        redis_benchmark: true,
+        charts_from: None,
+        quiet: 0,
+        quiet_limit: 900,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -55,6 +125,7 @@ fn options() -> Options {
         let value = args.get(i + 1).cloned().unwrap_or_default();
         match args[i].as_str() {
             "--duration" => o.duration = value.parse().expect("--duration seconds"),
+            "--warmup" => o.warmup = value.parse().expect("--warmup seconds"),
             "--connections" => {
                 o.connections = value
                     .split(',')
@@ -63,7 +134,15 @@ fn options() -> Options {
             }
             "--repeat" => o.repeat = value.parse().expect("--repeat n"),
             "--scenarios" => o.scenarios = value.split(',').map(str::to_owned).collect(),
-            "--out" => o.out = PathBuf::from(value),
+            "--out-dir" => o.out_dir = PathBuf::from(value),
+            "--charts-from" => o.charts_from = Some(PathBuf::from(value)),
+            "--quiet" => o.quiet = value.parse().expect("--quiet seconds"),
+            "--quiet-limit" => o.quiet_limit = value.parse().expect("--quiet-limit seconds"),
+            "--no-redis-benchmark" => {
+                o.redis_benchmark = false;
+                i += 1;
+                continue;
+            }
             other => {
                 eprintln!("unknown argument {other}");
                 std::process::exit(2);
@@ -77,54 +156,51 @@ fn options() -> Options {
 #[derive(Debug, Clone, Default)]
 struct Run {
     rps: f64,
-    p50: f64,
-    p99: f64,
-    redis_per_request: f64,
-    scripts_per_request: f64,
+    requests: u64,
+    /// p50, p95, p99, p99.9 in ms.
+    latency: [f64; 4],
     errors: u64,
+    redis_per_request: f64,
+    /// Per command name, calls per request (those ≥ 0.005).
+    commands: Vec<(String, f64)>,
+    origin_per_request: f64,
+    /// The share of the CPU other processes used during the measured period.
+    other_cpu: f64,
+    /// Other processes used more than `load::DISTURBED` of the CPU, or a `rustc` ran.
+    disturbed: bool,
 }
 
-fn millis(s: &str) -> f64 {
-    let s = s.trim();
-    let (n, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
-    let n: f64 = n.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        _ => f64::NAN,
-    }
-}
-
+/// Reads the `TURRET-SUMMARY` line the Lua `done` hook prints.
 fn parse_wrk(out: &str) -> Run {
     let mut run = Run::default();
-    for line in out.lines() {
-        let line = line.trim();
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
-            run.rps = v.trim().parse().unwrap_or(0.0);
-        } else if let Some(v) = line.strip_prefix("50%") {
-            run.p50 = millis(v);
-        } else if let Some(v) = line.strip_prefix("99%") {
-            run.p99 = millis(v);
-        } else if line.starts_with("Non-2xx or 3xx responses:")
-            || line.starts_with("Socket errors:")
-        {
-            run.errors += line
-                .split(|c: char| !c.is_ascii_digit())
-                .filter_map(|n| n.parse::<u64>().ok())
-                .sum::<u64>();
-        }
+    let Some(line) = out.lines().find_map(|l| l.strip_prefix("TURRET-SUMMARY ")) else {
+        eprintln!("wrk printed no summary:\n{out}");
+        run.latency = [f64::NAN; 4];
+        return run;
+    };
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    if n.len() < 7 {
+        run.latency = [f64::NAN; 4];
+        return run;
     }
+    run.requests = n[0];
+    run.rps = n[0] as f64 / (n[1] as f64 / 1e6).max(1e-9);
+    for i in 0..4 {
+        run.latency[i] = n[2 + i] as f64 / 1000.0;
+    }
+    run.errors = n[6];
     run
 }
 
-fn wrk(port: u16, connections: u32, seconds: u64, script: &std::path::Path) -> String {
+fn wrk(port: u16, connections: u32, seconds: u64, script: &Path) -> String {
     let out = Command::new("wrk")
         .args([
             "-t1",
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
-            "--latency",
             "-s",
         ])
         .arg(script)
@@ -164,8 +240,25 @@ fn spawn_server(scenario: &str, port: u16, redis_url: &str) -> Child {
     child
 }
 
-/// Commands Redis processed (those a script runs count too), and scripts it ran.
-fn redis_commands(server: &RedisServer) -> (u64, u64) {
+/// The server's count of origin handler calls.
+fn origin_calls(port: u16) -> u64 {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream
+        .write_all(b"GET /__origin_calls HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|body| body.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Commands Redis processed (those a script runs count too), and calls per command.
+fn redis_commands(server: &RedisServer) -> (u64, BTreeMap<String, u64>) {
     let stats: String = server.cmd(&["INFO", "stats"]);
     let total = stats
         .lines()
@@ -173,19 +266,21 @@ fn redis_commands(server: &RedisServer) -> (u64, u64) {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     let commandstats: String = server.cmd(&["INFO", "commandstats"]);
-    let scripts = commandstats
+    let per_command = commandstats
         .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
         .filter_map(|l| {
-            l.split("calls=")
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .split("calls=")
                 .nth(1)?
                 .split(',')
                 .next()?
-                .parse::<u64>()
-                .ok()
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
         })
-        .sum();
-    (total, scripts)
+        .collect();
+    (total, per_command)
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -201,79 +296,554 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 fn median(mut runs: Vec<Run>) -> Run {
     runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-    runs[runs.len() / 2].clone()
+    let disturbed = runs.iter().any(|r| r.disturbed);
+    let other = runs.iter().map(|r| r.other_cpu).fold(0.0, f64::max);
+    let mut run = runs[runs.len() / 2].clone();
+    run.disturbed = disturbed;
+    run.other_cpu = other;
+    run
+}
+
+fn redis_pid(server: &RedisServer) -> u32 {
+    let info: String = server.cmd(&["INFO", "server"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `raw-2ms` → the ceiling for `…-2ms` scenarios; `raw` for the rest.
+fn ceiling_of(scenario: &str) -> String {
+    match scenario.rsplit_once('-') {
+        Some((_, suffix))
+            if suffix
+                .strip_suffix("ms")
+                .is_some_and(|n| n.parse::<u64>().is_ok()) =>
+        {
+            format!("raw-{suffix}")
+        }
+        _ => "raw".into(),
+    }
+}
+
+fn delay_of(scenario: &str) -> &str {
+    match scenario.rsplit_once('-') {
+        Some((_, suffix))
+            if suffix
+                .strip_suffix("ms")
+                .is_some_and(|n| n.parse::<u64>().is_ok()) =>
+        {
+            suffix
+        }
+        _ => "0ms",
+    }
+}
+
+struct Row {
+    scenario: String,
+    connections: u32,
+    run: Run,
+    rss: f64,
+}
+
+/// A `redis-benchmark` result.
+struct RoundTrip {
+    test: String,
+    connections: u32,
+    rps: f64,
+    /// p50, p95, p99 in ms.
+    latency: [f64; 3],
+}
+
+fn redis_benchmark(port: u16, connections: u32, requests: u32, args: &[&str]) -> Vec<RoundTrip> {
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-c",
+            &connections.to_string(),
+            "-n",
+            &requests.to_string(),
+            "--csv",
+        ])
+        .args(args)
+        .output();
+    let Ok(out) = out else {
+        eprintln!("redis-benchmark not found: no round-trip rows");
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').map(|f| f.trim_matches('"')).collect();
+            // test, rps, avg, min, p50, p95, p99, max
+            (f.len() >= 8).then(|| RoundTrip {
+                test: f[0].split_whitespace().next().unwrap_or(f[0]).to_owned(),
+                connections,
+                rps: f[1].parse().unwrap_or(f64::NAN),
+                latency: [
+                    f[4].parse().unwrap_or(f64::NAN),
+                    f[5].parse().unwrap_or(f64::NAN),
+                    f[6].parse().unwrap_or(f64::NAN),
+                ],
+            })
+        })
+        .collect()
+}
+
+/// One throughput and one latency chart per origin delay: `throughput.svg` and
+/// `latency.svg` for 0 ms, `throughput-2ms.svg` and `latency-2ms.svg` for 2 ms.
+fn write_charts(dir: &Path, points: &[charts::Point]) {
+    std::fs::create_dir_all(dir).expect("create the output directory");
+    let mut delays: Vec<&str> = Vec::new();
+    for p in points {
+        if !delays.contains(&delay_of(&p.scenario)) {
+            delays.push(delay_of(&p.scenario));
+        }
+    }
+    for delay in delays {
+        let group: Vec<charts::Point> = points
+            .iter()
+            .filter(|p| delay_of(&p.scenario) == delay)
+            .cloned()
+            .collect();
+        let suffix = if delay == "0ms" {
+            String::new()
+        } else {
+            format!("-{delay}")
+        };
+        let origin = delay.replace("ms", " ms");
+        std::fs::write(
+            dir.join(format!("throughput{suffix}.svg")),
+            charts::throughput_svg(
+                &group,
+                &format!("Throughput ÷ the ceiling (axum, no middleware), origin {origin}"),
+            ),
+        )
+        .expect("write the throughput chart");
+        std::fs::write(
+            dir.join(format!("latency{suffix}.svg")),
+            charts::latency_svg(
+                &group,
+                &format!("Latency percentiles (wrk, keep-alive), origin {origin}"),
+            ),
+        )
+        .expect("write the latency chart");
+        eprintln!(
+            "wrote throughput{suffix}.svg, latency{suffix}.svg in {}",
+            dir.display()
+        );
+    }
 }
 
 fn main() {
     let o = options();
+    if let Some(tsv) = &o.charts_from {
+        let text = std::fs::read_to_string(tsv).expect("read the points");
+        write_charts(&o.out_dir, &charts::read_tsv(&text));
+        return;
+    }
+    let started = Instant::now();
     let redis = RedisServer::start();
     let dir = tempfile_dir();
-    let script = dir.join("items.lua");
-    std::fs::write(&script, LUA).expect("write wrk script");
+    let measure = dir.join("measure.lua");
+    let warm = dir.join("warm.lua");
+    std::fs::write(&measure, MEASURE_LUA).expect("write wrk script");
+    std::fs::write(&warm, WARM_LUA).expect("write wrk script");
 
-    let mut rows: Vec<(String, u32, Run, f64)> = Vec::new();
-    let total = o.scenarios.len() * o.connections.len();
-    let mut done = 0;
+    let steps = o.scenarios.len() * o.connections.len();
+    let per_step = o.warmup + o.duration * o.repeat as u64;
+    eprintln!(
+        "{} scenarios × {} concurrencies: {}s warm-up + {} × {}s measured each, about {} min",
+        o.scenarios.len(),
+        o.connections.len(),
+        o.warmup,
+        o.repeat,
+        o.duration,
+        (steps as u64 * per_step + 30).div_ceil(60)
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut step = 0;
+    let mut disturbed_runs = 0;
+    let mut measured_runs = 0;
+    let mut waited = Duration::ZERO;
+    let redis_pid = redis_pid(&redis);
     for scenario in &o.scenarios {
+        // Every scenario starts from an empty Redis: caches fill during the warm-up.
+        let _: String = redis.cmd(&["FLUSHALL"]);
         let port = free_port();
         let mut server = spawn_server(scenario, port, &redis.url());
+        let probe = load::Probe {
+            server: server.id(),
+            redis: redis_pid,
+        };
+        let quiet = |seconds: u64| {
+            if o.quiet == 0 {
+                return Duration::ZERO;
+            }
+            probe.wait_for_quiet(
+                Duration::from_secs(seconds),
+                Duration::from_secs(o.quiet_limit),
+            )
+        };
         for &c in &o.connections {
-            done += 1;
-            eprint!("[{done}/{total}] {scenario} c={c}: warm-up… ");
+            step += 1;
+            let elapsed = started.elapsed().as_secs();
+            eprint!("[{step}/{steps} {elapsed:>3}s] {scenario} c={c}:");
             let _ = std::io::stderr().flush();
-            wrk(port, c, 2, &script);
+            waited += quiet(o.quiet);
+            eprint!(" warm-up");
+            let _ = std::io::stderr().flush();
+            wrk(port, c, o.warmup, &warm);
             let mut runs = Vec::new();
-            for _ in 0..o.repeat {
-                let (commands0, scripts0) = redis_commands(&redis);
-                let mut run = parse_wrk(&wrk(port, c, o.duration, &script));
-                let (commands1, scripts1) = redis_commands(&redis);
-                let requests = (run.rps * o.duration as f64).max(1.0);
-                // The two INFO commands count too.
+            let mut again = 0;
+            while runs.len() < o.repeat {
+                waited += quiet(o.quiet.min(3));
+                eprint!(", run {}", runs.len() + 1);
+                let _ = std::io::stderr().flush();
+                let calls0 = origin_calls(port);
+                let (commands0, per0) = redis_commands(&redis);
+                let before = probe.sample();
+                let mut run = parse_wrk(&wrk(port, c, o.duration, &measure));
+                let after = probe.sample();
+                let (commands1, per1) = redis_commands(&redis);
+                let calls1 = origin_calls(port);
+                run.other_cpu = load::other_share(&before, &after);
+                run.disturbed = before.rustc || after.rustc || run.other_cpu > load::DISTURBED;
+                measured_runs += 1;
+                if run.disturbed && o.quiet > 0 && again < 2 {
+                    again += 1;
+                    eprint!(
+                        " (disturbed: others used {:.0}% of the CPU; again)",
+                        run.other_cpu * 100.0
+                    );
+                    waited += quiet(o.quiet);
+                    continue;
+                }
+                disturbed_runs += usize::from(run.disturbed);
+                let requests = run.requests.max(1) as f64;
+                // The first snapshot's two INFO commands count too.
                 run.redis_per_request = (commands1 - commands0).saturating_sub(2) as f64 / requests;
-                run.scripts_per_request = (scripts1 - scripts0) as f64 / requests;
+                run.commands = per1
+                    .iter()
+                    .filter(|(name, _)| name.as_str() != "info")
+                    .map(|(name, &n)| {
+                        let before = per0.get(name).copied().unwrap_or(0);
+                        (
+                            name.to_uppercase(),
+                            n.saturating_sub(before) as f64 / requests,
+                        )
+                    })
+                    .filter(|(_, per)| *per >= 0.005)
+                    .collect();
+                run.origin_per_request = calls1.saturating_sub(calls0) as f64 / requests;
                 runs.push(run);
             }
             let run = median(runs);
-            eprintln!("{:.0} req/s, p99 {:.2} ms", run.rps, run.p99);
-            rows.push((scenario.clone(), c, run, peak_rss_mib(server.id())));
+            eprintln!(
+                ": {:.0} req/s, p99 {:.2} ms, origin {:.3}/req, Redis {:.2}/req, others {:.0}% CPU{}",
+                run.rps,
+                run.latency[2],
+                run.origin_per_request,
+                run.redis_per_request,
+                run.other_cpu * 100.0,
+                if run.disturbed { " (disturbed)" } else { "" }
+            );
+            rows.push(Row {
+                scenario: scenario.clone(),
+                connections: c,
+                run,
+                rss: f64::NAN,
+            });
+        }
+        let rss = peak_rss_mib(server.id());
+        for row in rows.iter_mut().filter(|r| &r.scenario == scenario) {
+            row.rss = rss;
         }
         let _ = server.kill();
         let _ = server.wait();
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let mut md = String::new();
-    md.push_str(
-        "| scenario | connections | req/s | × raw | p50 ms | p99 ms | Redis cmds/req | scripts/req | errors | peak RSS MiB |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    let mut round_trips = Vec::new();
+    if o.redis_benchmark {
+        eprint!("redis-benchmark: GET (1 KB values) and EVALSHA of `return 1`");
+        let _ = std::io::stderr().flush();
+        let sha: String = redis.cmd(&["SCRIPT", "LOAD", "return 1"]);
+        if o.quiet > 0 {
+            let probe = load::Probe {
+                server: 0,
+                redis: redis_pid,
+            };
+            waited += probe.wait_for_quiet(
+                Duration::from_secs(o.quiet),
+                Duration::from_secs(o.quiet_limit),
+            );
+        }
+        for &c in &o.connections {
+            eprint!(", c={c}");
+            let _ = std::io::stderr().flush();
+            round_trips.extend(
+                redis_benchmark(redis.port(), c, 200_000, &["-t", "set,get", "-d", "1024"])
+                    .into_iter()
+                    .filter(|r| r.test == "GET"),
+            );
+            round_trips.extend(redis_benchmark(
+                redis.port(),
+                c,
+                200_000,
+                &["EVALSHA", &sha, "0"],
+            ));
+        }
+        eprintln!();
+    }
+    let total = started.elapsed();
+
+    let md = report(
+        &o,
+        &rows,
+        &round_trips,
+        total,
+        waited,
+        disturbed_runs,
+        measured_runs,
     );
-    for (scenario, c, run, rss) in &rows {
-        let raw = rows
+    println!("{md}");
+    std::fs::create_dir_all(&o.out_dir).expect("create the output directory");
+    let results = o.out_dir.join("results.md");
+    std::fs::write(&results, md).expect("write the results table");
+
+    let points: Vec<charts::Point> = rows
+        .iter()
+        .map(|r| charts::Point {
+            scenario: r.scenario.clone(),
+            connections: r.connections,
+            ratio: r.run.rps / ceiling_rps(&rows, &r.scenario, r.connections),
+            latency: r.run.latency,
+        })
+        .collect();
+    std::fs::write(o.out_dir.join("results.tsv"), charts::to_tsv(&points))
+        .expect("write results.tsv");
+    write_charts(&o.out_dir, &points);
+    eprintln!(
+        "wrote {}, results.tsv and the charts; {:.0}s in all",
+        results.display(),
+        total.as_secs_f64()
+    );
+}
+
+fn ceiling_rps(rows: &[Row], scenario: &str, c: u32) -> f64 {
+    let ceiling = ceiling_of(scenario);
+    rows.iter()
+        .find(|r| r.scenario == ceiling && r.connections == c)
+        .map_or(f64::NAN, |r| r.run.rps)
+}
+
+fn rps_of(rows: &[Row], scenario: &str, c: u32) -> f64 {
+    rows.iter()
+        .find(|r| r.scenario == scenario && r.connections == c)
+        .map_or(f64::NAN, |r| r.run.rps)
+}
+
+fn report(
+    o: &Options,
+    rows: &[Row],
+    round_trips: &[RoundTrip],
+    total: Duration,
+    waited: Duration,
+    disturbed_runs: usize,
+    measured_runs: usize,
+) -> String {
+    let mut md = String::new();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    md.push_str(&format!(
+        "Generated by `turret-bench` on {date}: {cores} cores ({cpu}), server, wrk (`-t1`) and \
+         redis-server on the same machine over loopback. {}s warm-up (every id in turn), then the \
+         median of {} runs of {}s per row; whole run {:.0}s, of which {:.0}s waiting for a quiet \
+         machine. {} of the {} measured runs were disturbed (a `rustc` ran, or other processes \
+         used over {:.0}% of the CPU){}.\n\n",
+        o.warmup,
+        o.repeat,
+        o.duration,
+        total.as_secs_f64(),
+        waited.as_secs_f64(),
+        disturbed_runs,
+        measured_runs,
+        load::DISTURBED * 100.0,
+        if o.quiet > 0 {
+            "; those were measured again, at most twice per row, and the rows still counting one \
+             are marked †"
+        } else {
+            "; rows counting one are marked †"
+        }
+    ));
+    md.push_str(
+        "× ceiling: requests/s over `raw` (or `raw-2ms` for the 2 ms origin) at the same \
+         concurrency. Origin/req: handler calls per request in the measured period. Redis/req: \
+         commands Redis processed per request (commands inside scripts included). Others: the \
+         largest share of the CPU other processes used during a measured run of the row.\n\n",
+    );
+    md.push_str(
+        "| scenario | origin | conns | req/s | × ceiling | p50 ms | p95 ms | p99 ms | p99.9 ms | origin/req | Redis/req | Redis commands/req | errors | peak RSS MiB | others CPU |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let run = &r.run;
+        let commands: Vec<String> = run
+            .commands
             .iter()
-            .find(|(s, rc, _, _)| s == "raw" && rc == c)
-            .map_or(f64::NAN, |(_, _, r, _)| r.rps);
+            .map(|(name, per)| format!("{name} {per:.2}"))
+            .collect();
         md.push_str(&format!(
-            "| {scenario} | {c} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} |\n",
+            "| {}{} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.2} | {} | {} | {:.1} | {:.0}% |\n",
+            r.scenario,
+            if run.disturbed { " †" } else { "" },
+            delay_of(&r.scenario),
+            r.connections,
             run.rps,
-            run.rps / raw,
-            run.p50,
-            run.p99,
+            run.rps / ceiling_rps(rows, &r.scenario, r.connections),
+            run.latency[0],
+            run.latency[1],
+            run.latency[2],
+            run.latency[3],
+            run.origin_per_request,
             run.redis_per_request,
-            run.scripts_per_request,
+            if commands.is_empty() {
+                "–".to_owned()
+            } else {
+                commands.join(", ")
+            },
             run.errors,
-            rss
+            r.rss,
+            run.other_cpu * 100.0
         ));
     }
-    println!("{md}");
-    if let Some(parent) = o.out.parent() {
-        let _ = std::fs::create_dir_all(parent);
+    for t in round_trips {
+        md.push_str(&format!(
+            "| redis-benchmark {} | – | {} | {:.0} | – | {:.2} | {:.2} | {:.2} | – | – | 1.00 | {} 1.00 | 0 | – | – |\n",
+            if t.test == "GET" {
+                "GET (1 KB value)".to_owned()
+            } else {
+                "EVALSHA (`return 1`)".to_owned()
+            },
+            t.connections,
+            t.rps,
+            t.latency[0],
+            t.latency[1],
+            t.latency[2],
+            t.test
+        ));
     }
-    std::fs::write(&o.out, md).expect("write the results table");
-    eprintln!("wrote {}", o.out.display());
+
+    // The targets of issues 6 and 8 that this run can decide.
+    let mut targets: Vec<(String, f64, f64)> = Vec::new();
+    for &c in &o.connections {
+        for (label, scenario, base, goal) in [
+            (
+                "memory cache hit ÷ ceiling",
+                "turret-cache-memory",
+                "raw",
+                1.0,
+            ),
+            (
+                "tiered cache hit ÷ ceiling",
+                "turret-cache-tiered",
+                "raw",
+                1.0,
+            ),
+            (
+                "Redis cache hit ÷ redis-rs cache-aside",
+                "turret-cache-redis",
+                "redis-cache-aside",
+                0.95,
+            ),
+            (
+                "memory cache hit ÷ http-cache-tower-server",
+                "turret-cache-memory",
+                "http-cache-tower-server",
+                1.0,
+            ),
+        ] {
+            let ratio = rps_of(rows, scenario, c) / rps_of(rows, base, c);
+            if ratio.is_finite() {
+                targets.push((format!("{label}, origin 0 ms, c={c}"), ratio, goal));
+            }
+        }
+        if let Some(r) = rows
+            .iter()
+            .find(|r| r.scenario == "turret-cache-redis" && r.connections == c)
+        {
+            targets.push((
+                format!("Redis commands per Redis cache hit, c={c}"),
+                r.run.redis_per_request,
+                1.0,
+            ));
+        }
+    }
+    if !targets.is_empty() {
+        md.push_str("\n| target | measured | goal | reached |\n|---|---:|---:|---|\n");
+        for (label, value, goal) in targets {
+            let reached = if label.starts_with("Redis commands") {
+                (value - goal).abs() < 0.05
+            } else {
+                value >= goal
+            };
+            md.push_str(&format!(
+                "| {label} | {value:.2} | {}{goal:.2} | {} |\n",
+                if label.starts_with("Redis commands") {
+                    "= "
+                } else {
+                    "≥ "
+                },
+                if reached { "yes" } else { "**no**" }
+            ));
+        }
+    }
+    md
 }
 
 fn tempfile_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("turret-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceilings_follow_the_origin_delay() {
+        assert_eq!(ceiling_of("turret-cache-redis-2ms"), "raw-2ms");
+        assert_eq!(ceiling_of("raw-2ms"), "raw-2ms");
+        assert_eq!(ceiling_of("turret-memory"), "raw");
+        assert_eq!(ceiling_of("raw-plus-5-headers"), "raw");
+        assert_eq!(delay_of("http-cache-tower-server-2ms"), "2ms");
+        assert_eq!(delay_of("incr-expire"), "0ms");
+    }
+
+    #[test]
+    fn reads_the_lua_summary() {
+        let run = parse_wrk("Running 3s test\nTURRET-SUMMARY 300000 3000000 450 900 1300 4000 2\n");
+        assert_eq!(run.requests, 300_000);
+        assert!((run.rps - 100_000.0).abs() < 1e-6);
+        assert_eq!(run.latency, [0.45, 0.9, 1.3, 4.0]);
+        assert_eq!(run.errors, 2);
+    }
 }

@@ -1,5 +1,7 @@
 //! The memory hit path: key build + look-up + response build, through the whole service
-//! (`call` and one poll of its future), against the bare handler.
+//! (`call` and one poll of its future), against the bare handler; and the binary entry codec
+//! (`CachedResponse::encode` / `decode`) of the same stored 1 KB response, the work a Redis
+//! hit adds on top of the round trip.
 
 use std::{
     convert::Infallible,
@@ -13,7 +15,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response, header};
 use http_body_util::Full;
 use tower::{Layer, Service, service_fn};
-use turret_cache::ResponseCacheLayer;
+use turret_cache::{CacheStorage, CachedResponse, MemoryStorage, ResponseCacheLayer};
 
 /// Polls a future once; the hit path and the handler below are ready at once.
 fn poll_once<F: Future>(fut: F) -> F::Output {
@@ -46,9 +48,12 @@ fn bench(c: &mut Criterion) {
             .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
         Ok::<_, Infallible>(res)
     });
-    let mut cached = ResponseCacheLayer::new().layer(handler);
+    let storage = MemoryStorage::default();
+    let mut cached = ResponseCacheLayer::with_storage(storage.clone()).layer(handler);
     // Fill the cache (the miss runs on a spawned task).
     rt.block_on(cached.call(request())).unwrap();
+    let stored = poll_once(storage.get("http://shop.example/products?page=2&sort=price")).unwrap();
+    let entry: CachedResponse = (*stored[0]).clone();
 
     let mut group = c.benchmark_group("hit");
     group.bench_function("memory_hit", |b| {
@@ -65,6 +70,15 @@ fn bench(c: &mut Criterion) {
             |req| poll_once(bare.call(req)).unwrap(),
             BatchSize::SmallInput,
         )
+    });
+    group.finish();
+
+    let encoded = entry.encode();
+    let mut group = c.benchmark_group("entry");
+    group.throughput(criterion::Throughput::Bytes(encoded.len() as u64));
+    group.bench_function("encode_1k", |b| b.iter(|| entry.encode()));
+    group.bench_function("decode_1k", |b| {
+        b.iter(|| CachedResponse::decode(std::hint::black_box(&encoded)).unwrap())
     });
     group.finish();
 }

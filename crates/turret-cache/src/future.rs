@@ -1253,6 +1253,11 @@ async fn store_revalidated(
 ) -> Arc<CachedResponse> {
     let response_time = ctx.config.clock.now();
     let mut headers = validate::updated_headers(stale.headers(), not_modified);
+    // The merged fields obey the storing rules like a fill's (§3.1): no Connection-listed or
+    // proxy-authentication fields, none named by a qualified private / no-cache, and no
+    // Set-Cookie unless stored without it — otherwise one client's fields reach others.
+    let (cc, _) = response_directives(&ctx.config, &headers);
+    headers = stored_headers(&headers, &cc, ctx.config.rules.set_cookie);
     if !ctx.config.expose_tags {
         for name in &ctx.config.tag_fields {
             headers.remove(name);

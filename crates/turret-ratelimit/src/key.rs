@@ -83,9 +83,10 @@ impl<B> KeyExtractor<B> for PeerIp {
 
 /// The client's IP address behind trusted reverse proxies.
 ///
-/// The forwarding headers are consulted only when the peer itself is a trusted proxy. The
-/// chain (`Forwarded` `for=` of RFC 7239 if present, else `X-Forwarded-For`) is walked from
-/// the right — the hop the trusted proxy appended — skipping trusted proxies; the first
+/// The forwarding header is consulted only when the peer itself is a trusted proxy, and only
+/// the one your proxies write ([`ForwardingHeader`]: `X-Forwarded-For` by default, or RFC 7239
+/// `Forwarded` `for=`): a header the proxy does not rewrite is the client's to forge. The
+/// chain is walked from the right — the hop the trusted proxy appended — skipping trusted proxies; the first
 /// untrusted address is the client. Entries a client wrote on the left can never be chosen
 /// while an untrusted hop stands to their right, so a client cannot pick its own key.
 /// A malformed entry stops the walk at the last good hop.
@@ -102,6 +103,17 @@ impl<B> KeyExtractor<B> for PeerIp {
 #[derive(Debug, Clone)]
 pub struct ClientIp {
     trusted: Arc<[IpNet]>,
+    header: ForwardingHeader,
+}
+
+/// Which forwarding header the trusted proxies append to (see [`ClientIp::header`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardingHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, AWS ALB, most load balancers): the default.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…` (Envoy and others when configured so).
+    Forwarded,
 }
 
 impl ClientIp {
@@ -122,7 +134,15 @@ impl ClientIp {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             trusted: trusted.into(),
+            header: ForwardingHeader::default(),
         })
+    }
+
+    /// The header the trusted proxies append the client address to (default
+    /// [`ForwardingHeader::XForwardedFor`]). The other one is ignored: a client could write it.
+    pub fn header(mut self, header: ForwardingHeader) -> Self {
+        self.header = header;
+        self
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -135,20 +155,21 @@ impl ClientIp {
         if !self.is_trusted(peer) {
             return Some(peer);
         }
-        let forwarded = req.headers().get_all(http::header::FORWARDED);
-        let chain: Vec<Option<IpAddr>> = if forwarded.iter().next().is_some() {
-            forwarded
+        let chain: Vec<Option<IpAddr>> = match self.header {
+            ForwardingHeader::Forwarded => req
+                .headers()
+                .get_all(http::header::FORWARDED)
                 .iter()
                 .flat_map(|v| split_list(v.as_bytes()))
                 .map(forwarded_for)
-                .collect()
-        } else {
-            req.headers()
+                .collect(),
+            ForwardingHeader::XForwardedFor => req
+                .headers()
                 .get_all(HeaderName::from_static("x-forwarded-for"))
                 .iter()
                 .flat_map(|v| split_list(v.as_bytes()))
                 .map(parse_node)
-                .collect()
+                .collect(),
         };
         let mut client = peer;
         for hop in chain.into_iter().rev() {
@@ -198,7 +219,19 @@ impl<B> KeyExtractor<B> for HeaderKey {
             .get(&self.name)
             .filter(|v| !v.is_empty())
             .ok_or(MissingKey::new(self.what))?;
-        Ok(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        // Distinct byte strings stay distinct keys: a value that is not UTF-8 is kept as NUL
+        // (never in a header value) and its bytes in hex.
+        Ok(match std::str::from_utf8(value.as_bytes()) {
+            Ok(text) => text.to_owned(),
+            Err(_) => {
+                use std::fmt::Write as _;
+                let mut key = String::from("\0");
+                for b in value.as_bytes() {
+                    let _ = write!(key, "{b:02x}");
+                }
+                key
+            }
+        })
     }
 }
 
@@ -357,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_wins_over_x_forwarded_for() {
+    fn only_the_configured_forwarding_header_is_read() {
         let r = req(
             "10.0.0.1:1",
             &[
@@ -368,7 +401,29 @@ mod tests {
                 ),
             ],
         );
-        assert_eq!(proxies().extract(&r).unwrap(), "2001:db8::7");
+        // Behind a proxy that appends X-Forwarded-For, a client-written Forwarded is ignored.
+        assert_eq!(proxies().extract(&r).unwrap(), "7.7.7.7");
+        let forwarded = proxies().header(ForwardingHeader::Forwarded);
+        assert_eq!(forwarded.extract(&r).unwrap(), "2001:db8::7");
+    }
+
+    #[test]
+    fn distinct_header_key_bytes_are_distinct_keys() {
+        let key = HeaderKey::new("x-api-key");
+        let with = |v: &[u8]| {
+            let mut r = Request::new(());
+            r.headers_mut()
+                .insert("x-api-key", http::HeaderValue::from_bytes(v).unwrap());
+            key.extract(&r).unwrap()
+        };
+        let (a, b, c) = (
+            with(b"key\xff"),
+            with(b"key\xfe"),
+            with("key\u{FFFD}".as_bytes()),
+        );
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(with(b"plain"), "plain");
     }
 
     #[test]

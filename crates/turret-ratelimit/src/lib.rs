@@ -109,7 +109,7 @@ pub use concurrency::{
     ConcurrencyLimitLayer, MemoryConcurrency, Permit, PermitBody,
 };
 pub use headers::HeaderMode;
-pub use key::{ClientIp, GlobalKey, HeaderKey, KeyExtractor, MissingKey, PeerIp};
+pub use key::{ClientIp, ForwardingHeader, GlobalKey, HeaderKey, KeyExtractor, MissingKey, PeerIp};
 pub use layer::{
     DefaultOnLimited, FailureMode, Limited, MissingKeyAction, OnLimited, RateLimitLayer,
 };

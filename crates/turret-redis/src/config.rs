@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use crate::Error;
 
@@ -13,14 +13,27 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// the same network answers in well under a millisecond.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(50);
 
-/// Where Redis is: one node, or a cluster given by its seed nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where Redis is: one node, or a cluster given by its seed nodes. Its `Debug` output hides
+/// passwords.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Topology {
     /// One Redis node (`redis://`, `rediss://`, `unix://`).
     Single(String),
     /// A Redis Cluster, reached through any of these seed node URLs.
     Cluster(Vec<String>),
+}
+
+impl fmt::Debug for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topology::Single(url) => f.debug_tuple("Single").field(&redact(url)).finish(),
+            Topology::Cluster(seeds) => f
+                .debug_tuple("Cluster")
+                .field(&seeds.iter().map(|s| redact(s)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
 }
 
 /// Thresholds of the circuit breaker that guards every command.
@@ -73,7 +86,7 @@ impl Default for BreakerConfig {
 ///     &Topology::Cluster(vec!["redis://10.0.0.1:7000".into(), "redis://10.0.0.2:7000".into()])
 /// );
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     pub(crate) topology: Topology,
     pub(crate) prefix: String,
@@ -82,6 +95,19 @@ pub struct RedisConfig {
     pub(crate) breaker: BreakerConfig,
     #[cfg(feature = "tls")]
     pub(crate) tls_root_cert: Option<Vec<u8>>,
+}
+
+/// Passwords never appear: URLs are shown redacted.
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("topology", &self.topology)
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisConfig {
@@ -332,6 +358,11 @@ mod tests {
     #[test]
     fn redact_hides_password() {
         assert_eq!(redact("redis://u:secret@h:1"), "redis://u:***@h:1");
+        let config = RedisConfig::from_url("redis://u:secret@h:1").unwrap();
+        assert!(!format!("{config:?}").contains("secret"));
+        assert!(!format!("{:?}", config.topology()).contains("secret"));
+        let cluster = RedisConfig::from_url("redis+cluster://u:secret@h:1,h:2").unwrap();
+        assert!(!format!("{cluster:?}").contains("secret"));
         assert_eq!(redact("redis://h:1"), "redis://h:1");
     }
 }

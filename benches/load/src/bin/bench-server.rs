@@ -1,11 +1,26 @@
 //! One benchmark scenario as an HTTP server on loopback: `bench-server <scenario> <port>
-//! [redis-url]`. Serves `GET /items/{id}` (about 1 KB of JSON, 1,000 ids) behind the
-//! scenario's middleware, with quotas no load can reach so every request is admitted.
+//! [redis-url]`. Serves `GET /items/{id}` (about 1 KB of JSON, 1,000 ids, sent with
+//! `Cache-Control: max-age=3600` in every scenario) behind the scenario's middleware, with
+//! quotas no load can reach so every request is admitted.
+//!
+//! A scenario name may end in `-<n>ms` (`raw-2ms`, `turret-cache-redis-2ms`): the origin
+//! handler then sleeps that long before answering, as if it did real work.
+//!
+//! `GET /__origin_calls` (outside every middleware) answers how many times the origin
+//! handler ran since the process started.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
-    Router,
+    BoxError, Router,
+    error_handling::HandleErrorLayer,
     extract::{Path, Request, State},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -13,14 +28,25 @@ use axum::{
 };
 use bytes::Bytes;
 use http::{StatusCode, header};
+use tower::ServiceBuilder;
+use turret_cache::{RedisStorage, ResponseCacheLayer, TieredStorage};
 use turret_ratelimit::{Algorithm, HeaderMode, Quota, RateLimitLayer, RedisBackend};
 use turret_redis::{Redis, RedisConfig};
 
 const HUGE: u32 = 1_000_000_000;
 
-type Items = Arc<Vec<Bytes>>;
+/// The origin's freshness, sent on every response: one hour.
+const CACHE_CONTROL: &str = "max-age=3600";
 
-fn items() -> Items {
+/// The origin: the bodies, the simulated work, and a count of its calls.
+#[derive(Clone)]
+struct Origin {
+    items: Arc<Vec<Bytes>>,
+    delay: Duration,
+    calls: Arc<AtomicU64>,
+}
+
+fn items() -> Arc<Vec<Bytes>> {
     Arc::new(
         (0..1000)
             .map(|id| {
@@ -39,11 +65,88 @@ fn items() -> Items {
     )
 }
 
-async fn item(State(items): State<Items>, Path(id): Path<usize>) -> Response {
-    match items.get(id) {
-        Some(body) => ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response(),
+/// The handler, the same in every scenario.
+async fn item(State(origin): State<Origin>, Path(id): Path<usize>) -> Response {
+    origin.calls.fetch_add(1, Ordering::Relaxed);
+    if !origin.delay.is_zero() {
+        tokio::time::sleep(origin.delay).await;
+    }
+    match origin.items.get(id) {
+        Some(body) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, CACHE_CONTROL),
+            ],
+            body.clone(),
+        )
+            .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// The three fields a turret-cache hit adds (`Age`, `X-Cache`, `Cache-Status`), as constants
+/// on the origin's responses: what carrying them costs without any cache.
+async fn add_cache_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::AGE, http::HeaderValue::from_static("0"));
+    h.insert("x-cache", http::HeaderValue::from_static("HIT"));
+    h.insert(
+        "cache-status",
+        http::HeaderValue::from_static("turret; hit; ttl=3599"),
+    );
+    res
+}
+
+/// The hand-written cache-aside users write today around redis-rs: `GET` the body; on a miss
+/// call the handler and `SET … EX 3600` its body; one multiplexed connection manager.
+async fn cache_aside(
+    State(conn): State<turret_redis::redis::aio::ConnectionManager>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let key = format!("aside:{}", req.uri().path());
+    let mut conn = conn.clone();
+    let hit: Result<Option<Vec<u8>>, _> = turret_redis::redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await;
+    if let Ok(Some(body)) = hit {
+        return (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, CACHE_CONTROL),
+            ],
+            Bytes::from(body),
+        )
+            .into_response();
+    }
+    let res = next.run(req).await;
+    if res.status() != StatusCode::OK {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 1 << 20).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let _: Result<(), _> = turret_redis::redis::cmd("SET")
+        .arg(&key)
+        .arg(&body[..])
+        .arg("EX")
+        .arg(3600)
+        .query_async(&mut conn)
+        .await;
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// `raw-2ms` → (`raw`, 2 ms); `raw` → (`raw`, 0).
+fn split_delay(scenario: &str) -> (&str, Duration) {
+    if let Some((base, suffix)) = scenario.rsplit_once('-')
+        && let Some(ms) = suffix.strip_suffix("ms")
+        && let Ok(ms) = ms.parse::<u64>()
+    {
+        return (base, Duration::from_millis(ms));
+    }
+    (scenario, Duration::ZERO)
 }
 
 async fn redis_handle(url: &str) -> Redis {
@@ -114,16 +217,22 @@ async fn add_five_headers(mut res: Response) -> Response {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let scenario = args.get(1).map(String::as_str).unwrap_or("raw");
+    let (scenario, delay) = split_delay(args.get(1).map(String::as_str).unwrap_or("raw"));
     let port: u16 = args.get(2).and_then(|p| p.parse().ok()).unwrap_or(3000);
     let redis_url = args.get(3).cloned().unwrap_or_default();
 
+    let calls = Arc::new(AtomicU64::new(0));
     let routes = Router::new()
         .route("/items/{id}", get(item))
-        .with_state(items());
+        .with_state(Origin {
+            items: items(),
+            delay,
+            calls: calls.clone(),
+        });
     let app = match scenario {
         "raw" => routes,
         "raw-plus-5-headers" => routes.layer(middleware::map_response(add_five_headers)),
+        "raw-plus-cache-headers" => routes.layer(middleware::map_response(add_cache_headers)),
         "turret-memory" => routes.layer(RateLimitLayer::new(Quota::per_second(HUGE))),
         "turret-memory-no-fields" => {
             routes.layer(RateLimitLayer::new(Quota::per_second(HUGE)).headers(HeaderMode::Never))
@@ -152,11 +261,41 @@ async fn main() {
                 .expect("connect");
             routes.layer(middleware::from_fn_with_state(conn, incr_expire))
         }
+        "turret-cache-memory" => routes.layer(ResponseCacheLayer::new()),
+        "turret-cache-redis" => routes.layer(ResponseCacheLayer::with_storage(RedisStorage::new(
+            redis_handle(&redis_url).await,
+        ))),
+        "turret-cache-tiered" => routes.layer(ResponseCacheLayer::with_storage(
+            TieredStorage::new(redis_handle(&redis_url).await),
+        )),
+        "http-cache-tower-server" => {
+            // moka's default in http-cache holds 42 entries: room for all 1,000 here.
+            let manager = http_cache::MokaManager::new(moka::future::Cache::new(10_000));
+            routes.layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(|_: BoxError| async {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }))
+                    .layer(http_cache_tower_server::ServerCacheLayer::new(manager)),
+            )
+        }
+        "redis-cache-aside" => {
+            let client = turret_redis::redis::Client::open(redis_url.as_str()).expect("redis url");
+            let conn = turret_redis::redis::aio::ConnectionManager::new(client)
+                .await
+                .expect("connect");
+            routes.layer(middleware::from_fn_with_state(conn, cache_aside))
+        }
         other => {
             eprintln!("unknown scenario {other}");
             std::process::exit(2);
         }
     };
+    // Outside every middleware: the driver reads it before and after each measured run.
+    let app = app.route(
+        "/__origin_calls",
+        get(move || async move { calls.load(Ordering::Relaxed).to_string() }),
+    );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");
