@@ -929,11 +929,12 @@ fn finish<B: Body, E>(
     } = done;
     let mut res = res?;
     let Some(origin_status) = origin_status else {
-        // Filled by another instance while this one waited for the lease.
+        // Filled by another instance while this one waited for the lease: `res` is already
+        // the stored response; only a client whose copy is current gets a 304 instead.
         ctx.policy.count(Outcome::Collapsed);
         let mut res = match &entry {
-            Some(entry) => reuse(entry, now, false, client),
-            None => res,
+            Some(entry) if validate::is_conditional(client) => reuse(entry, now, false, client),
+            _ => res,
         };
         annotate(&mut res, &format!("{member}; collapsed"), "MISS");
         return Ok(res);
