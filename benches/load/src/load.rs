@@ -66,6 +66,30 @@ fn process_ticks(pid: &str, children: bool) -> u64 {
     }
 }
 
+/// `pid` and every process below it (the workers of a multi-process server), from
+/// `/proc/<pid>/task/<tid>/children`.
+pub(crate) fn process_tree(pid: u32) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", tree[i])) else {
+            i += 1;
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                tree.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+        i += 1;
+    }
+    tree
+}
+
 /// Whether a process named `rustc` exists.
 pub(crate) fn rustc_running() -> bool {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -86,9 +110,12 @@ fn cores() -> f64 {
 
 impl Probe {
     pub(crate) fn sample(&self) -> Sample {
-        let ours = process_ticks("self", true)
-            + process_ticks(&self.server.to_string(), false)
-            + process_ticks(&self.redis.to_string(), false);
+        let server: u64 = process_tree(self.server)
+            .iter()
+            .map(|pid| process_ticks(&pid.to_string(), false))
+            .sum();
+        let ours =
+            process_ticks("self", true) + server + process_ticks(&self.redis.to_string(), false);
         Sample {
             at: Instant::now(),
             busy: machine_busy(),
@@ -153,5 +180,18 @@ mod tests {
         let b = probe.sample();
         let share = other_share(&a, &b);
         assert!((0.0..=1.0).contains(&share));
+    }
+
+    #[test]
+    fn finds_the_children_of_a_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("spawn sleep");
+        let tree = process_tree(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(tree[0], std::process::id());
+        assert!(tree.contains(&child.id()), "{tree:?}");
     }
 }

@@ -30,7 +30,7 @@ mod load;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -61,11 +61,17 @@ const CACHES: &[&str] = &[
     "http-cache-tower-server",
 ];
 
+/// The full stack and the FastAPI peers (origin delay 0 ms).
+const FULL_STACK: &[&str] = &["turret-full-stack", "fastapi-stack", "fastapi"];
+
 fn default_scenarios() -> Vec<String> {
     let mut all: Vec<String> = LAYERS.iter().map(|s| s.to_string()).collect();
     all.extend(CACHES.iter().map(|s| s.to_string()));
     // Control: the origin with the three fields a turret-cache hit adds, no cache.
     all.push("raw-plus-cache-headers".into());
+    // Every layer with Redis, and the Python stack teams run instead (with Python's own
+    // ceiling: FastAPI without Redis).
+    all.extend(FULL_STACK.iter().map(|s| s.to_string()));
     all.push("raw-2ms".into());
     all.extend(CACHES.iter().map(|s| format!("{s}-2ms")));
     all
@@ -218,42 +224,90 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The Python interpreter of the FastAPI peer's virtualenv: `TURRET_BENCH_PYTHON`, or
+/// `target/bench-venv/bin/python` (where `scripts/bench` installs it).
+fn python() -> PathBuf {
+    std::env::var_os("TURRET_BENCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/bench-venv/bin/python"))
+}
+
+/// The FastAPI peer's server, beside this crate's sources.
+const FASTAPI_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fastapi/app.py");
+
+fn is_python(scenario: &str) -> bool {
+    scenario.starts_with("fastapi")
+}
+
+/// Starts a scenario's server and waits until it answers.
 fn spawn_server(scenario: &str, port: u16, redis_url: &str) -> Child {
-    let exe = std::env::current_exe()
-        .expect("own path")
-        .with_file_name("bench-server");
-    let mut child = Command::new(exe)
+    let mut command = if is_python(scenario) {
+        let mut c = Command::new(python());
+        // Its shared counter files go to the run's own directory.
+        c.arg(FASTAPI_APP).env("TMPDIR", tempfile_dir());
+        c
+    } else {
+        Command::new(
+            std::env::current_exe()
+                .expect("own path")
+                .with_file_name("bench-server"),
+        )
+    };
+    let mut child = command
         .args([scenario, &port.to_string(), redis_url])
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("spawn bench-server (build it with cargo build --release -p turret-bench)");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("server output");
-    assert_eq!(
-        line.trim(),
-        "ready",
-        "bench-server {scenario} did not start"
-    );
+        .unwrap_or_else(|e| {
+            panic!("start the {scenario} server: {e} (build with scripts/bench, which also installs the FastAPI virtualenv)")
+        });
+    let started = Instant::now();
+    while !answers(port) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the {scenario} server exited at start: {status}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the {scenario} server did not answer within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     child
+}
+
+/// Stops a server. (The FastAPI peer's workers exit when they see their parent gone.)
+fn stop_server(mut server: Child) {
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// The reply to `GET /__origin_calls`, which every scenario's server answers outside its
+/// middleware.
+fn origin_reply(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /__origin_calls HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    Some(reply)
+}
+
+/// Whether the server answers yet.
+fn answers(port: u16) -> bool {
+    origin_reply(port).is_some_and(|r| r.starts_with("HTTP/1.1 200"))
 }
 
 /// The server's count of origin handler calls.
 fn origin_calls(port: u16) -> u64 {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = stream
-        .write_all(b"GET /__origin_calls HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    let mut reply = String::new();
-    let _ = stream.read_to_string(&mut reply);
-    reply
-        .split("\r\n\r\n")
-        .nth(1)
-        .and_then(|body| body.trim().parse().ok())
+    origin_reply(port)
+        .and_then(|reply| {
+            reply
+                .split("\r\n\r\n")
+                .nth(1)
+                .and_then(|body| body.trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -283,15 +337,28 @@ fn redis_commands(server: &RedisServer) -> (u64, BTreeMap<String, u64>) {
     (total, per_command)
 }
 
+/// The peak RSS of a server: of each of its processes, summed (the FastAPI peer runs one
+/// worker process per core).
 fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    let kb: Vec<f64> = load::process_tree(pid)
+        .iter()
+        .filter_map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
         })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+        .collect();
+    if kb.is_empty() {
+        f64::NAN
+    } else {
+        kb.iter().sum::<f64>() / 1024.0
+    }
 }
 
 fn median(mut runs: Vec<Run>) -> Run {
@@ -475,7 +542,14 @@ fn main() {
         // Every scenario starts from an empty Redis: caches fill during the warm-up.
         let _: String = redis.cmd(&["FLUSHALL"]);
         let port = free_port();
-        let mut server = spawn_server(scenario, port, &redis.url());
+        if is_python(scenario) && !python().exists() {
+            eprintln!(
+                "{scenario}: skipped, no Python virtualenv at {} (scripts/bench installs it)",
+                python().display()
+            );
+            continue;
+        }
+        let server = spawn_server(scenario, port, &redis.url());
         let probe = load::Probe {
             server: server.id(),
             redis: redis_pid,
@@ -563,8 +637,7 @@ fn main() {
         for row in rows.iter_mut().filter(|r| &r.scenario == scenario) {
             row.rss = rss;
         }
-        let _ = server.kill();
-        let _ = server.wait();
+        stop_server(server);
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -628,6 +701,7 @@ fn main() {
     std::fs::write(o.out_dir.join("results.tsv"), charts::to_tsv(&points))
         .expect("write results.tsv");
     write_charts(&o.out_dir, &points);
+    let _ = std::fs::remove_dir_all(&dir);
     eprintln!(
         "wrote {}, results.tsv and the charts; {:.0}s in all",
         results.display(),
@@ -751,71 +825,140 @@ fn report(
         ));
     }
 
-    // The targets of issues 6 and 8 that this run can decide.
-    let mut targets: Vec<(String, f64, f64)> = Vec::new();
-    for &c in &o.connections {
-        for (label, scenario, base, goal) in [
-            (
-                "memory cache hit ÷ ceiling",
-                "turret-cache-memory",
-                "raw",
-                1.0,
-            ),
-            (
-                "tiered cache hit ÷ ceiling",
-                "turret-cache-tiered",
-                "raw",
-                1.0,
-            ),
-            (
-                "Redis cache hit ÷ redis-rs cache-aside",
-                "turret-cache-redis",
-                "redis-cache-aside",
-                0.95,
-            ),
-            (
-                "memory cache hit ÷ http-cache-tower-server",
-                "turret-cache-memory",
-                "http-cache-tower-server",
-                1.0,
-            ),
-        ] {
-            let ratio = rps_of(rows, scenario, c) / rps_of(rows, base, c);
-            if ratio.is_finite() {
-                targets.push((format!("{label}, origin 0 ms, c={c}"), ratio, goal));
-            }
-        }
-        if let Some(r) = rows
-            .iter()
-            .find(|r| r.scenario == "turret-cache-redis" && r.connections == c)
-        {
-            targets.push((
-                format!("Redis commands per Redis cache hit, c={c}"),
-                r.run.redis_per_request,
-                1.0,
-            ));
-        }
-    }
+    let targets = targets(o, rows);
     if !targets.is_empty() {
         md.push_str("\n| target | measured | goal | reached |\n|---|---:|---:|---|\n");
-        for (label, value, goal) in targets {
-            let reached = if label.starts_with("Redis commands") {
-                (value - goal).abs() < 0.05
-            } else {
-                value >= goal
+        for t in targets {
+            let (sign, reached) = match t.goal {
+                Goal::AtLeast(g) => ("≥ ", t.value >= g),
+                Goal::Below(g) => ("< ", t.value < g),
+                Goal::Exactly(g) => ("= ", (t.value - g).abs() < 0.05),
+            };
+            let goal = match t.goal {
+                Goal::AtLeast(g) | Goal::Below(g) | Goal::Exactly(g) => g,
             };
             md.push_str(&format!(
-                "| {label} | {value:.2} | {}{goal:.2} | {} |\n",
-                if label.starts_with("Redis commands") {
-                    "= "
-                } else {
-                    "≥ "
-                },
+                "| {} | {:.2} | {sign}{goal:.2} | {} |\n",
+                t.label,
+                t.value,
                 if reached { "yes" } else { "**no**" }
             ));
         }
     }
     md
+}
+
+/// What a target asks of its measured value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Goal {
+    AtLeast(f64),
+    Below(f64),
+    Exactly(f64),
+}
+
+struct Target {
+    label: String,
+    value: f64,
+    goal: Goal,
+}
+
+/// The targets of issues 6 and 8 that this run can decide: ratios of two scenarios at the
+/// same concurrency, Redis commands per cache hit, the full stack's p99.
+fn targets(o: &Options, rows: &[Row]) -> Vec<Target> {
+    let mut targets = Vec::new();
+    let ratios: &[(&str, &str, &str, f64)] = &[
+        (
+            "memory cache hit ÷ ceiling",
+            "turret-cache-memory",
+            "raw",
+            1.0,
+        ),
+        (
+            "tiered cache hit ÷ ceiling",
+            "turret-cache-tiered",
+            "raw",
+            1.0,
+        ),
+        (
+            "Redis cache hit ÷ redis-rs cache-aside",
+            "turret-cache-redis",
+            "redis-cache-aside",
+            1.0,
+        ),
+        (
+            "memory cache hit ÷ http-cache-tower-server",
+            "turret-cache-memory",
+            "http-cache-tower-server",
+            1.0,
+        ),
+        (
+            "memory rate limiter ÷ ceiling",
+            "turret-memory",
+            "raw",
+            0.97,
+        ),
+        (
+            "memory rate limiter ÷ tower_governor",
+            "turret-memory",
+            "tower-governor",
+            1.0,
+        ),
+        (
+            "Redis fixed window ÷ INCR+EXPIRE limiter",
+            "turret-redis-fixed",
+            "incr-expire",
+            1.0,
+        ),
+        (
+            "Redis GCRA ÷ INCR+EXPIRE limiter",
+            "turret-redis-gcra",
+            "incr-expire",
+            0.9,
+        ),
+        (
+            "ETag layer (1 KB) ÷ ceiling",
+            "turret-conditional",
+            "raw",
+            0.95,
+        ),
+        (
+            "full stack with Redis ÷ FastAPI stack",
+            "turret-full-stack",
+            "fastapi-stack",
+            15.0,
+        ),
+    ];
+    for &c in &o.connections {
+        for &(label, scenario, base, goal) in ratios {
+            let ratio = rps_of(rows, scenario, c) / rps_of(rows, base, c);
+            if ratio.is_finite() {
+                targets.push(Target {
+                    label: format!("{label}, c={c}"),
+                    value: ratio,
+                    goal: Goal::AtLeast(goal),
+                });
+            }
+        }
+        let row = |scenario: &str| {
+            rows.iter()
+                .find(|r| r.scenario == scenario && r.connections == c)
+        };
+        if let Some(r) = row("turret-cache-redis") {
+            targets.push(Target {
+                label: format!("Redis commands per Redis cache hit, c={c}"),
+                value: r.run.redis_per_request,
+                goal: Goal::Exactly(1.0),
+            });
+        }
+        if let Some(r) = row("turret-full-stack").filter(|_| c == 400) {
+            targets.push(Target {
+                label: format!("full stack with Redis, p99 ms, c={c}"),
+                value: r.run.latency[2],
+                goal: Goal::Below(10.0),
+            });
+        }
+    }
+    targets
 }
 
 fn tempfile_dir() -> PathBuf {

@@ -165,6 +165,130 @@ async fn hostile_keys_stay_in_their_namespace() {
     }
 }
 
+/// How many times Redis ran `EVALSHA` or `EVAL`.
+fn script_calls(server: &RedisServer) -> u64 {
+    let stats: String = server.cmd(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_hot_keys_concurrent_decisions_go_in_one_call_and_stay_exact() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::new(redis(&server.url()).await);
+    backend.preload().await.unwrap();
+    for alg in [
+        Algorithm::Gcra,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::SlidingLog,
+    ] {
+        let quota = Quota::per_hour(100).algorithm(alg);
+        let key = format!("hot-{alg:?}");
+        let before = script_calls(&server);
+        // The first request's call is on its way when the other 128 arrive: they wait for
+        // it and go together in the next call.
+        let pending: Vec<_> = (0..129)
+            .map(|_| match backend.decide("p", &key, &quota, 1) {
+                Decide::Pending(f) => f,
+                Decide::Ready(_) => panic!("Redis decisions are pending"),
+            })
+            .collect();
+        let decisions: Vec<_> = futures_join(pending).await;
+        assert_eq!(
+            script_calls(&server) - before,
+            2,
+            "{alg:?}: one call for the first, one for the 128 queued behind it"
+        );
+        let allowed: Vec<u32> = decisions
+            .iter()
+            .filter(|d| d.allowed)
+            .map(|d| d.remaining)
+            .collect();
+        assert_eq!(allowed.len(), 100, "{alg:?}: exactly the quota");
+        // In arrival order, as if one by one: remaining counts down 99 … 0.
+        assert_eq!(allowed, (0..100).rev().collect::<Vec<u32>>(), "{alg:?}");
+        let refused = &decisions[100..];
+        assert!(
+            refused
+                .iter()
+                .all(|d| !d.allowed && d.retry_after.is_some()),
+            "{alg:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn max_batch_one_makes_one_call_per_decision() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::new(redis(&server.url()).await).max_batch(1);
+    backend.preload().await.unwrap();
+    let quota = Quota::per_hour(100);
+    let before = script_calls(&server);
+    let pending: Vec<_> = (0..20)
+        .map(|_| match backend.decide("p", "k", &quota, 1) {
+            Decide::Pending(f) => f,
+            Decide::Ready(_) => panic!("Redis decisions are pending"),
+        })
+        .collect();
+    let decisions = futures_join(pending).await;
+    assert_eq!(script_calls(&server) - before, 20);
+    assert!(decisions.iter().all(|d| d.allowed));
+}
+
+#[tokio::test]
+async fn requests_queued_behind_a_failing_call_get_its_error() {
+    let mut server = RedisServer::start();
+    let backend = RedisBackend::new(redis(&server.url()).await);
+    backend.preload().await.unwrap();
+    server.stop();
+    let quota = Quota::per_hour(100);
+    let pending: Vec<_> = (0..50)
+        .map(|_| match backend.decide("p", "k", &quota, 1) {
+            Decide::Pending(f) => f,
+            Decide::Ready(_) => panic!("Redis decisions are pending"),
+        })
+        .collect();
+    let mut errors = 0;
+    for f in pending {
+        if f.await.is_err() {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 50, "every request answered, each with an error");
+    // Nothing stays queued: a later decision makes a call of its own (and fails too).
+    let Decide::Pending(later) = backend.decide("p", "k", &quota, 1) else {
+        panic!("Redis decisions are pending");
+    };
+    assert!(later.await.is_err());
+}
+
+/// Awaits every decision, in order.
+async fn futures_join(
+    pending: Vec<turret_ratelimit::DecisionFuture>,
+) -> Vec<turret_ratelimit::Decision> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, f) in pending.into_iter().enumerate() {
+        tasks.spawn(async move { (i, f.await.unwrap()) });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        out.push(r.unwrap());
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, d)| d).collect()
+}
+
 /// `instances` layers, each with its own Redis connection, share one quota: `total`
 /// concurrent requests from one client pass exactly `quota.count()` times.
 async fn fleet_admits_exactly_the_quota(url: &str, quota: Quota) {

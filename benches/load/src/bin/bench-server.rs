@@ -29,9 +29,10 @@ use axum::{
 use bytes::Bytes;
 use http::{StatusCode, header};
 use tower::ServiceBuilder;
-use turret_cache::{RedisStorage, ResponseCacheLayer, TieredStorage};
+use turret_cache::{DEFAULT_LEASE_WAIT, RedisStorage, ResponseCacheLayer, TieredStorage};
 use turret_ratelimit::{Algorithm, HeaderMode, Quota, RateLimitLayer, RedisBackend};
 use turret_redis::{Redis, RedisConfig};
+use turret_stampede::LeaseLock;
 
 const HUGE: u32 = 1_000_000_000;
 
@@ -268,6 +269,24 @@ async fn main() {
         "turret-cache-tiered" => routes.layer(ResponseCacheLayer::with_storage(
             TieredStorage::new(redis_handle(&redis_url).await),
         )),
+        // Every layer with Redis: the rate limiter per client IP (GCRA on Redis, a hot key's
+        // decisions batched, memory while Redis is down), the tiered response cache with the
+        // fleet-wide fill lease, and ETags and 304 inside the cache, so that a body is
+        // hashed once per fill rather than on every hit.
+        "turret-full-stack" => {
+            let redis = redis_handle(&redis_url).await;
+            routes
+                .layer(turret_conditional::ConditionalLayer::new())
+                .layer(
+                    ResponseCacheLayer::with_storage(TieredStorage::new(redis.clone()))
+                        .fill_lease(LeaseLock::redis(redis.clone()), DEFAULT_LEASE_WAIT),
+                )
+                .layer(
+                    RateLimitLayer::new(Quota::per_second(HUGE))
+                        .backend(RedisBackend::new(redis))
+                        .fallback_to_memory(),
+                )
+        }
         "http-cache-tower-server" => {
             // moka's default in http-cache holds 42 entries: room for all 1,000 here.
             let manager = http_cache::MokaManager::new(moka::future::Cache::new(10_000));

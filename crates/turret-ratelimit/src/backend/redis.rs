@@ -1,7 +1,13 @@
-//! The Redis backend: one Lua script per decision, Redis server time, hash-tagged keys.
+//! The Redis backend: one Lua script per decision (or per batch of a hot key's decisions),
+//! Redis server time, hash-tagged keys.
 
-use std::sync::LazyLock;
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, LazyLock, Mutex},
+};
 
+use tokio::sync::oneshot;
 use turret_redis::{Redis, Script};
 
 use super::{Backend, BackendError, Decide};
@@ -12,37 +18,58 @@ use crate::{Algorithm, Decision, Quota};
 const NOW: &str =
     "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) ";
 
-/// GCRA. KEYS[1] = tat. ARGV = emission interval, tolerance, cost, count (µs / units).
-/// Returns {allowed, remaining, reset_us, retry_us (-1: never)}. No write on a refusal.
+/// Every script decides a batch: ARGV holds its parameters, then one cost per request, and
+/// it returns four integers per request — {allowed, remaining, reset_us, retry_us (-1:
+/// never)} — decided in order at one instant, as if the requests had come one by one.
+/// `one(cost)` is the algorithm for one request.
+fn batch(params: usize) -> String {
+    format!(
+        "local out = {{}}
+for j = {first}, #ARGV do
+  local r = one(tonumber(ARGV[j]))
+  out[#out + 1] = r[1] out[#out + 1] = r[2] out[#out + 1] = r[3] out[#out + 1] = r[4]
+end
+return out",
+        first = params + 1
+    )
+}
+
+/// GCRA. KEYS[1] = tat. ARGV = emission interval, tolerance, count (µs / units), costs.
+/// No write on a refusal.
 static GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "ratelimit_gcra",
         format!(
             "{NOW}
-local t_ = tonumber(ARGV[1]) local tau = tonumber(ARGV[2]) local cost = tonumber(ARGV[3])
+local t_ = tonumber(ARGV[1]) local tau = tonumber(ARGV[2]) local count = tonumber(ARGV[3])
+local function one(cost)
 local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
 if tat < now then tat = now end
 local new_tat = tat + t_ * cost
 local diff = new_tat - now
-if diff > tau or tonumber(ARGV[4]) == 0 then
+if diff > tau or count == 0 then
   local avail = math.floor(math.max(tau - (tat - now), 0) / t_)
   local retry = -1
-  if t_ * cost <= tau and tonumber(ARGV[4]) > 0 then retry = diff - tau end
+  if t_ * cost <= tau and count > 0 then retry = diff - tau end
   return {{0, avail, tat - now, retry}}
 end
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil(diff / 1000) + 1)
-return {{1, math.floor((tau - diff) / t_), diff, -1}}"
+return {{1, math.floor((tau - diff) / t_), diff, -1}}
+end
+{}",
+            batch(3)
         ),
     )
 });
 
-/// Fixed window aligned to the epoch. KEYS[1] = hash {w, c}. ARGV = window µs, limit, cost.
+/// Fixed window aligned to the epoch. KEYS[1] = hash {w, c}. ARGV = window µs, limit, costs.
 static FIXED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "ratelimit_fixed_window",
         format!(
             "{NOW}
-local w = tonumber(ARGV[1]) local limit = tonumber(ARGV[2]) local cost = tonumber(ARGV[3])
+local w = tonumber(ARGV[1]) local limit = tonumber(ARGV[2])
+local function one(cost)
 local idx = math.floor(now / w)
 local st = redis.call('HMGET', KEYS[1], 'w', 'c')
 local count = 0
@@ -56,18 +83,22 @@ end
 count = count + cost
 redis.call('HSET', KEYS[1], 'w', string.format('%.0f', idx), 'c', count)
 redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1)
-return {{1, limit - count, reset, -1}}"
+return {{1, limit - count, reset, -1}}
+end
+{}",
+            batch(2)
         ),
     )
 });
 
-/// Sliding window counter. KEYS[1] = hash {w, p, c}. ARGV = window µs, limit, cost.
+/// Sliding window counter. KEYS[1] = hash {w, p, c}. ARGV = window µs, limit, costs.
 static SLIDING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "ratelimit_sliding_window",
         format!(
             "{NOW}
-local w = tonumber(ARGV[1]) local limit = tonumber(ARGV[2]) local cost = tonumber(ARGV[3])
+local w = tonumber(ARGV[1]) local limit = tonumber(ARGV[2])
+local function one(cost)
 local idx = math.floor(now / w)
 local st = redis.call('HMGET', KEYS[1], 'w', 'p', 'c')
 local prev, curr = 0, 0
@@ -101,18 +132,23 @@ curr = curr + cost
 est_w = est_w + cost * w
 redis.call('HSET', KEYS[1], 'w', string.format('%.0f', idx), 'p', prev, 'c', curr)
 redis.call('PEXPIRE', KEYS[1], math.ceil((left + w) / 1000) + 1)
-return {{1, math.floor((limit * w - est_w) / w), left + w, -1}}"
+return {{1, math.floor((limit * w - est_w) / w), left + w, -1}}
+end
+{}",
+            batch(2)
         ),
     )
 });
 
-/// Sliding window log. KEYS[1] = sorted set of admission times. ARGV = window µs, limit, cost.
+/// Sliding window log. KEYS[1] = sorted set of admission times. ARGV = window µs, limit,
+/// costs.
 static LOG: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "ratelimit_sliding_log",
         format!(
             "{NOW}
-local w = tonumber(ARGV[1]) local limit = tonumber(ARGV[2]) local cost = tonumber(ARGV[3])
+local w = tonumber(ARGV[1]) local limit = tonumber(ARGV[2])
+local function one(cost)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - w))
 local count = redis.call('ZCARD', KEYS[1])
 if count + cost > limit then
@@ -131,7 +167,10 @@ for i = 1, cost do
   redis.call('ZADD', KEYS[1], stamp, stamp .. ':' .. (count + i))
 end
 redis.call('PEXPIRE', KEYS[1], math.ceil(w / 1000) + 1)
-return {{1, limit - count - cost, w, -1}}"
+return {{1, limit - count - cost, w, -1}}
+end
+{}",
+            batch(2)
         ),
     )
 });
@@ -143,15 +182,68 @@ return {{1, limit - count - cost, w, -1}}"
 /// nothing. Keys are `{prefix}rl:{{policy/key}}:{algorithm}` with the client key escaped
 /// (see `turret_redis::KeyBuilder`), so each runs on Redis Cluster and a client cannot reach
 /// another client's key. Keys expire when their quota is whole again.
+///
+/// # Batching a hot key
+///
+/// While a call for a key is on its way, further requests of the same key wait for it and
+/// then go together in the next call: one `EVALSHA` decides them in arrival order at one
+/// instant, exactly as if they had come one by one (group commit). A key with one request at
+/// a time waits for nothing extra; a hot key — a large client, an office behind one NAT, a
+/// flood — costs Redis one call per round trip instead of one per request. At most
+/// [`max_batch`](Self::max_batch) requests (128) go in one call; beyond that a request makes
+/// its own call. When a call fails, the requests queued behind it get the same error at once
+/// rather than waiting for another timeout.
 #[derive(Debug, Clone)]
 pub struct RedisBackend {
     redis: Redis,
+    max_batch: usize,
+    batches: Arc<Batches>,
+}
+
+/// A decision's answer, sent to the request waiting for it.
+type Reply = oneshot::Sender<Result<Decision, BackendError>>;
+
+/// The keys with a call on its way, and the requests queued for each one's next call.
+#[derive(Default)]
+struct Batches {
+    keys: Mutex<HashMap<String, Queued>>,
+}
+
+impl fmt::Debug for Batches {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batches")
+            .field("keys_in_flight", &self.lock().len())
+            .finish()
+    }
+}
+
+impl Batches {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Queued>> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The requests waiting for a key's next call, and the quota they were decided with.
+struct Queued {
+    quota: Quota,
+    waiting: Vec<(u32, Reply)>,
 }
 
 impl RedisBackend {
     /// A backend over a shared Redis handle.
     pub fn new(redis: Redis) -> Self {
-        Self { redis }
+        Self {
+            redis,
+            max_batch: DEFAULT_MAX_BATCH,
+            batches: Arc::default(),
+        }
+    }
+
+    /// At most this many requests of one key decided by one call (default 128); `1` makes
+    /// one call per request.
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch.max(1);
+        self
     }
 
     /// The Redis handle.
@@ -181,45 +273,194 @@ impl RedisBackend {
     }
 }
 
-impl Backend for RedisBackend {
-    fn decide(&self, policy: &str, key: &str, quota: &Quota, cost: u32) -> Decide {
-        let redis_key = self.redis_key(policy, key, quota.get_algorithm());
-        let redis = self.redis.clone();
-        let quota = *quota;
-        Decide::Pending(Box::pin(async move {
-            let script = match quota.get_algorithm() {
-                Algorithm::Gcra => &*GCRA,
-                Algorithm::FixedWindow => &*FIXED,
-                Algorithm::SlidingWindow => &*SLIDING,
-                Algorithm::SlidingLog => &*LOG,
-            };
-            let mut call = script.key(redis_key);
-            call = match quota.get_algorithm() {
-                Algorithm::Gcra => call
-                    .arg(quota.emission_interval_micros())
-                    .arg(quota.tolerance_micros())
-                    .arg(cost)
-                    .arg(quota.count()),
-                _ => call.arg(quota.period_micros()).arg(quota.count()).arg(cost),
-            };
-            let reply: Vec<i64> = call
-                .invoke(&redis)
-                .await
-                .map_err(|e| BackendError::new(e.to_string(), e.is_unavailable()))?;
-            let [allowed, remaining, reset, retry] = reply[..] else {
-                return Err(BackendError::new(
-                    format!("unexpected reply from {}: {reply:?}", script.name()),
-                    false,
-                ));
-            };
-            let non_neg = |v: i64| v.max(0) as u64;
-            Ok(Decision::from_micros(
+/// The default of [`RedisBackend::max_batch`].
+const DEFAULT_MAX_BATCH: usize = 128;
+
+/// One script call deciding `costs` in order for `redis_key`.
+async fn call(
+    redis: &Redis,
+    redis_key: &str,
+    quota: &Quota,
+    costs: impl Iterator<Item = u32>,
+) -> Result<Vec<Decision>, BackendError> {
+    let script = match quota.get_algorithm() {
+        Algorithm::Gcra => &*GCRA,
+        Algorithm::FixedWindow => &*FIXED,
+        Algorithm::SlidingWindow => &*SLIDING,
+        Algorithm::SlidingLog => &*LOG,
+    };
+    let mut call = script.key(redis_key);
+    call = match quota.get_algorithm() {
+        Algorithm::Gcra => call
+            .arg(quota.emission_interval_micros())
+            .arg(quota.tolerance_micros())
+            .arg(quota.count()),
+        _ => call.arg(quota.period_micros()).arg(quota.count()),
+    };
+    let mut n = 0;
+    for cost in costs {
+        call = call.arg(cost);
+        n += 1;
+    }
+    let reply: Vec<i64> = call
+        .invoke(redis)
+        .await
+        .map_err(|e| BackendError::new(e.to_string(), e.is_unavailable()))?;
+    if reply.len() != 4 * n {
+        return Err(BackendError::new(
+            format!(
+                "unexpected reply from {} for {n} requests: {reply:?}",
+                script.name()
+            ),
+            false,
+        ));
+    }
+    let non_neg = |v: i64| v.max(0) as u64;
+    Ok(reply
+        .chunks_exact(4)
+        .map(|d| {
+            let [allowed, remaining, reset, retry] = [d[0], d[1], d[2], d[3]];
+            Decision::from_micros(
                 allowed == 1,
                 quota.count(),
                 non_neg(remaining),
                 non_neg(reset),
                 (allowed != 1 && retry >= 0).then(|| non_neg(retry)),
-            ))
+            )
+        })
+        .collect())
+}
+
+/// Decides `first`, then whatever queued for the key meanwhile, one call per round, until
+/// nothing waits; then the key leaves the map.
+async fn drive(
+    redis: Redis,
+    batches: Arc<Batches>,
+    redis_key: String,
+    quota: Quota,
+    first: (u32, Reply),
+) {
+    // Should this task end early (its runtime shutting down), the key must not stay
+    // "in flight" with nobody to call for it: the guard removes it, and the queued requests
+    // get an error as their answers are dropped.
+    let mut guard = InFlight {
+        batches: &batches,
+        redis_key: &redis_key,
+        armed: true,
+    };
+    let mut batch = vec![first];
+    loop {
+        let result = call(
+            &redis,
+            &redis_key,
+            &quota,
+            batch.iter().map(|(cost, _)| *cost),
+        )
+        .await;
+        let failed = match result {
+            Ok(decisions) => {
+                for ((_, reply), decision) in batch.drain(..).zip(decisions) {
+                    let _ = reply.send(Ok(decision));
+                }
+                None
+            }
+            Err(e) => {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                Some(e)
+            }
+        };
+        let mut keys = batches.lock();
+        let Some(queued) = keys.get_mut(&redis_key) else {
+            guard.armed = false;
+            return;
+        };
+        if queued.waiting.is_empty() {
+            keys.remove(&redis_key);
+            guard.armed = false;
+            return;
+        }
+        batch = std::mem::take(&mut queued.waiting);
+        if let Some(e) = failed {
+            // Redis just failed: the queued requests are answered at once, not after
+            // another timeout. Later requests start afresh.
+            keys.remove(&redis_key);
+            guard.armed = false;
+            drop(keys);
+            for (_, reply) in batch {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    }
+}
+
+/// Removes a key from the in-flight map if its driving task ends before it does.
+struct InFlight<'a> {
+    batches: &'a Batches,
+    redis_key: &'a str,
+    armed: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.batches.lock().remove(self.redis_key);
+        }
+    }
+}
+
+impl Backend for RedisBackend {
+    fn decide(&self, policy: &str, key: &str, quota: &Quota, cost: u32) -> Decide {
+        let redis_key = self.redis_key(policy, key, quota.get_algorithm());
+        let redis = self.redis.clone();
+        let quota = *quota;
+        let runtime = tokio::runtime::Handle::try_current();
+        if self.max_batch > 1
+            && let Ok(runtime) = runtime
+        {
+            let (reply, answer) = oneshot::channel();
+            let mut keys = self.batches.lock();
+            let lead = match keys.get_mut(&redis_key) {
+                Some(queued) if queued.quota == quota && queued.waiting.len() < self.max_batch => {
+                    queued.waiting.push((cost, reply));
+                    None
+                }
+                // A full batch, or another quota under the same key: a call of its own.
+                Some(_) => Some(reply),
+                None => {
+                    keys.insert(
+                        redis_key.clone(),
+                        Queued {
+                            quota,
+                            waiting: Vec::new(),
+                        },
+                    );
+                    runtime.spawn(drive(
+                        redis.clone(),
+                        self.batches.clone(),
+                        redis_key.clone(),
+                        quota,
+                        (cost, reply),
+                    ));
+                    None
+                }
+            };
+            drop(keys);
+            if lead.is_none() {
+                return Decide::Pending(Box::pin(async move {
+                    answer.await.unwrap_or_else(|_| {
+                        Err(BackendError::new("the batched call was dropped", true))
+                    })
+                }));
+            }
+        }
+        Decide::Pending(Box::pin(async move {
+            let mut decisions = call(&redis, &redis_key, &quota, std::iter::once(cost)).await?;
+            decisions
+                .pop()
+                .ok_or_else(|| BackendError::new("no decision in the reply", false))
         }))
     }
 }
