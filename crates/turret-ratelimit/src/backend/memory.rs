@@ -1,9 +1,17 @@
 //! The in-memory backend: sharded maps with a bound on keys.
+//!
+//! Memory per key is what the bound is about, so a map slot is kept to 48 bytes: the key's
+//! [`Policy`] (name and quota, shared by the shard's keys under them) behind one pointer,
+//! keys of up to [`INLINE_KEY_BYTES`] in place, and a 16-byte [`KeyState`]. A map keeps at
+//! most 7/8 of its buckets full, and grows by doubling, so at the default bound (15,625 keys
+//! a shard) each shard has 32,768 buckets: about 100 MiB for 1,000,000 short keys.
 
 use std::{
+    cell::Cell,
     collections::{HashMap, VecDeque},
     fmt,
     hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
+    num::{NonZeroU8, NonZeroU64},
     sync::{Arc, Mutex},
 };
 
@@ -18,48 +26,148 @@ const SHARDS: usize = 64;
 /// Default bound on the number of keys the memory backend keeps: 1,000,000.
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
-/// State of one key under one algorithm.
+/// State of one key under one algorithm: 16 bytes whatever the algorithm.
 #[derive(Debug, Clone)]
 pub(crate) enum KeyState {
-    Gcra(Option<u64>),
-    Fixed(Option<(u64, u64)>),
-    Sliding(Option<(u64, u64, u64)>),
-    Log(VecDeque<u64>),
+    /// GCRA, fixed window or sliding window: which one is the quota's algorithm (the backend
+    /// starts a key over whenever its quota, and so its algorithm, changes).
+    Counters(Counters),
+    /// Sliding log: the admission times of the last window, oldest first. Boxed, so that
+    /// keys under the other algorithms don't pay for a `VecDeque` (32 bytes).
+    #[expect(
+        clippy::box_collection,
+        reason = "a thin pointer keeps every key's state at 16 bytes"
+    )]
+    Log(Box<VecDeque<u64>>),
+}
+
+/// The state of GCRA, fixed window and sliding window, in 16 bytes:
+///
+/// | algorithm | `window` | `a` | `b` |
+/// |---|---|---|---|
+/// | GCRA | [`Counters::NO_WINDOW`] | TAT, high 32 bits | TAT, low 32 bits |
+/// | fixed window | window index + 1 | count | 0 |
+/// | sliding window | window index + 1 | previous window's count | this window's count |
+///
+/// `window` is [`Counters::NO_WINDOW`] before the first admission. The packing loses
+/// nothing: a window index is `now / period` with a period of at least 1 ms (1,000 µs), so it
+/// is below 2^54 and `index + 1` never reaches `NO_WINDOW`; an admitted count never exceeds
+/// the quota's count, a `u32`. GCRA's "no TAT yet" is kept as a TAT of 0, which decides alike
+/// (GCRA uses `max(tat, now)`) and is idle alike.
+///
+/// `window` being non-zero leaves `KeyState` a value to tell `Log` by, so it needs no tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counters {
+    window: NonZeroU64,
+    a: u32,
+    b: u32,
+}
+
+impl Counters {
+    /// `window` before the first admission (and always, under GCRA).
+    const NO_WINDOW: NonZeroU64 = NonZeroU64::MAX;
+    /// Nothing admitted yet.
+    const FRESH: Self = Self {
+        window: Self::NO_WINDOW,
+        a: 0,
+        b: 0,
+    };
+
+    fn from_tat(tat: u64) -> Self {
+        Self {
+            window: Self::NO_WINDOW,
+            a: (tat >> 32) as u32,
+            b: tat as u32,
+        }
+    }
+
+    fn tat(self) -> u64 {
+        (u64::from(self.a) << 32) | u64::from(self.b)
+    }
+
+    fn from_window(index: u64, a: u64, b: u64) -> Self {
+        Self {
+            window: NonZeroU64::MIN.saturating_add(index),
+            a: count(a),
+            b: count(b),
+        }
+    }
+
+    fn window(self) -> Option<u64> {
+        (self.window != Self::NO_WINDOW).then(|| self.window.get() - 1)
+    }
+
+    fn fixed(self) -> Option<(u64, u64)> {
+        self.window().map(|i| (i, u64::from(self.a)))
+    }
+
+    fn sliding(self) -> Option<(u64, u64, u64)> {
+        self.window()
+            .map(|i| (i, u64::from(self.a), u64::from(self.b)))
+    }
+
+    /// Decides under GCRA, fixed window or sliding window (`algorithm` is never the sliding
+    /// log, which has its own state).
+    fn decide(&mut self, algorithm: Algorithm, now: u64, quota: &Quota, cost: u32) -> Decision {
+        match algorithm {
+            Algorithm::Gcra => {
+                let (d, new) = gcra(Some(self.tat()), now, quota, cost);
+                if let Some(tat) = new {
+                    *self = Self::from_tat(tat);
+                }
+                d
+            }
+            Algorithm::FixedWindow => {
+                let (d, new) = fixed_window(self.fixed(), now, quota, cost);
+                if let Some((i, c)) = new {
+                    *self = Self::from_window(i, c, 0);
+                }
+                d
+            }
+            _ => {
+                let (d, new) = sliding_window(self.sliding(), now, quota, cost);
+                if let Some((i, p, c)) = new {
+                    *self = Self::from_window(i, p, c);
+                }
+                d
+            }
+        }
+    }
+
+    fn is_idle(self, algorithm: Algorithm, now: u64, w: u64) -> bool {
+        match algorithm {
+            Algorithm::Gcra => self.tat() <= now,
+            Algorithm::FixedWindow => self.window().is_none_or(|i| (i + 1) * w <= now),
+            _ => self.window().is_none_or(|i| (i + 2) * w <= now),
+        }
+    }
+}
+
+/// An admitted count, at most the quota's count (a `u32`): saturates rather than wraps.
+fn count(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl KeyState {
+    /// Nothing admitted yet, under GCRA, fixed window or sliding window.
+    const FRESH: Self = KeyState::Counters(Counters::FRESH);
+
     pub(crate) fn new(algorithm: Algorithm) -> Self {
         match algorithm {
-            Algorithm::Gcra => KeyState::Gcra(None),
-            Algorithm::FixedWindow => KeyState::Fixed(None),
-            Algorithm::SlidingWindow => KeyState::Sliding(None),
-            Algorithm::SlidingLog => KeyState::Log(VecDeque::new()),
+            Algorithm::Gcra | Algorithm::FixedWindow | Algorithm::SlidingWindow => Self::FRESH,
+            Algorithm::SlidingLog => KeyState::Log(Box::default()),
         }
     }
 
     pub(crate) fn decide(&mut self, now: u64, quota: &Quota, cost: u32) -> Decision {
+        let algorithm = quota.get_algorithm();
+        if matches!(self, KeyState::Log(_)) != (algorithm == Algorithm::SlidingLog) {
+            // A state of another algorithm: never kept by the backend, which starts a key over
+            // when its quota changes; do the same here.
+            *self = KeyState::new(algorithm);
+        }
         match self {
-            KeyState::Gcra(tat) => {
-                let (d, new) = gcra(*tat, now, quota, cost);
-                if new.is_some() {
-                    *tat = new;
-                }
-                d
-            }
-            KeyState::Fixed(st) => {
-                let (d, new) = fixed_window(*st, now, quota, cost);
-                if new.is_some() {
-                    *st = new;
-                }
-                d
-            }
-            KeyState::Sliding(st) => {
-                let (d, new) = sliding_window(*st, now, quota, cost);
-                if new.is_some() {
-                    *st = new;
-                }
-                d
-            }
+            KeyState::Counters(c) => c.decide(algorithm, now, quota, cost),
             KeyState::Log(log) => sliding_log(log, now, quota, cost),
         }
     }
@@ -68,43 +176,113 @@ impl KeyState {
     fn is_idle(&self, now: u64, quota: &Quota) -> bool {
         let w = quota.period_micros();
         match self {
-            KeyState::Gcra(tat) => tat.is_none_or(|t| t <= now),
-            KeyState::Fixed(st) => st.is_none_or(|(i, _)| (i + 1) * w <= now),
-            KeyState::Sliding(st) => st.is_none_or(|(i, _, _)| (i + 2) * w <= now),
+            KeyState::Counters(c) => c.is_idle(quota.get_algorithm(), now, w),
             KeyState::Log(log) => log.back().is_none_or(|&t| t + w <= now),
         }
     }
 }
 
-/// A key with its hash, computed once per decision with the randomly seeded SipHash; the
-/// shard's map reuses it instead of hashing again.
-/// Policy and key live in one allocation, `policy NUL key` (a policy name is printable
-/// ASCII), so a lookup touches one heap block.
-struct MapKey {
-    hash: u64,
-    joined: Box<str>,
+/// Decides on the state kept in a map slot, in place.
+fn decide_in(state: &Cell<KeyState>, now: u64, quota: &Quota, cost: u32) -> Decision {
+    let mut st = state.replace(KeyState::FRESH);
+    let decision = st.decide(now, quota, cost);
+    state.set(st);
+    decision
 }
 
-impl MapKey {
-    fn new(hash: u64, policy: &str, key: &str) -> Self {
-        let mut joined = String::with_capacity(policy.len() + 1 + key.len());
-        joined.push_str(policy);
-        joined.push('\0');
-        joined.push_str(key);
-        Self {
-            hash,
-            joined: joined.into_boxed_str(),
+/// A policy's name and quota, and the backend's hash seed: kept once in a shard and shared
+/// (by [`Arc`]) by the shard's keys decided under them.
+struct Policy {
+    name: Box<str>,
+    quota: Quota,
+    /// The seed the backend hashes keys with: a map that grows hashes its keys again.
+    hasher: RandomState,
+}
+
+/// How many distinct policy-and-quota pairs a shard remembers to share among new keys. Keys
+/// keep their own [`Policy`] alive, so forgetting one only costs a new `Arc` for later keys.
+const POLICIES_PER_SHARD: usize = 16;
+
+/// The shard's [`Policy`] for this name and quota: one of the few it remembers, or a new one.
+fn policy_for(
+    policies: &mut Vec<Arc<Policy>>,
+    name: &str,
+    quota: &Quota,
+    hasher: &RandomState,
+) -> Arc<Policy> {
+    if let Some(p) = policies
+        .iter()
+        .find(|p| p.quota == *quota && *p.name == *name)
+    {
+        return Arc::clone(p);
+    }
+    if policies.len() >= POLICIES_PER_SHARD {
+        // Forget those no key uses any more; if all are in use, the oldest.
+        policies.retain(|p| Arc::strong_count(p) > 1);
+        if policies.len() >= POLICIES_PER_SHARD {
+            policies.remove(0);
+        }
+    }
+    let p = Arc::new(Policy {
+        name: name.into(),
+        quota: *quota,
+        hasher: hasher.clone(),
+    });
+    policies.push(Arc::clone(&p));
+    p
+}
+
+/// Keys of up to this many bytes are kept in the map slot itself (an IPv4 address, a number,
+/// a short token); longer ones, up to [`MAX_KEY_BYTES`], in a heap block of their own.
+const INLINE_KEY_BYTES: usize = 23;
+
+/// A key's bytes, 24 bytes either way. The inline length is kept plus one, so that its byte is
+/// never 0: that value tells `Heap`, which needs no tag of its own.
+enum KeyBytes {
+    Inline(NonZeroU8, [u8; INLINE_KEY_BYTES]),
+    Heap(Box<[u8]>),
+}
+
+impl KeyBytes {
+    fn new(key: &[u8]) -> Self {
+        if key.len() <= INLINE_KEY_BYTES {
+            let mut bytes = [0; INLINE_KEY_BYTES];
+            bytes[..key.len()].copy_from_slice(key);
+            KeyBytes::Inline(NonZeroU8::MIN.saturating_add(key.len() as u8), bytes)
+        } else {
+            KeyBytes::Heap(key.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            KeyBytes::Inline(len, bytes) => &bytes[..usize::from(len.get() - 1)],
+            KeyBytes::Heap(bytes) => bytes,
         }
     }
 }
 
-struct Entry {
-    state: KeyState,
-    quota: Quota,
+/// A key kept in a shard's map: its policy and its bytes (32 bytes; with its [`KeyState`], a
+/// slot is 48). The hash is not kept: a decision computes it once, with the randomly seeded
+/// SipHash, and the map reuses it ([`MapKeyRef`]); the map computes it again from the
+/// policy's seed only when it inserts a key or grows.
+struct MapKey {
+    policy: Arc<Policy>,
+    key: KeyBytes,
 }
 
-type Map = HashMap<MapKey, Entry, BuildHasherDefault<PreHashed>>;
-type Shard = Mutex<Map>;
+/// The map's value: the key's state, changed in place through a shared reference, because
+/// the lookup that finds it must also see the key's quota (in [`MapKey`]).
+type Map = HashMap<MapKey, Cell<KeyState>, BuildHasherDefault<PreHashed>>;
+
+/// One shard: its keys, and the policies they share.
+#[derive(Default)]
+struct ShardState {
+    map: Map,
+    policies: Vec<Arc<Policy>>,
+}
+
+type Shard = Mutex<ShardState>;
 
 /// Passes on the hash `KeyPair` already computed.
 #[derive(Default)]
@@ -127,6 +305,23 @@ impl Hasher for PreHashed {
     }
 }
 
+/// The seeded hash of a policy and key. Both are UTF-8, so neither contains the byte 0xff
+/// that ends each: distinct pairs hash distinct byte strings.
+fn key_hash(hasher: &RandomState, policy: &str, key: &[u8]) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write(policy.as_bytes());
+    h.write_u8(0xff);
+    h.write(key);
+    h.write_u8(0xff);
+    h.finish()
+}
+
+/// The shard of a key's hash: bits 32 to 37. The map takes a bucket from the low bits and
+/// compares the top 7 bits first, so those must not be the same for all keys of a shard.
+fn shard_of(hash: u64) -> usize {
+    (hash >> 32) as usize % SHARDS
+}
+
 /// Rate-limit state in this process: the embedded default.
 ///
 /// Keys live in 64 shards, each a mutex-guarded map; a decision locks one shard for the
@@ -136,6 +331,10 @@ impl Hasher for PreHashed {
 /// first; if the shard is still full, a random eighth of it is evicted — those keys start
 /// over with a whole quota, which a flood of distinct keys can cause but not exploit for one
 /// key. The map's hasher is randomly seeded, so client-chosen keys cannot collide on purpose.
+///
+/// A key of up to 23 bytes (an IPv4 address) under GCRA or a window costs about 100 bytes at
+/// the default bound; a longer one (up to 128 bytes, then kept as a 33-byte digest) also
+/// takes a heap block of its length.
 #[derive(Clone)]
 pub struct MemoryBackend {
     shards: Arc<[Shard]>,
@@ -185,7 +384,7 @@ impl MemoryBackend {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
             .sum()
     }
 
@@ -205,38 +404,46 @@ impl MemoryBackend {
         } else {
             key
         };
-        let mut h = self.hasher.build_hasher();
-        policy.hash(&mut h);
-        key.hash(&mut h);
-        let hash = h.finish();
-        // The high bits choose the shard; the map's buckets use the low ones.
-        let shard = &self.shards[((hash >> 58) as usize) % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let hash = key_hash(&self.hasher, policy, key.as_bytes());
+        let shard = &self.shards[shard_of(hash)];
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let ShardState { map, policies } = &mut *shard;
         let now = self.clock.now_micros();
         // Look up without allocating the owned key.
-        let lookup = MapKeyRef { hash, policy, key };
-        if let Some(entry) = map_get_mut(&mut map, &lookup) {
-            if entry.quota != *quota {
-                *entry = Entry {
-                    state: KeyState::new(quota.get_algorithm()),
-                    quota: *quota,
-                };
+        let lookup = MapKeyRef {
+            hash,
+            policy,
+            key: key.as_bytes(),
+        };
+        let lookup = &lookup as &dyn KeyPair;
+        match map.get_key_value(lookup) {
+            Some((kept, state)) if kept.policy.quota == *quota => {
+                return decide_in(state, now, quota, cost);
             }
-            return entry.state.decide(now, quota, cost);
+            Some(_) => {
+                // Its quota changed: the key starts over under the new one, and is kept even
+                // if refused.
+                if let Some((mut kept, _)) = map.remove_entry(lookup) {
+                    kept.policy = policy_for(policies, policy, quota, &self.hasher);
+                    let mut state = KeyState::new(quota.get_algorithm());
+                    let decision = state.decide(now, quota, cost);
+                    map.insert(kept, Cell::new(state));
+                    return decision;
+                }
+            }
+            None => {}
         }
         if map.len() >= self.max_per_shard {
-            make_room(&mut map, now, self.max_per_shard);
+            make_room(map, now, self.max_per_shard);
         }
         let mut state = KeyState::new(quota.get_algorithm());
         let decision = state.decide(now, quota, cost);
         if decision.allowed {
-            map.insert(
-                MapKey::new(hash, policy, key),
-                Entry {
-                    state,
-                    quota: *quota,
-                },
-            );
+            let kept = MapKey {
+                policy: policy_for(policies, policy, quota, &self.hasher),
+                key: KeyBytes::new(key.as_bytes()),
+            };
+            map.insert(kept, Cell::new(state));
         }
         decision
     }
@@ -259,18 +466,15 @@ fn long_key_digest(key: &str) -> String {
     out
 }
 
+/// A key being decided, with its hash.
 struct MapKeyRef<'a> {
     hash: u64,
     policy: &'a str,
-    key: &'a str,
+    key: &'a [u8],
 }
 
-fn map_get_mut<'m>(map: &'m mut Map, k: &MapKeyRef<'_>) -> Option<&'m mut Entry> {
-    map.get_mut(k as &dyn KeyPair)
-}
-
-// Lets the map be searched with borrowed `(&str, &str)`: both sides hash as their stored
-// `hash` (see `Hash for dyn KeyPair`), and compare by their parts.
+// Lets the map be searched with a borrowed policy and key: both sides hash as
+// `key_hash(policy, key)` (see `Hash for dyn KeyPair`), and compare by their parts.
 impl<'a> std::borrow::Borrow<dyn KeyPair + 'a> for MapKey {
     fn borrow(&self) -> &(dyn KeyPair + 'a) {
         self
@@ -279,16 +483,21 @@ impl<'a> std::borrow::Borrow<dyn KeyPair + 'a> for MapKey {
 
 trait KeyPair {
     fn hash_value(&self) -> u64;
-    fn parts(&self) -> (&str, &str);
+    fn policy(&self) -> &str;
+    fn key(&self) -> &[u8];
 }
 
 impl KeyPair for MapKey {
     fn hash_value(&self) -> u64 {
-        self.hash
+        key_hash(&self.policy.hasher, &self.policy.name, self.key.as_bytes())
     }
 
-    fn parts(&self) -> (&str, &str) {
-        self.joined.split_once('\0').unwrap_or((&self.joined, ""))
+    fn policy(&self) -> &str {
+        &self.policy.name
+    }
+
+    fn key(&self) -> &[u8] {
+        self.key.as_bytes()
     }
 }
 
@@ -297,8 +506,12 @@ impl KeyPair for MapKeyRef<'_> {
         self.hash
     }
 
-    fn parts(&self) -> (&str, &str) {
-        (self.policy, self.key)
+    fn policy(&self) -> &str {
+        self.policy
+    }
+
+    fn key(&self) -> &[u8] {
+        self.key
     }
 }
 
@@ -310,13 +523,13 @@ impl Hash for dyn KeyPair + '_ {
 
 impl Hash for MapKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
+        state.write_u64(self.hash_value());
     }
 }
 
 impl PartialEq for MapKey {
     fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
+        (self as &dyn KeyPair) == (other as &dyn KeyPair)
     }
 }
 
@@ -324,24 +537,23 @@ impl Eq for MapKey {}
 
 impl PartialEq for dyn KeyPair + '_ {
     fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
+        // The key first: it is in the map slot, the policy behind a pointer.
+        self.key() == other.key() && self.policy() == other.policy()
     }
 }
 
 impl Eq for dyn KeyPair + '_ {}
 
 fn make_room(map: &mut Map, now: u64, max: usize) {
-    map.retain(|_, e| !e.state.is_idle(now, &e.quota));
+    map.retain(|k, state| !state.get_mut().is_idle(now, &k.policy.quota));
     if map.len() >= max {
+        // The first eighth in the map's order, which is its hashes' (randomly seeded) order.
         let evict = (max / 8).max(1);
-        let victims: Vec<_> = map
-            .keys()
-            .take(evict)
-            .map(|k| (k.hash, k.joined.clone()))
-            .collect();
-        for (hash, joined) in victims {
-            map.remove(&MapKey { hash, joined } as &dyn KeyPair);
-        }
+        let mut seen = 0;
+        map.retain(|_, _| {
+            seen += 1;
+            seen > evict
+        });
         metrics::counter!("turret_ratelimit_memory_evictions_total").increment(evict as u64);
     }
 }
@@ -379,8 +591,9 @@ mod tests {
             .map(|s| {
                 s.lock()
                     .unwrap()
+                    .map
                     .keys()
-                    .map(|k| k.joined.len())
+                    .map(|k| k.policy.name.len() + k.key.as_bytes().len())
                     .sum::<usize>()
             })
             .sum();
@@ -431,5 +644,188 @@ mod tests {
         assert!(b.len() <= 64 * 4);
         // A key spent just now is still limited.
         assert!(!b.decide_now("p", "9999", &q, 1).allowed);
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_key_takes_a_48_byte_slot() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<KeyState>(), 16);
+        assert_eq!(size_of::<KeyBytes>(), 24);
+        assert_eq!(size_of::<MapKey>(), 32);
+        assert_eq!(size_of::<(MapKey, Cell<KeyState>)>(), 48);
+    }
+
+    #[test]
+    fn keys_at_the_inline_limit_stay_distinct() {
+        let at = "k".repeat(INLINE_KEY_BYTES);
+        let over = "k".repeat(INLINE_KEY_BYTES + 1);
+        let under = "k".repeat(INLINE_KEY_BYTES - 1);
+        assert!(matches!(KeyBytes::new(at.as_bytes()), KeyBytes::Inline(..)));
+        assert!(matches!(KeyBytes::new(over.as_bytes()), KeyBytes::Heap(_)));
+        let max = "m".repeat(MAX_KEY_BYTES);
+        for key in ["", "a", "a\0", &under, &at, &over, &max] {
+            assert_eq!(KeyBytes::new(key.as_bytes()).as_bytes(), key.as_bytes());
+        }
+        let b = MemoryBackend::with_clock(FakeClock::default());
+        let q = Quota::per_hour(1);
+        let keys = ["", "\0", &under, &at, &over, &max];
+        for key in keys {
+            assert!(b.decide_now("p", key, &q, 1).allowed, "{key:?}");
+        }
+        for key in keys {
+            assert!(!b.decide_now("p", key, &q, 1).allowed, "{key:?}");
+        }
+        assert_eq!(b.len(), keys.len());
+    }
+
+    #[test]
+    fn a_changed_quota_starts_the_key_over() {
+        let b = MemoryBackend::with_clock(FakeClock::default());
+        let (one, two) = (Quota::per_minute(1), Quota::per_minute(2));
+        assert!(b.decide_now("p", "a", &one, 1).allowed);
+        assert!(!b.decide_now("p", "a", &one, 1).allowed);
+        // A new quota: a whole one, even after the old was spent.
+        assert!(b.decide_now("p", "a", &two, 2).allowed);
+        // Refused under yet another quota, the key is still kept, and starts over.
+        assert!(!b.decide_now("p", "a", &Quota::per_minute(0), 1).allowed);
+        assert_eq!(b.len(), 1);
+        assert!(b.decide_now("p", "a", &one, 1).allowed);
+        assert!(!b.decide_now("p", "a", &one, 1).allowed);
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn keys_share_their_policy() {
+        let b = MemoryBackend::with_clock(FakeClock::default());
+        let q = Quota::per_minute(10);
+        for i in 0..1000u32 {
+            b.decide_now("p", &i.to_string(), &q, 1);
+            b.decide_now("other", &i.to_string(), &q, 1);
+        }
+        assert_eq!(b.len(), 2000);
+        for shard in b.shards.iter() {
+            let shard = shard.lock().unwrap();
+            assert_eq!(shard.policies.len(), 2);
+            for k in shard.map.keys() {
+                assert!(shard.policies.iter().any(|p| Arc::ptr_eq(p, &k.policy)));
+            }
+        }
+        // Many quotas for one policy: the shard remembers a few, each key keeps its own.
+        for i in 0..1000u32 {
+            b.decide_now("p", "x", &Quota::per_minute(i + 1), 1);
+            b.decide_now("p", &format!("y{i}"), &Quota::per_minute(i + 1), 1);
+        }
+        for shard in b.shards.iter() {
+            assert!(shard.lock().unwrap().policies.len() <= POLICIES_PER_SHARD);
+        }
+        let d = b.decide_now("p", "x", &Quota::per_minute(1000), 1);
+        assert_eq!(d.remaining, 998, "one spent under this quota before");
+        assert!(!b.decide_now("p", "y0", &Quota::per_minute(1), 1).allowed);
+    }
+
+    /// The state as it was kept before [`Counters`]: the algorithms' own types.
+    #[derive(Clone)]
+    enum Plain {
+        Gcra(Option<u64>),
+        Fixed(Option<(u64, u64)>),
+        Sliding(Option<(u64, u64, u64)>),
+        Log(VecDeque<u64>),
+    }
+
+    impl Plain {
+        fn new(algorithm: Algorithm) -> Self {
+            match algorithm {
+                Algorithm::Gcra => Plain::Gcra(None),
+                Algorithm::FixedWindow => Plain::Fixed(None),
+                Algorithm::SlidingWindow => Plain::Sliding(None),
+                Algorithm::SlidingLog => Plain::Log(VecDeque::new()),
+            }
+        }
+
+        fn decide(&mut self, now: u64, quota: &Quota, cost: u32) -> Decision {
+            fn keep<T>(d: (Decision, Option<T>), st: &mut Option<T>) -> Decision {
+                if d.1.is_some() {
+                    *st = d.1;
+                }
+                d.0
+            }
+            match self {
+                Plain::Gcra(st) => keep(gcra(*st, now, quota, cost), st),
+                Plain::Fixed(st) => keep(fixed_window(*st, now, quota, cost), st),
+                Plain::Sliding(st) => keep(sliding_window(*st, now, quota, cost), st),
+                Plain::Log(log) => sliding_log(log, now, quota, cost),
+            }
+        }
+
+        fn is_idle(&self, now: u64, quota: &Quota) -> bool {
+            let w = quota.period_micros();
+            match self {
+                Plain::Gcra(tat) => tat.is_none_or(|t| t <= now),
+                Plain::Fixed(st) => st.is_none_or(|(i, _)| (i + 1) * w <= now),
+                Plain::Sliding(st) => st.is_none_or(|(i, _, _)| (i + 2) * w <= now),
+                Plain::Log(log) => log.back().is_none_or(|&t| t + w <= now),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn packed_state_decides_as_the_plain_one(
+            alg in proptest::sample::select(vec![
+                Algorithm::Gcra,
+                Algorithm::FixedWindow,
+                Algorithm::SlidingWindow,
+                Algorithm::SlidingLog,
+            ]),
+            count in 0u32..8,
+            burst in 0u32..8,
+            period_ms in 1u64..5_000,
+            start in proptest::prop_oneof![0u64..10_000_000, proptest::strategy::Just(1_000_000_000u64)],
+            steps in proptest::collection::vec((0u64..3_000_000, 0u32..4), 1..60),
+        ) {
+            use proptest::prelude::*;
+            let q = Quota::per(Duration::from_millis(period_ms), count)
+                .burst(burst)
+                .algorithm(alg);
+            let (mut packed, mut plain) = (KeyState::new(alg), Plain::new(alg));
+            let mut now = start;
+            for (dt, cost) in steps {
+                now += dt;
+                prop_assert_eq!(packed.is_idle(now, &q), plain.is_idle(now, &q));
+                prop_assert_eq!(packed.decide(now, &q, cost), plain.decide(now, &q, cost));
+            }
+        }
+    }
+
+    #[test]
+    fn packed_state_keeps_extreme_values() {
+        for tat in [0, 1, u64::from(u32::MAX), 1 << 32, u64::MAX - 1, u64::MAX] {
+            assert_eq!(Counters::from_tat(tat).tat(), tat);
+        }
+        let i = u64::MAX / 1000;
+        let c = Counters::from_window(i, u64::from(u32::MAX), u64::from(u32::MAX));
+        assert_eq!(
+            c.sliding(),
+            Some((i, u64::from(u32::MAX), u64::from(u32::MAX)))
+        );
+        assert_eq!(Counters::from_window(0, 0, 0).fixed(), Some((0, 0)));
+        assert_eq!(Counters::FRESH.fixed(), None);
+        // A huge quota, spent in one request, under each algorithm.
+        for alg in [
+            Algorithm::Gcra,
+            Algorithm::FixedWindow,
+            Algorithm::SlidingWindow,
+        ] {
+            let q = Quota::per(Duration::from_secs(u64::MAX / 4), u32::MAX).algorithm(alg);
+            let (mut packed, mut plain) = (KeyState::new(alg), Plain::new(alg));
+            for now in [1_000_000_000, 2_000_000_000, u64::MAX / 2] {
+                assert_eq!(
+                    packed.decide(now, &q, u32::MAX),
+                    plain.decide(now, &q, u32::MAX)
+                );
+                assert_eq!(packed.is_idle(now, &q), plain.is_idle(now, &q));
+            }
+        }
     }
 }
