@@ -1,6 +1,6 @@
 //! [`CachedResponse`]: a stored response, its Vary secondary key, and its binary encoding.
 
-use std::{error::Error as StdError, fmt, time::Duration};
+use std::{error::Error as StdError, fmt, sync::OnceLock, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -21,9 +21,11 @@ pub struct CachedResponse {
     initial_age: Duration,
     vary: Vec<(HeaderName, Option<Bytes>)>,
     tags: Vec<String>,
-    /// The fields of a hit, made once: the stored ones plus `Age`, `X-Cache` and (when no
-    /// upstream cache sent one) `Cache-Status`, whose values a hit replaces in place.
-    hit_headers: HeaderMap,
+    /// The fields of a hit, made once, on the first hit: the stored ones plus `Age`,
+    /// `X-Cache` and (when no upstream cache sent one) `Cache-Status`, whose values a hit
+    /// replaces in place. (A response decoded from Redis for one hit builds it once, not at
+    /// decode and again at the hit.)
+    hit_headers: OnceLock<HeaderMap>,
 }
 
 impl PartialEq for CachedResponse {
@@ -104,7 +106,7 @@ impl CachedResponse {
         }
         Self {
             status,
-            hit_headers: hit_template(&headers),
+            hit_headers: OnceLock::new(),
             headers,
             body,
             request_time,
@@ -150,7 +152,7 @@ impl CachedResponse {
     ) -> CachedResponse {
         CachedResponse {
             status: self.status,
-            hit_headers: hit_template(&headers),
+            hit_headers: OnceLock::new(),
             headers,
             body: self.body.clone(),
             request_time,
@@ -175,7 +177,7 @@ impl CachedResponse {
     /// The fields of a hit: the stored ones plus `Age`, `X-Cache` and, unless an upstream
     /// cache sent one, `Cache-Status`, with placeholder values to replace.
     pub(crate) fn hit_headers(&self) -> &HeaderMap {
-        &self.hit_headers
+        self.hit_headers.get_or_init(|| hit_template(&self.headers))
     }
 
     /// The body.
@@ -321,6 +323,17 @@ impl CachedResponse {
     /// Reads what [`encode`](Self::encode) wrote. Corrupt, truncated or foreign bytes give
     /// an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_with(bytes, Bytes::copy_from_slice)
+    }
+
+    /// [`decode`](Self::decode) from bytes the response may keep: the body, header values
+    /// and Vary values are slices of `bytes`, not copies.
+    pub fn decode_shared(bytes: Bytes) -> Result<Self, DecodeError> {
+        Self::decode_with(&bytes, |part| bytes.slice_ref(part))
+    }
+
+    /// Decodes `bytes`, making each kept part with `keep` (a slice of `bytes`).
+    fn decode_with(bytes: &[u8], keep: impl Fn(&[u8]) -> Bytes) -> Result<Self, DecodeError> {
         let mut r = Reader(bytes);
         if r.take(MAGIC.len())? != MAGIC {
             return Err(DecodeError("not a turret cache entry (bad magic)"));
@@ -336,7 +349,7 @@ impl CachedResponse {
         for _ in 0..count {
             let name = HeaderName::from_bytes(r.bytes()?)
                 .map_err(|_| DecodeError("invalid header name"))?;
-            let value = HeaderValue::from_bytes(r.bytes()?)
+            let value = HeaderValue::from_maybe_shared(keep(r.bytes()?))
                 .map_err(|_| DecodeError("invalid header value"))?;
             headers.append(name, value);
         }
@@ -347,7 +360,7 @@ impl CachedResponse {
                 HeaderName::from_bytes(r.bytes()?).map_err(|_| DecodeError("invalid vary name"))?;
             let value = match r.byte()? {
                 0 => None,
-                1 => Some(Bytes::copy_from_slice(r.bytes()?)),
+                1 => Some(keep(r.bytes()?)),
                 _ => return Err(DecodeError("invalid vary flag")),
             };
             vary.push((name, value));
@@ -359,7 +372,7 @@ impl CachedResponse {
             tags.push(tag.to_owned());
         }
         let body = match r.byte()? {
-            BODY_RAW => Bytes::copy_from_slice(r.bytes()?),
+            BODY_RAW => keep(r.bytes()?),
             BODY_LZ4 => decompress(&mut r)?,
             _ => return Err(DecodeError("invalid body encoding")),
         };
@@ -368,7 +381,7 @@ impl CachedResponse {
         }
         Ok(Self {
             status,
-            hit_headers: hit_template(&headers),
+            hit_headers: OnceLock::new(),
             headers,
             body,
             request_time,
@@ -584,6 +597,23 @@ mod tests {
     fn encoding_round_trips() {
         let e = sample();
         assert_eq!(CachedResponse::decode(&e.encode()), Ok(e));
+    }
+
+    #[test]
+    fn shared_decoding_keeps_slices_of_the_reply() {
+        let e = sample();
+        let bytes = Bytes::from(e.encode());
+        let shared = CachedResponse::decode_shared(bytes.clone()).unwrap();
+        assert_eq!(shared, e);
+        let range = bytes.as_ptr_range();
+        assert!(
+            range.contains(&shared.body().as_ptr()),
+            "the body is a slice of the reply, not a copy"
+        );
+        assert_eq!(shared.hit_headers(), &hit_template(e.headers()));
+        for n in 0..bytes.len() {
+            assert!(CachedResponse::decode_shared(bytes.slice(..n)).is_err());
+        }
     }
 
     #[test]

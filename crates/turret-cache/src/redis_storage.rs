@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+use bytes::Bytes;
 use std::{
     fmt,
     sync::{Arc, LazyLock},
@@ -271,7 +272,7 @@ fn variants_of(key: &str, reply: redis::Value) -> Variants {
         if field.starts_with(b"!") {
             continue;
         }
-        match CachedResponse::decode(&value) {
+        match CachedResponse::decode_shared(Bytes::from(value)) {
             Ok(v) => variants.push(v),
             Err(e) => {
                 metrics::counter!("turret_cache_decode_errors_total").increment(1);
