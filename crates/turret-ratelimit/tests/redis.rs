@@ -229,6 +229,31 @@ async fn a_hot_keys_concurrent_decisions_go_in_one_call_and_stay_exact() {
 }
 
 #[tokio::test]
+async fn requests_queued_behind_a_cancelled_first_request_are_still_decided() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::new(redis(&server.url()).await);
+    let quota = Quota::per_hour(100);
+    let Decide::Pending(first) = backend.decide("p", "k", &quota, 1) else {
+        panic!("Redis decisions are pending");
+    };
+    let queued: Vec<_> = (0..5)
+        .map(|_| match backend.decide("p", "k", &quota, 1) {
+            Decide::Pending(f) => f,
+            Decide::Ready(_) => panic!("Redis decisions are pending"),
+        })
+        .collect();
+    // The first request's client went away before its call was made.
+    drop(first);
+    let decisions = tokio::time::timeout(Duration::from_secs(10), futures_join(queued))
+        .await
+        .expect("the queued requests are answered");
+    let remaining: Vec<u32> = decisions.iter().map(|d| d.remaining).collect();
+    assert_eq!(remaining, vec![99, 98, 97, 96, 95]);
+    // And the key is free again: the next request is decided too.
+    assert_eq!(decide(&backend, "k", &quota).await.remaining, 94);
+}
+
+#[tokio::test]
 async fn max_batch_one_makes_one_call_per_decision() {
     let server = RedisServer::start();
     let backend = RedisBackend::new(redis(&server.url()).await).max_batch(1);

@@ -331,14 +331,14 @@ async fn call(
         .collect())
 }
 
-/// Decides `first`, then whatever queued for the key meanwhile, one call per round, until
+/// Decides `batch`, then whatever queued for the key meanwhile, one call per round, until
 /// nothing waits; then the key leaves the map.
 async fn drive(
     redis: Redis,
     batches: Arc<Batches>,
     redis_key: String,
     quota: Quota,
-    first: (u32, Reply),
+    mut batch: Vec<(u32, Reply)>,
 ) {
     // Should this task end early (its runtime shutting down), the key must not stay
     // "in flight" with nobody to call for it: the guard removes it, and the queued requests
@@ -348,7 +348,6 @@ async fn drive(
         redis_key: &redis_key,
         armed: true,
     };
-    let mut batch = vec![first];
     loop {
         let result = call(
             &redis,
@@ -371,27 +370,90 @@ async fn drive(
                 Some(e)
             }
         };
-        let mut keys = batches.lock();
-        let Some(queued) = keys.get_mut(&redis_key) else {
-            guard.armed = false;
-            return;
-        };
-        if queued.waiting.is_empty() {
-            keys.remove(&redis_key);
-            guard.armed = false;
-            return;
-        }
-        batch = std::mem::take(&mut queued.waiting);
-        if let Some(e) = failed {
-            // Redis just failed: the queued requests are answered at once, not after
-            // another timeout. Later requests start afresh.
-            keys.remove(&redis_key);
-            guard.armed = false;
-            drop(keys);
-            for (_, reply) in batch {
-                let _ = reply.send(Err(e.clone()));
+        guard.armed = false;
+        match next_batch(&batches, &redis_key, failed) {
+            Some(next) => {
+                guard.armed = true;
+                batch = next;
             }
-            return;
+            None => return,
+        }
+    }
+}
+
+/// After a call for `redis_key`: the requests queued meanwhile, to send next; or `None`, the
+/// key having left the map because nothing waits or because the call `failed` (the queued
+/// requests then get its error at once, not after another timeout; later ones start afresh).
+fn next_batch(
+    batches: &Batches,
+    redis_key: &str,
+    failed: Option<BackendError>,
+) -> Option<Vec<(u32, Reply)>> {
+    let mut keys = batches.lock();
+    let queued = keys.get_mut(redis_key)?;
+    if queued.waiting.is_empty() {
+        keys.remove(redis_key);
+        return None;
+    }
+    let next = std::mem::take(&mut queued.waiting);
+    let Some(e) = failed else {
+        return Some(next);
+    };
+    keys.remove(redis_key);
+    drop(keys);
+    for (_, reply) in next {
+        let _ = reply.send(Err(e.clone()));
+    }
+    None
+}
+
+/// The first request of a key with no call in flight: it makes the call itself (no task, no
+/// channel), then hands the requests that queued meanwhile to a task that drives the key.
+struct Lead {
+    redis: Redis,
+    batches: Arc<Batches>,
+    redis_key: String,
+    quota: Quota,
+    runtime: tokio::runtime::Handle,
+    /// Until the call has come back: dropped before, the lead still hands over its queue.
+    pending: bool,
+}
+
+impl Lead {
+    async fn decide(mut self, cost: u32) -> Result<Decision, BackendError> {
+        let result = call(
+            &self.redis,
+            &self.redis_key,
+            &self.quota,
+            std::iter::once(cost),
+        )
+        .await;
+        self.pending = false;
+        self.hand_over(result.as_ref().err().cloned());
+        result?
+            .pop()
+            .ok_or_else(|| BackendError::new("no decision in the reply", false))
+    }
+
+    fn hand_over(&self, failed: Option<BackendError>) {
+        if let Some(next) = next_batch(&self.batches, &self.redis_key, failed) {
+            self.runtime.spawn(drive(
+                self.redis.clone(),
+                self.batches.clone(),
+                self.redis_key.clone(),
+                self.quota,
+                next,
+            ));
+        }
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        // Cancelled mid-call (the client went away): whoever queued behind still needs its
+        // call.
+        if self.pending {
+            self.hand_over(None);
         }
     }
 }
@@ -416,19 +478,22 @@ impl Backend for RedisBackend {
         let redis_key = self.redis_key(policy, key, quota.get_algorithm());
         let redis = self.redis.clone();
         let quota = *quota;
-        let runtime = tokio::runtime::Handle::try_current();
         if self.max_batch > 1
-            && let Ok(runtime) = runtime
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let (reply, answer) = oneshot::channel();
             let mut keys = self.batches.lock();
-            let lead = match keys.get_mut(&redis_key) {
+            match keys.get_mut(&redis_key) {
                 Some(queued) if queued.quota == quota && queued.waiting.len() < self.max_batch => {
+                    let (reply, answer) = oneshot::channel();
                     queued.waiting.push((cost, reply));
-                    None
+                    return Decide::Pending(Box::pin(async move {
+                        answer.await.unwrap_or_else(|_| {
+                            Err(BackendError::new("the batched call was dropped", true))
+                        })
+                    }));
                 }
                 // A full batch, or another quota under the same key: a call of its own.
-                Some(_) => Some(reply),
+                Some(_) => {}
                 None => {
                     keys.insert(
                         redis_key.clone(),
@@ -437,23 +502,17 @@ impl Backend for RedisBackend {
                             waiting: Vec::new(),
                         },
                     );
-                    runtime.spawn(drive(
-                        redis.clone(),
-                        self.batches.clone(),
-                        redis_key.clone(),
+                    drop(keys);
+                    let lead = Lead {
+                        redis,
+                        batches: self.batches.clone(),
+                        redis_key,
                         quota,
-                        (cost, reply),
-                    ));
-                    None
+                        runtime,
+                        pending: true,
+                    };
+                    return Decide::Pending(Box::pin(lead.decide(cost)));
                 }
-            };
-            drop(keys);
-            if lead.is_none() {
-                return Decide::Pending(Box::pin(async move {
-                    answer.await.unwrap_or_else(|_| {
-                        Err(BackendError::new("the batched call was dropped", true))
-                    })
-                }));
             }
         }
         Decide::Pending(Box::pin(async move {
