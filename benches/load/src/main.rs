@@ -46,6 +46,7 @@ const LAYERS: &[&str] = &[
     "turret-memory-no-fields",
     "tower-governor",
     "turret-redis-gcra",
+    "turret-redis-gcra-many-keys",
     "turret-redis-fixed",
     "incr-expire",
     "turret-conditional",
@@ -912,6 +913,12 @@ fn targets(o: &Options, rows: &[Row]) -> Vec<Target> {
         (
             "Redis GCRA ÷ INCR+EXPIRE limiter",
             "turret-redis-gcra",
+            "incr-expire",
+            0.9,
+        ),
+        (
+            "Redis GCRA, 1,000 keys ÷ INCR+EXPIRE limiter",
+            "turret-redis-gcra-many-keys",
             "incr-expire",
             0.9,
         ),

@@ -21,29 +21,33 @@ const NOW: &str =
 /// Every script decides a batch: ARGV holds its parameters, then one cost per request, and
 /// it returns four integers per request — {allowed, remaining, reset_us, retry_us (-1:
 /// never)} — decided in order at one instant, as if the requests had come one by one.
-/// `one(cost)` is the algorithm for one request.
-fn batch(params: usize) -> String {
+/// `one(cost)` is the algorithm for one request; scripts that keep their state in Lua
+/// variables read it once before the loop and write it once in `save`, after it.
+fn batch(params: usize, save: &str) -> String {
     format!(
         "local out = {{}}
 for j = {first}, #ARGV do
   local r = one(tonumber(ARGV[j]))
   out[#out + 1] = r[1] out[#out + 1] = r[2] out[#out + 1] = r[3] out[#out + 1] = r[4]
 end
+{save}
 return out",
         first = params + 1
     )
 }
 
 /// GCRA. KEYS[1] = tat. ARGV = emission interval, tolerance, count (µs / units), costs.
-/// No write on a refusal.
+/// One read and, unless every request was refused, one write per batch.
 static GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "ratelimit_gcra",
         format!(
             "{NOW}
 local t_ = tonumber(ARGV[1]) local tau = tonumber(ARGV[2]) local count = tonumber(ARGV[3])
+local stored = tonumber(redis.call('GET', KEYS[1]) or 0)
+local changed = false
 local function one(cost)
-local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+local tat = stored
 if tat < now then tat = now end
 local new_tat = tat + t_ * cost
 local diff = new_tat - now
@@ -53,11 +57,17 @@ if diff > tau or count == 0 then
   if t_ * cost <= tau and count > 0 then retry = diff - tau end
   return {{0, avail, tat - now, retry}}
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil(diff / 1000) + 1)
+stored = new_tat
+changed = true
 return {{1, math.floor((tau - diff) / t_), diff, -1}}
 end
 {}",
-            batch(3)
+            batch(
+                3,
+                "if changed then
+  redis.call('SET', KEYS[1], string.format('%.0f', stored), 'PX', math.ceil((stored - now) / 1000) + 1)
+end"
+            )
         ),
     )
 });
@@ -69,24 +79,30 @@ static FIXED: LazyLock<Script> = LazyLock::new(|| {
         format!(
             "{NOW}
 local w = tonumber(ARGV[1]) local limit = tonumber(ARGV[2])
-local function one(cost)
 local idx = math.floor(now / w)
 local st = redis.call('HMGET', KEYS[1], 'w', 'c')
 local count = 0
 if st[1] and tonumber(st[1]) == idx then count = tonumber(st[2]) end
 local reset = (idx + 1) * w - now
+local changed = false
+local function one(cost)
 if count + cost > limit then
   local retry = -1
   if cost <= limit then retry = reset end
   return {{0, math.max(limit - count, 0), reset, retry}}
 end
 count = count + cost
-redis.call('HSET', KEYS[1], 'w', string.format('%.0f', idx), 'c', count)
-redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1)
+changed = true
 return {{1, limit - count, reset, -1}}
 end
 {}",
-            batch(2)
+            batch(
+                2,
+                "if changed then
+  redis.call('HSET', KEYS[1], 'w', string.format('%.0f', idx), 'c', count)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1)
+end"
+            )
         ),
     )
 });
@@ -98,7 +114,6 @@ static SLIDING: LazyLock<Script> = LazyLock::new(|| {
         format!(
             "{NOW}
 local w = tonumber(ARGV[1]) local limit = tonumber(ARGV[2])
-local function one(cost)
 local idx = math.floor(now / w)
 local st = redis.call('HMGET', KEYS[1], 'w', 'p', 'c')
 local prev, curr = 0, 0
@@ -108,6 +123,8 @@ if st[1] then
   elseif i + 1 == idx then prev = tonumber(st[3]) end
 end
 local left = w - (now - idx * w)
+local changed = false
+local function one(cost)
 local est_w = prev * left + curr * w
 local admit_w = math.max(limit - cost, 0) * w
 if cost > limit or est_w > admit_w then
@@ -130,12 +147,17 @@ if cost > limit or est_w > admit_w then
 end
 curr = curr + cost
 est_w = est_w + cost * w
-redis.call('HSET', KEYS[1], 'w', string.format('%.0f', idx), 'p', prev, 'c', curr)
-redis.call('PEXPIRE', KEYS[1], math.ceil((left + w) / 1000) + 1)
+changed = true
 return {{1, math.floor((limit * w - est_w) / w), left + w, -1}}
 end
 {}",
-            batch(2)
+            batch(
+                2,
+                "if changed then
+  redis.call('HSET', KEYS[1], 'w', string.format('%.0f', idx), 'p', prev, 'c', curr)
+  redis.call('PEXPIRE', KEYS[1], math.ceil((left + w) / 1000) + 1)
+end"
+            )
         ),
     )
 });
@@ -170,7 +192,7 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(w / 1000) + 1)
 return {{1, limit - count - cost, w, -1}}
 end
 {}",
-            batch(2)
+            batch(2, "")
         ),
     )
 });
