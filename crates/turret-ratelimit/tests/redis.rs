@@ -144,6 +144,20 @@ async fn a_refusal_writes_nothing_and_keys_expire() {
 }
 
 #[tokio::test]
+async fn a_gcra_key_far_from_its_limit_lives_a_second_not_a_millisecond() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::new(redis(&server.url()).await);
+    let quota = Quota::per_second(1_000_000);
+    assert!(decide(&backend, "busy", &quota).await.allowed);
+    let key = backend.redis_key("p", "busy", Algorithm::Gcra);
+    let ttl: i64 = server.cmd(&["PTTL", &key]);
+    assert!(
+        (900..=1_000).contains(&ttl),
+        "kept for a second, not re-made on every request: {ttl}"
+    );
+}
+
+#[tokio::test]
 async fn hostile_keys_stay_in_their_namespace() {
     let server = RedisServer::start();
     let backend = RedisBackend::new(redis(&server.url()).await);

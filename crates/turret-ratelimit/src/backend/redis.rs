@@ -37,7 +37,10 @@ return out",
 }
 
 /// GCRA. KEYS[1] = tat. ARGV = emission interval, tolerance, count (µs / units), costs.
-/// One read and, unless every request was refused, one write per batch.
+/// One read and, unless every request was refused, one write per batch. The key lives until
+/// the quota is whole again but at least a second: a key whose quota is far from spent
+/// would otherwise expire within milliseconds and be made again by its next request (a TAT
+/// in the past decides as "now", so keeping it longer changes nothing).
 static GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "ratelimit_gcra",
@@ -65,7 +68,7 @@ end
             batch(
                 3,
                 "if changed then
-  redis.call('SET', KEYS[1], string.format('%.0f', stored), 'PX', math.ceil((stored - now) / 1000) + 1)
+  redis.call('SET', KEYS[1], string.format('%.0f', stored), 'PX', math.max(math.ceil((stored - now) / 1000) + 1, 1000))
 end"
             )
         ),
@@ -203,7 +206,8 @@ end
 /// atomically, on Redis' own clock (`TIME`), so the fleet agrees on time. A refusal writes
 /// nothing. Keys are `{prefix}rl:{{policy/key}}:{algorithm}` with the client key escaped
 /// (see `turret_redis::KeyBuilder`), so each runs on Redis Cluster and a client cannot reach
-/// another client's key. Keys expire when their quota is whole again.
+/// another client's key. Keys expire when their quota is whole again (GCRA keys: not before
+/// a second).
 ///
 /// # Batching a hot key
 ///
