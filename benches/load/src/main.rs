@@ -717,6 +717,12 @@ fn ceiling_rps(rows: &[Row], scenario: &str, c: u32) -> f64 {
         .map_or(f64::NAN, |r| r.run.rps)
 }
 
+/// Whether the row of `scenario` at `c` counts a disturbed run.
+fn disturbed(rows: &[Row], scenario: &str, c: u32) -> bool {
+    rows.iter()
+        .any(|r| r.scenario == scenario && r.connections == c && r.run.disturbed)
+}
+
 fn rps_of(rows: &[Row], scenario: &str, c: u32) -> f64 {
     rows.iter()
         .find(|r| r.scenario == scenario && r.connections == c)
@@ -842,7 +848,11 @@ fn report(
                 "| {} | {:.2} | {sign}{goal:.2} | {} |\n",
                 t.label,
                 t.value,
-                if reached { "yes" } else { "**no**" }
+                match (t.disturbed, reached) {
+                    (true, _) => "undecided (a disturbed row †)",
+                    (false, true) => "yes",
+                    (false, false) => "**no**",
+                }
             ));
         }
     }
@@ -861,6 +871,8 @@ struct Target {
     label: String,
     value: f64,
     goal: Goal,
+    /// A row it is computed from counts a disturbed run: not decided.
+    disturbed: bool,
 }
 
 /// The targets of issues 6 and 8 that this run can decide: ratios of two scenarios at the
@@ -943,6 +955,7 @@ fn targets(o: &Options, rows: &[Row]) -> Vec<Target> {
                     label: format!("{label}, c={c}"),
                     value: ratio,
                     goal: Goal::AtLeast(goal),
+                    disturbed: disturbed(rows, scenario, c) || disturbed(rows, base, c),
                 });
             }
         }
@@ -955,6 +968,7 @@ fn targets(o: &Options, rows: &[Row]) -> Vec<Target> {
                 label: format!("Redis commands per Redis cache hit, c={c}"),
                 value: r.run.redis_per_request,
                 goal: Goal::Exactly(1.0),
+                disturbed: false,
             });
         }
         if let Some(r) = row("turret-full-stack").filter(|_| c == 400) {
@@ -962,6 +976,7 @@ fn targets(o: &Options, rows: &[Row]) -> Vec<Target> {
                 label: format!("full stack with Redis, p99 ms, c={c}"),
                 value: r.run.latency[2],
                 goal: Goal::Below(10.0),
+                disturbed: r.run.disturbed,
             });
         }
     }
