@@ -20,6 +20,13 @@ use turret_testkit::{RedisCluster, RedisServer};
 
 type Svc = BoxCloneService<Request<String>, Response<ResponseBody<String>>, Infallible>;
 
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::Gcra,
+    Algorithm::FixedWindow,
+    Algorithm::SlidingWindow,
+    Algorithm::SlidingLog,
+];
+
 fn config(url: &str) -> RedisConfig {
     RedisConfig::from_url(url)
         .unwrap()
@@ -67,12 +74,7 @@ async fn every_algorithm_admits_exactly_the_quota_then_refuses_with_a_retry_time
     let server = RedisServer::start();
     let backend = RedisBackend::new(redis(&server.url()).await);
     backend.preload().await.unwrap();
-    for alg in [
-        Algorithm::Gcra,
-        Algorithm::FixedWindow,
-        Algorithm::SlidingLog,
-        Algorithm::SlidingWindow,
-    ] {
+    for alg in ALGORITHMS {
         // A long period: the whole test happens "at once" for the quota.
         let quota = Quota::per_hour(5).algorithm(alg);
         let key = format!("k-{alg:?}");
@@ -201,23 +203,13 @@ async fn a_hot_keys_concurrent_decisions_go_in_one_call_and_stay_exact() {
     let server = RedisServer::start();
     let backend = RedisBackend::new(redis(&server.url()).await);
     backend.preload().await.unwrap();
-    for alg in [
-        Algorithm::Gcra,
-        Algorithm::FixedWindow,
-        Algorithm::SlidingWindow,
-        Algorithm::SlidingLog,
-    ] {
+    for alg in ALGORITHMS {
         let quota = Quota::per_hour(100).algorithm(alg);
         let key = format!("hot-{alg:?}");
         let before = script_calls(&server);
         // The first request's call is on its way when the other 128 arrive: they wait for
         // it and go together in the next call.
-        let pending: Vec<_> = (0..129)
-            .map(|_| match backend.decide("p", &key, &quota, 1) {
-                Decide::Pending(f) => f,
-                Decide::Ready(_) => panic!("Redis decisions are pending"),
-            })
-            .collect();
+        let pending = ask(&backend, &key, &quota, 129);
         let decisions: Vec<_> = futures_join(pending).await;
         assert_eq!(
             script_calls(&server) - before,
@@ -250,12 +242,7 @@ async fn requests_queued_behind_a_cancelled_first_request_are_still_decided() {
     let Decide::Pending(first) = backend.decide("p", "k", &quota, 1) else {
         panic!("Redis decisions are pending");
     };
-    let queued: Vec<_> = (0..5)
-        .map(|_| match backend.decide("p", "k", &quota, 1) {
-            Decide::Pending(f) => f,
-            Decide::Ready(_) => panic!("Redis decisions are pending"),
-        })
-        .collect();
+    let queued = ask(&backend, "k", &quota, 5);
     // The first request's client went away before its call was made.
     drop(first);
     let decisions = tokio::time::timeout(Duration::from_secs(10), futures_join(queued))
@@ -274,12 +261,7 @@ async fn max_batch_one_makes_one_call_per_decision() {
     backend.preload().await.unwrap();
     let quota = Quota::per_hour(100);
     let before = script_calls(&server);
-    let pending: Vec<_> = (0..20)
-        .map(|_| match backend.decide("p", "k", &quota, 1) {
-            Decide::Pending(f) => f,
-            Decide::Ready(_) => panic!("Redis decisions are pending"),
-        })
-        .collect();
+    let pending = ask(&backend, "k", &quota, 20);
     let decisions = futures_join(pending).await;
     assert_eq!(script_calls(&server) - before, 20);
     assert!(decisions.iter().all(|d| d.allowed));
@@ -292,12 +274,7 @@ async fn requests_queued_behind_a_failing_call_get_its_error() {
     backend.preload().await.unwrap();
     server.stop();
     let quota = Quota::per_hour(100);
-    let pending: Vec<_> = (0..50)
-        .map(|_| match backend.decide("p", "k", &quota, 1) {
-            Decide::Pending(f) => f,
-            Decide::Ready(_) => panic!("Redis decisions are pending"),
-        })
-        .collect();
+    let pending = ask(&backend, "k", &quota, 50);
     let mut errors = 0;
     for f in pending {
         if f.await.is_err() {
@@ -310,6 +287,21 @@ async fn requests_queued_behind_a_failing_call_get_its_error() {
         panic!("Redis decisions are pending");
     };
     assert!(later.await.is_err());
+}
+
+/// `n` decisions of `key` asked for at once: the futures, not yet awaited.
+fn ask(
+    backend: &RedisBackend,
+    key: &str,
+    quota: &Quota,
+    n: usize,
+) -> Vec<turret_ratelimit::DecisionFuture> {
+    (0..n)
+        .map(|_| match backend.decide("p", key, quota, 1) {
+            Decide::Pending(f) => f,
+            Decide::Ready(_) => panic!("Redis decisions are pending"),
+        })
+        .collect()
 }
 
 /// Awaits every decision, in order.
