@@ -75,6 +75,8 @@ fn default_scenarios() -> Vec<String> {
     all.extend(FULL_STACK.iter().map(|s| s.to_string()));
     all.push("raw-2ms".into());
     all.extend(CACHES.iter().map(|s| format!("{s}-2ms")));
+    // The stampede layer: concurrent identical GETs share one origin call, no cache.
+    all.push("turret-coalesce-2ms".into());
     all
 }
 

@@ -269,6 +269,9 @@ async fn main() {
                 .expect("connect");
             routes.layer(middleware::from_fn_with_state(conn, incr_expire))
         }
+        // Request coalescing without a cache: concurrent identical GETs share one origin
+        // call (in this process).
+        "turret-coalesce" => routes.layer(turret_stampede::CoalesceLayer::new()),
         "turret-cache-memory" => routes.layer(ResponseCacheLayer::new()),
         "turret-cache-redis" => routes.layer(ResponseCacheLayer::with_storage(RedisStorage::new(
             redis_handle(&redis_url).await,
