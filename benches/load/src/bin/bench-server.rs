@@ -328,7 +328,6 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind");
-    println!("ready");
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
