@@ -146,6 +146,11 @@ impl CacheControl {
         let dict = sfv::Parser::new(value).parse::<sfv::Dictionary>().ok()?;
         let mut cc = CacheControl::default();
         for (key, entry) in &dict {
+            if !targeted_type_fits(key.as_str(), entry) {
+                // §2.1: a known directive with a value of the wrong type makes the whole
+                // field invalid, so it is ignored and `Cache-Control` applies.
+                return None;
+            }
             let arg = match entry {
                 sfv::ListEntry::Item(item) => match &item.bare_item {
                     sfv::BareItem::Boolean(true) => None,
@@ -187,6 +192,54 @@ impl CacheControl {
         }
         Some(cc)
     }
+}
+
+/// Whether a targeted field's member has the type RFC 9213 §2.1 gives its directive: an
+/// Integer for the delta-seconds directives, a Boolean for the flags, a Boolean or a String
+/// for `private` and `no-cache`. Unknown directives may have any type (they are ignored).
+fn targeted_type_fits(name: &str, entry: &sfv::ListEntry) -> bool {
+    let sfv::ListEntry::Item(item) = entry else {
+        return !is_known_directive(name);
+    };
+    match name {
+        "max-age"
+        | "s-maxage"
+        | "min-fresh"
+        | "max-stale"
+        | "stale-while-revalidate"
+        | "stale-if-error" => matches!(item.bare_item, sfv::BareItem::Integer(_)),
+        "private" | "no-cache" => matches!(
+            item.bare_item,
+            sfv::BareItem::Boolean(_) | sfv::BareItem::String(_)
+        ),
+        "no-store" | "public" | "must-revalidate" | "proxy-revalidate" | "only-if-cached"
+        | "no-transform" | "immutable" | "must-understand" => {
+            matches!(item.bare_item, sfv::BareItem::Boolean(_))
+        }
+        _ => true,
+    }
+}
+
+fn is_known_directive(name: &str) -> bool {
+    matches!(
+        name,
+        "max-age"
+            | "s-maxage"
+            | "min-fresh"
+            | "max-stale"
+            | "stale-while-revalidate"
+            | "stale-if-error"
+            | "private"
+            | "no-cache"
+            | "no-store"
+            | "public"
+            | "must-revalidate"
+            | "proxy-revalidate"
+            | "only-if-cached"
+            | "no-transform"
+            | "immutable"
+            | "must-understand"
+    )
 }
 
 /// RFC 9111 §4.2.1: a duplicate or invalid delta-seconds makes the directive [`Delta::Invalid`].
@@ -403,6 +456,30 @@ mod tests {
         // Not a dictionary (a quoted string cannot be a key): the field is ignored.
         assert_eq!(CacheControl::from_targeted(b"\"max-age\"=60"), None);
         assert_eq!(CacheControl::from_targeted(b"max-age=\"60"), None);
+    }
+
+    #[test]
+    fn a_known_directive_of_the_wrong_type_invalidates_the_targeted_field_rfc9213_2_1() {
+        for field in [
+            &b"max-age=\"10000\""[..],
+            b"max-age=10000, s-maxage=?1",
+            b"max-age=60, no-store=1",
+            b"max-age=60, private=tok",
+            b"max-age=60, must-revalidate=\"yes\"",
+            b"max-age=(1 2)",
+            b"max-age=1.5",
+        ] {
+            assert_eq!(
+                CacheControl::from_targeted(field),
+                None,
+                "{}",
+                String::from_utf8_lossy(field)
+            );
+        }
+        // Unknown directives may carry any type; booleans may be false.
+        let c = CacheControl::from_targeted(b"max-age=60, x-ext=\"a\", no-store=?0").unwrap();
+        assert_eq!(c.max_age, Delta::Seconds(60));
+        assert!(!c.no_store);
     }
 
     #[test]

@@ -190,21 +190,25 @@ pub(crate) fn http_date(value: &HeaderValue) -> Option<Duration> {
         .ok()
 }
 
-/// The `Age` field (RFC 9111 §5.1), first line only.
+/// The `Age` field (RFC 9111 §5.1): the first line, and of a list its first member. A value
+/// that is not a non-negative integer is ignored, as if the field were absent (the response
+/// is not stale for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AgeValue {
     Absent,
     Seconds(u64),
-    /// A list, a negative or a non-numeric value: the response is treated as stale.
-    Invalid,
 }
 
 pub(crate) fn age_value(headers: &HeaderMap) -> AgeValue {
-    match headers.get(header::AGE) {
-        None => AgeValue::Absent,
-        Some(v) => parse_delta_seconds(v.as_bytes().trim_ascii())
-            .map_or(AgeValue::Invalid, AgeValue::Seconds),
-    }
+    let Some(v) = headers.get(header::AGE) else {
+        return AgeValue::Absent;
+    };
+    let first = v
+        .as_bytes()
+        .split(|&b| b == b',')
+        .next()
+        .unwrap_or_default();
+    parse_delta_seconds(first.trim_ascii()).map_or(AgeValue::Absent, AgeValue::Seconds)
 }
 
 /// RFC 9111 §4.2.3: the current age of a stored response.
@@ -500,17 +504,25 @@ mod tests {
     }
 
     #[test]
-    fn age_list_negative_or_non_numeric_is_invalid_rfc9111_5_1() {
+    fn an_age_list_uses_its_first_member_and_an_invalid_age_is_ignored_rfc9111_5_1() {
         assert_eq!(age_value(&headers(&[])), AgeValue::Absent);
         assert_eq!(age_value(&headers(&[("age", "12")])), AgeValue::Seconds(12));
         assert_eq!(
             age_value(&headers(&[("age", "12"), ("age", "30")])),
             AgeValue::Seconds(12)
         );
-        for v in ["1, 2", "-5", "1.5", "abc", ""] {
+        assert_eq!(
+            age_value(&headers(&[("age", "1, 2")])),
+            AgeValue::Seconds(1)
+        );
+        assert_eq!(
+            age_value(&headers(&[("age", "0, 7200")])),
+            AgeValue::Seconds(0)
+        );
+        for v in ["-5", "1.5", "7200.0", "abc", "", ", 7"] {
             assert_eq!(
                 age_value(&headers(&[("age", v)])),
-                AgeValue::Invalid,
+                AgeValue::Absent,
                 "{v:?}"
             );
         }

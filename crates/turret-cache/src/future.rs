@@ -1121,7 +1121,6 @@ fn admit(
     let age_value = match freshness::age_value(headers) {
         AgeValue::Absent => 0,
         AgeValue::Seconds(age) => age,
-        AgeValue::Invalid => return Err("invalid-age"),
     };
     let date = freshness::date_or(headers, response_time);
     let initial_age =

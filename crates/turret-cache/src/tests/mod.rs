@@ -141,6 +141,35 @@ async fn upstream_age_counts_toward_freshness_rfc9111_4_2_3() {
 }
 
 #[tokio::test]
+async fn an_age_list_uses_its_first_member_and_an_invalid_age_is_ignored_rfc9111_5_1() {
+    // (Age value, the age the hit reports): a list keeps its first member; a value that is
+    // not a non-negative integer is ignored as if absent, so the response is fresh.
+    let cases: [(&'static str, &str); 5] = [
+        ("0, 7200", "0"),
+        ("10, 7200", "10"),
+        ("abc", "0"),
+        ("-7200", "0"),
+        ("7200.0", "0"),
+    ];
+    for (age, expected) in cases {
+        let clock = FakeClock::new(T0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let headers: Headers = Box::leak(Box::new([("cache-control", "max-age=60"), ("age", age)]));
+        let svc = layer(&clock).layer(origin(calls.clone(), 200, headers));
+        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        assert_eq!(
+            field(&res, "cache-status"),
+            "turret; fwd=miss; stored",
+            "{age}"
+        );
+        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        assert_eq!(field(&res, "x-cache"), "HIT", "{age}");
+        assert_eq!(field(&res, "age"), expected, "{age}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{age}");
+    }
+}
+
+#[tokio::test]
 async fn stale_entry_is_a_miss_rfc9111_4_2() {
     let clock = FakeClock::new(T0);
     let calls = Arc::new(AtomicUsize::new(0));

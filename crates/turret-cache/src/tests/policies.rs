@@ -246,6 +246,34 @@ async fn cdn_cache_control_overrides_cache_control_rfc9213_2_1() {
 }
 
 #[tokio::test]
+async fn a_targeted_field_with_a_wrong_typed_directive_is_ignored_so_no_store_applies_rfc9213_2_1()
+{
+    let cases: [Headers; 2] = [
+        &[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=\"10000\""),
+        ],
+        &[
+            ("cache-control", "private"),
+            ("cdn-cache-control", "max-age=10000, public=\"yes\""),
+        ],
+    ];
+    for headers in cases {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = layer(&FakeClock::new(T0)).layer(origin(calls.clone(), 200, headers));
+        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        assert_eq!(
+            field(&res, "cache-status"),
+            "turret; fwd=miss",
+            "{headers:?}"
+        );
+        let res = svc.oneshot(get("/a")).await.unwrap();
+        assert_eq!(field(&res, "x-cache"), "MISS", "{headers:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "{headers:?}");
+    }
+}
+
+#[tokio::test]
 async fn set_cookie_is_never_replayed() {
     let headers: Headers = &[("cache-control", "max-age=60"), ("set-cookie", "sid=1")];
     let clock = FakeClock::new(T0);
