@@ -11,12 +11,18 @@ use http::{HeaderMap, HeaderName, Method, Uri};
 use crate::key;
 
 /// Which query parameters are part of the primary key.
+///
+/// Names are compared with the names the handler reads: the query is decoded as
+/// `application/x-www-form-urlencoded` (`%XX` escapes, `+` as a space), so `categ%6fry=9` is
+/// the parameter `category` for [`Only`](Self::Only) and [`Ignore`](Self::Ignore) as it is for
+/// axum's `Query`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum QueryKey {
     /// Every parameter, sorted by name (the default).
     #[default]
     All,
     /// Only these parameters (sorted by name); others (tracking, cache busters) are ignored.
+    /// The handler must read no other parameter, or the key misses what its answer depends on.
     Only(Vec<String>),
     /// Every parameter except these.
     Ignore(Vec<String>),
@@ -25,11 +31,20 @@ pub enum QueryKey {
 }
 
 impl QueryKey {
-    pub(crate) fn keeps(&self, name: &str) -> bool {
+    /// Whether the parameter with this decoded name is part of the key. A name that is not
+    /// UTF-8 is compared as the handler sees it (lossily decoded) for `Only`; `Ignore` drops
+    /// only exactly its names (keeping one more parameter never shares an entry wrongly).
+    pub(crate) fn keeps(&self, name: &[u8]) -> bool {
         match self {
             QueryKey::All => true,
-            QueryKey::Only(names) => names.iter().any(|n| n == name),
-            QueryKey::Ignore(names) => !names.iter().any(|n| n == name),
+            QueryKey::Only(names) => match std::str::from_utf8(name) {
+                Ok(name) => names.iter().any(|n| n == name),
+                Err(_) => {
+                    let lossy = String::from_utf8_lossy(name);
+                    names.iter().any(|n| *n == lossy)
+                }
+            },
+            QueryKey::Ignore(names) => !names.iter().any(|n| n.as_bytes() == name),
             QueryKey::None => false,
         }
     }
@@ -338,10 +353,13 @@ mod tests {
 
     #[test]
     fn query_key_filters() {
-        assert!(QueryKey::All.keeps("a"));
-        assert!(!QueryKey::None.keeps("a"));
-        assert!(QueryKey::Only(vec!["a".into()]).keeps("a"));
-        assert!(!QueryKey::Only(vec!["a".into()]).keeps("b"));
-        assert!(!QueryKey::Ignore(vec!["utm".into()]).keeps("utm"));
+        assert!(QueryKey::All.keeps(b"a"));
+        assert!(!QueryKey::None.keeps(b"a"));
+        assert!(QueryKey::Only(vec!["a".into()]).keeps(b"a"));
+        assert!(!QueryKey::Only(vec!["a".into()]).keeps(b"b"));
+        assert!(!QueryKey::Ignore(vec!["utm".into()]).keeps(b"utm"));
+        // A name the handler decodes lossily is kept when that is a name it reads.
+        assert!(QueryKey::Only(vec!["a\u{fffd}".into()]).keeps(b"a\xff"));
+        assert!(QueryKey::Ignore(vec!["a\u{fffd}".into()]).keeps(b"a\xff"));
     }
 }
