@@ -18,7 +18,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt, service_fn, util::BoxCloneService};
-use turret_cache::{FakeClock, MemoryStorage, Policy, ResponseBody, ResponseCacheLayer, SetCookie};
+use turret_cache::{
+    FakeClock, MemoryStorage, Policy, QueryKey, ResponseBody, ResponseCacheLayer, SetCookie,
+};
 
 const T0: Duration = Duration::from_secs(1_700_000_000);
 
@@ -476,4 +478,144 @@ async fn method_override_fields_do_not_reach_the_cache_as_a_get() {
     // Keep `Service` in scope for readers: the layer is a plain tower service.
     fn _is_service<S: Service<Request<()>>>(_: &S) {}
     _is_service(&svc);
+}
+
+/// A `200` for 10 minutes naming the product list the handler reads from the query, parsed
+/// the way axum's `Query` parses it (`form_urlencoded`: `%XX` and `+` decoded, the first of
+/// repeated names kept).
+fn product_list() -> Origin {
+    Arc::new(|req: &Request<()>, _n| {
+        let query = req.uri().query().unwrap_or("");
+        let read = |name: &str| {
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let mut res = Response::new(Full::from(format!(
+            "skip={:?} limit={:?} category={:?}",
+            read("skip"),
+            read("limit"),
+            read("category")
+        )));
+        res.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=600"),
+        );
+        res
+    })
+}
+
+#[tokio::test]
+async fn escaped_parameter_names_cannot_poison_a_query_policy() {
+    let products = || {
+        ResponseCacheLayer::new().route(
+            "/products",
+            Policy::named("products")
+                .ttl(Duration::from_secs(300))
+                .query(QueryKey::Only(vec![
+                    "skip".into(),
+                    "limit".into(),
+                    "category".into(),
+                ])),
+        )
+    };
+    let cases = [
+        ("/products?skip=11&categ%6fry=9", "/products?skip=11"),
+        ("/products?skip=11&categ%6Fry=9", "/products?skip=11"),
+        ("/products?skip=11&%63ategory=3", "/products?skip=11"),
+        ("/products?skip=11&%63%61tegory=3", "/products?skip=11"),
+        ("/products?skip=11&lim%69t=1", "/products?skip=11"),
+        ("/products?skip=11&LIM%49T=1&lim%49t=1", "/products?skip=11"),
+        ("/products?%73kip=99", "/products"),
+        (
+            "/products?skip=11&category=%39",
+            "/products?skip=11&category=3",
+        ),
+        (
+            "/products?category=3&category=9",
+            "/products?category=9&category=3",
+        ),
+        (
+            "/products?categ%6fry=3&category=9",
+            "/products?category=9&categ%6fry=3",
+        ),
+        ("/products?category=9+", "/products?category=9"),
+        (
+            "/products?category=9%26skip=1",
+            "/products?category=9&skip=1",
+        ),
+    ];
+    for (poison, victim) in cases {
+        let (svc, _) = cached(products(), product_list());
+        let (_, expected) = send(
+            &cached(ResponseCacheLayer::new(), product_list()).0,
+            get(victim, &[]),
+        )
+        .await;
+        send(&svc, get(poison, &[])).await;
+        for _ in 0..2 {
+            let (_, body) = send(&svc, get(victim, &[])).await;
+            assert_eq!(body, expected, "{poison} then {victim}");
+        }
+    }
+    // Spellings of the same parameters share the entry.
+    let (svc, calls) = cached(products(), product_list());
+    for spelling in [
+        "/products?skip=11&category=3",
+        "/products?category=3&skip=11&utm_source=x",
+        "/products?%73kip=1%31&&categ%6Fry=%33",
+    ] {
+        send(&svc, get(spelling, &[])).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_host_field_cannot_poison_another_host_or_path() {
+    // A handler that names the host and path it was asked for.
+    let echo: Origin = Arc::new(|req: &Request<()>, _n| {
+        let host = req.headers().get(header::HOST).map_or(String::new(), |h| {
+            String::from_utf8_lossy(h.as_bytes()).into_owned()
+        });
+        let mut res = Response::new(Full::from(format!("{host} {}", req.uri())));
+        res.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=600"),
+        );
+        res
+    });
+    let with_host = |uri: &str, host: &[u8]| {
+        Request::get(uri)
+            .header(header::HOST, HeaderValue::from_bytes(host).unwrap())
+            .body(())
+            .unwrap()
+    };
+    let cases: [(Request<()>, Request<()>); 4] = [
+        // A `Host` that is not UTF-8, another one.
+        (with_host("/", b"\xffevil"), with_host("/", b"\xfeshop")),
+        // A `Host` holding a path or a query.
+        (
+            with_host("/", b"shop.example/admin"),
+            with_host("/admin/", b"shop.example"),
+        ),
+        (
+            with_host("/", b"shop.example/p?a=1"),
+            with_host("/p?a=1/", b"shop.example"),
+        ),
+        // An absolute target with a `Host` disagreeing with it (RFC 9112 §3.2.2: the origin
+        // should ignore the field; a handler reading it must not poison the target).
+        (
+            with_host("http://shop.example/", b"evil.example"),
+            with_host("/", b"shop.example"),
+        ),
+    ];
+    for (poison, victim) in cases {
+        let (svc, _) = cached(ResponseCacheLayer::new(), echo.clone());
+        let expected = (echo)(&victim, 1);
+        let expected = expected.into_body().collect().await.unwrap().to_bytes();
+        let what = format!("{:?} then {:?}", poison.headers(), victim.headers());
+        send(&svc, poison).await;
+        let (_, body) = send(&svc, victim).await;
+        assert_eq!(body.as_bytes(), expected, "{what}");
+    }
 }
