@@ -1,5 +1,8 @@
 //! Security properties of the whole shop, over HTTP against the real binary:
 //!
+//! - the response cache cannot be poisoned through the query: a parameter name spelled with
+//!   `%XX` escapes (`categ%6fry=9`) is the name the handler reads, so the list it selects is
+//!   never served for the plain URL;
 //! - the response cache cannot be poisoned through unkeyed request fields: a client that
 //!   forges `X-Forwarded-Host`, `X-Forwarded-Proto`, `Forwarded`, `X-Original-URL`, … or a
 //!   `Host` that disagrees with an absolute request target gets exactly the bytes every
@@ -241,6 +244,59 @@ fn forged_forwarding_fields_do_not_change_a_cached_body() {
     assert_eq!(clean.header("x-cache"), Some("HIT"));
     assert_eq!(clean.body, attack.body);
     assert_unpoisoned(&[shop.port]);
+}
+
+/// The product lists a poisoning request tries to plant (`category` or `limit` spelled with
+/// `%XX` escapes, which axum's `Query` decodes), each with the plain list it must not replace.
+const ESCAPED_NAMES: [(&str, &str); 7] = [
+    ("/products?skip=11&categ%6fry=9", "/products?skip=11"),
+    ("/products?skip=12&categ%6Fry=9", "/products?skip=12"),
+    ("/products?skip=2&%63ategory=3", "/products?skip=2"),
+    ("/products?skip=3&c%61t%65gory=3", "/products?skip=3"),
+    ("/products?skip=4&lim%69t=1", "/products?skip=4"),
+    ("/products?skip=5&%6C%69%6D%69%74=1", "/products?skip=5"),
+    ("/products?%73kip=1&limit=2", "/products?limit=2"),
+];
+
+#[test]
+fn escaped_query_names_cannot_poison_the_product_lists() {
+    let dir = TempDir::new().unwrap();
+    let shop = start(dir.path(), "shop", &["--rate-limit", "10000/60s"], &[]);
+    let origin = start(
+        dir.path(),
+        "origin",
+        &["--rate-limit", "10000/60s", "--no-cache"],
+        &[],
+    );
+    for (poison, victim) in ESCAPED_NAMES {
+        let wanted = raw(origin.port, &get_head(victim, &[]));
+        let filtered = raw(origin.port, &get_head(poison, &[]));
+        assert_eq!((wanted.status, filtered.status), (200, 200), "{poison}");
+        assert_ne!(
+            wanted.body, filtered.body,
+            "{poison}: the handler reads the escaped name"
+        );
+        let attack = raw(shop.port, &get_head(poison, &[]));
+        assert_eq!(attack.body, filtered.body, "{poison}");
+        for _ in 0..2 {
+            let clean = raw(shop.port, &get_head(victim, &[]));
+            assert_eq!(clean.status, 200, "{victim}");
+            assert!(
+                clean.body == wanted.body,
+                "{poison} then {victim}: not the plain list (x-cache {:?})",
+                clean.header("x-cache")
+            );
+        }
+    }
+    // Spellings of the same list still share the entry.
+    let first = raw(shop.port, &get_head("/products?skip=6&category=2", &[]));
+    let again = raw(
+        shop.port,
+        &get_head("/products?categ%6Fry=%32&utm=x&skip=6", &[]),
+    );
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    assert_eq!(again.header("x-cache"), Some("HIT"));
+    assert_eq!(again.body, first.body);
 }
 
 /// Commands turret's layers send, and `HELLO` for the RESP3 subscriber connection.
