@@ -99,7 +99,7 @@ impl CachedResponse {
                 if let Ok(name) = HeaderName::from_bytes(name.trim_ascii())
                     && !vary.iter().any(|(n, _)| *n == name)
                 {
-                    let v = normalised(request_headers, &name);
+                    let v = field_lines(request_headers, &name);
                     vary.push((name, v));
                 }
             }
@@ -214,14 +214,17 @@ impl CachedResponse {
     }
 
     /// Whether a request with `request_headers` selects this response (RFC 9111 §4.1): every
-    /// field named by `Vary` has the same value (lines combined, whitespace around commas
-    /// ignored), an absent field matches only an absent field, and `Vary: *` never matches.
+    /// field named by `Vary` has the same field lines, byte for byte and in the same order,
+    /// as the request that stored it; an absent field matches only an absent field, and
+    /// `Vary: *` never matches. (§4.1 allows, never requires, matching values that differ
+    /// in whitespace or in how they are split into lines; a handler can tell those apart, so
+    /// they select different variants.)
     pub fn matches(&self, request_headers: &HeaderMap) -> bool {
         !freshness::vary_has_star(&self.headers)
             && self
                 .vary
                 .iter()
-                .all(|(name, stored)| normalised(request_headers, name) == *stored)
+                .all(|(name, stored)| same_field_lines(request_headers, name, stored.as_ref()))
     }
 
     /// Whether `other` has the same Vary secondary key (so it replaces this one).
@@ -394,20 +397,36 @@ impl CachedResponse {
     }
 }
 
-/// The request's value of `name` for Vary matching: all lines combined, members trimmed.
-fn normalised(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
+/// The request's value of `name` for the Vary secondary key: every field line exactly as
+/// received, in order, each length-prefixed (so two different lists of lines never give the
+/// same bytes); `None` when the field is absent.
+fn field_lines(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
     let mut values = headers.get_all(name).iter().peekable();
     values.peek()?;
     let mut out = Vec::new();
     for value in values {
-        for member in value.as_bytes().split(|&b| b == b',') {
-            if !out.is_empty() {
-                out.push(b',');
-            }
-            out.extend_from_slice(member.trim_ascii());
-        }
+        put_bytes(&mut out, value.as_bytes());
     }
     Some(Bytes::from(out))
+}
+
+/// Whether the request's lines of `name` are the `stored` ones ([`field_lines`]), compared
+/// without copying them.
+fn same_field_lines(headers: &HeaderMap, name: &HeaderName, stored: Option<&Bytes>) -> bool {
+    let mut values = headers.get_all(name).iter();
+    let Some(stored) = stored else {
+        return values.next().is_none();
+    };
+    let mut lines = Reader(stored);
+    let mut any = false;
+    for value in values {
+        any = true;
+        match lines.bytes() {
+            Ok(line) if line == value.as_bytes() => {}
+            _ => return false,
+        }
+    }
+    any && lines.0.is_empty()
 }
 
 /// "TRC" and the encoding version (3: tags, body encoding byte).
@@ -628,14 +647,87 @@ mod tests {
         assert!(CachedResponse::decode(&long).is_err());
     }
 
+    fn varied(name: &'static str, lines: &[&'static [u8]]) -> CachedResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::VARY, HeaderValue::from_static(name));
+        CachedResponse::new(
+            StatusCode::OK,
+            headers,
+            Bytes::new(),
+            &request_with(name, lines),
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+    }
+
+    fn request_with(name: &'static str, lines: &[&'static [u8]]) -> HeaderMap {
+        let mut req = HeaderMap::new();
+        for line in lines {
+            req.append(name, HeaderValue::from_bytes(line).unwrap());
+        }
+        req
+    }
+
     #[test]
-    fn vary_matches_same_values_whitespace_insensitive_rfc9111_4_1() {
+    fn vary_selects_only_the_same_field_lines_rfc9111_4_1() {
         let e = sample();
         let mut req = HeaderMap::new();
-        req.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip,br"));
+        req.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, br"),
+        );
         assert!(e.matches(&req));
         req.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("br"));
         assert!(!e.matches(&req));
+        // RFC 9111 §4.1 allows (never requires) matching values that differ in whitespace or
+        // line breaks; a handler reading the field can tell them apart (`headers.get` is the
+        // first line only), so they select different variants.
+        let tenant = varied("x-tenant", &[b"victim"]);
+        assert!(tenant.matches(&request_with("x-tenant", &[b"victim"])));
+        for other in [
+            &[&b",victim"[..]][..],
+            &[b"", b"victim"],
+            &[b"victim", b""],
+            &[b"victim,"],
+            &[b"vic", b"tim"],
+        ] {
+            assert!(
+                !tenant.matches(&request_with("x-tenant", other)),
+                "{other:?}"
+            );
+        }
+        let accept = varied("accept", &[b"text/html, application/json"]);
+        assert!(accept.matches(&request_with("accept", &[b"text/html, application/json"])));
+        for other in [
+            &[&b"text/html"[..], b"application/json"][..],
+            &[b"text/html,application/json"],
+            &[b"text/html ,application/json"],
+        ] {
+            assert!(!accept.matches(&request_with("accept", other)), "{other:?}");
+        }
+        let two = varied("accept", &[b"text/html", b"application/json"]);
+        assert!(two.matches(&request_with(
+            "accept",
+            &[b"text/html", b"application/json"]
+        )));
+        assert!(!two.matches(&request_with(
+            "accept",
+            &[b"application/json", b"text/html"]
+        )));
+        assert!(!two.matches(&request_with("accept", &[b"text/html"])));
+        assert!(!two.matches(&request_with(
+            "accept",
+            &[b"text/html", b"application/json", b"x"]
+        )));
+        assert!(!two.same_secondary_key(&accept));
+        assert_ne!(two.secondary_key_digest(), accept.secondary_key_digest());
+        // An empty field is present: it matches only an empty field.
+        let empty = varied("x-tenant", &[b""]);
+        assert!(empty.matches(&request_with("x-tenant", &[b""])));
+        assert!(!empty.matches(&HeaderMap::new()));
+        assert!(!varied("x-tenant", &[]).matches(&request_with("x-tenant", &[b""])));
     }
 
     #[test]
