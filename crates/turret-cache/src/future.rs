@@ -32,6 +32,20 @@ use crate::entry::{CACHE_STATUS, X_CACHE};
 /// The cache's identifier in `Cache-Status`.
 const CACHE_NAME: &str = "turret";
 
+/// The field that makes a stored entry a hit-for-miss marker: "this URL answered
+/// uncacheably" (its value says why). Never sent: markers are never served, and the field is
+/// removed from origin responses before they are stored, so an origin cannot forge one.
+pub(crate) const HIT_FOR_MISS: HeaderName = HeaderName::from_static("turret-hit-for-miss");
+
+/// Whether a stored entry is a hit-for-miss marker (an empty body is checked first: it is
+/// free, and real entries almost always have a body).
+fn is_marker(entry: &CachedResponse) -> bool {
+    entry.body().is_empty() && entry.headers().contains_key(HIT_FOR_MISS)
+}
+
+/// The `Cache-Status` member of a request sent on by a hit-for-miss marker.
+const PASS_MEMBER: &str = "fwd=miss; detail=hit-for-miss";
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What one GET or HEAD needs for its decisions.
@@ -74,6 +88,7 @@ pin_project! {
             #[pin]
             fut: F,
             member: &'static str,
+            config: Arc<Config>,
             invalidate: Option<Invalidate>,
         },
         Invalidating {
@@ -109,11 +124,17 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn forward(fut: F, member: &'static str, invalidate: Option<Invalidate>) -> Self {
+    pub(crate) fn forward(
+        fut: F,
+        member: &'static str,
+        config: Arc<Config>,
+        invalidate: Option<Invalidate>,
+    ) -> Self {
         Self {
             kind: Kind::Forward {
                 fut,
                 member,
+                config,
                 invalidate,
             },
         }
@@ -146,10 +167,11 @@ where
                 KindProj::Forward {
                     fut,
                     member,
+                    config,
                     invalidate,
                 } => {
                     let mut res = ready!(fut.poll(cx))?.map(ResponseBody::inner);
-                    annotate(&mut res, member, "MISS");
+                    annotate(config, &mut res, member, "MISS");
                     let status = res.status();
                     match invalidate.take() {
                         Some(inv) if status.is_success() || status.is_redirection() => {
@@ -236,7 +258,10 @@ fn storage_error(config: &Config, op: &'static str, e: &StorageError) {
     }
 }
 
-/// Notes a storage success; logs once when the storage recovers.
+/// Notes a storage success; logs once when the storage recovers. Only an answer that had
+/// to reach the storage counts: a synchronous one (memory, a two-tier storage's L1) and a
+/// write (a two-tier storage takes it into its L1 when Redis is down) say nothing about a
+/// storage that was failing, and counting them made the log flap.
 fn storage_ok(config: &Config) {
     if config.storage_failing.load(Ordering::Relaxed)
         && config.storage_failing.swap(false, Ordering::Relaxed)
@@ -246,9 +271,15 @@ fn storage_ok(config: &Config) {
 }
 
 /// Appends this cache's member to `Cache-Status` (RFC 9211 §2: keep the upstream members)
-/// and sets `X-Cache`.
-fn annotate<B>(res: &mut Response<B>, member: &str, x_cache: &'static str) {
+/// and sets `X-Cache`; removes the tag fields unless they are exposed (every response that
+/// leaves the layer goes through here, or is built from storage, which never holds them).
+fn annotate<B>(config: &Config, res: &mut Response<B>, member: &str, x_cache: &'static str) {
     let headers = res.headers_mut();
+    if !config.expose_tags {
+        for name in &config.tag_fields {
+            headers.remove(name);
+        }
+    }
     let mut value = Vec::with_capacity(CACHE_NAME.len() + 2 + member.len());
     value.extend_from_slice(CACHE_NAME.as_bytes());
     value.extend_from_slice(b"; ");
@@ -267,15 +298,21 @@ enum Lookup {
     /// revalidate.
     Stale(Arc<CachedResponse>, &'static str),
     Miss(&'static str),
+    /// No stored response fits, and a hit-for-miss marker says the URL answered
+    /// uncacheably: straight to the origin, without coalescing or the fill lease.
+    Pass,
 }
 
 /// RFC 9111 §4: among the stored responses whose Vary secondary key matches, the newest.
 /// The request's `max-age` and `min-fresh` (§5.2.1.1, §5.2.1.3) narrow what is fresh enough;
 /// invalid values are ignored (request directives are advisory). A request `no-cache`
-/// (`force`) makes any match need validation.
+/// (`force`) makes any match need validation. A fresh hit-for-miss marker applies when no
+/// stored response matches, or only a stale one older than the marker. `remote`: the answer
+/// came from the storage asynchronously (see [`storage_ok`]).
 fn select(
     config: &Config,
     result: Result<Variants, StorageError>,
+    remote: bool,
     req: &HeaderMap,
     directives: &CacheControl,
     force: bool,
@@ -283,7 +320,9 @@ fn select(
 ) -> Lookup {
     let variants = match result {
         Ok(v) => {
-            storage_ok(config);
+            if remote {
+                storage_ok(config);
+            }
             v
         }
         Err(e) => {
@@ -291,14 +330,30 @@ fn select(
             return Lookup::Miss("fwd=miss");
         }
     };
-    let best = variants
-        .iter()
-        .filter(|v| v.matches(req))
-        .max_by_key(|v| v.response_time());
+    let mut best: Option<&Arc<CachedResponse>> = None;
+    let mut marker: Option<&Arc<CachedResponse>> = None;
+    let mut any_response = false;
+    for v in variants.iter() {
+        let is_marker = is_marker(v);
+        any_response |= !is_marker;
+        if !v.matches(req) {
+            continue;
+        }
+        let slot = if is_marker { &mut marker } else { &mut best };
+        // The newest; the last of equals, as `max_by_key` would.
+        if slot.is_none_or(|b| v.response_time() >= b.response_time()) {
+            *slot = Some(v);
+        }
+    }
+    let marker = marker.filter(|m| m.ttl(now).is_some());
     match best {
-        None if variants.is_empty() => Lookup::Miss("fwd=miss"),
+        None if marker.is_some() => Lookup::Pass,
+        None if !any_response => Lookup::Miss("fwd=miss"),
         None => Lookup::Miss("fwd=vary-miss"),
         Some(entry) => match entry.ttl(now) {
+            None if marker.is_some_and(|m| m.response_time() >= entry.response_time()) => {
+                Lookup::Pass
+            }
             None => Lookup::Stale(entry.clone(), "fwd=stale"),
             Some(_) if force => Lookup::Stale(entry.clone(), "fwd=request"),
             Some(ttl) => {
@@ -469,17 +524,32 @@ fn serve_stale<B: Body>(
     tracing::debug!(key = %ctx.key, detail, "serving stale");
     let mut res = reuse(entry, now, ctx.head, request);
     let member = format!("{detail}; ttl=-{}", staleness(entry, now).as_secs());
-    annotate(&mut res, &member, "STALE");
+    annotate(&ctx.config, &mut res, &member, "STALE");
     res
 }
 
-/// RFC 9111 §5.2.1.7 (`only-if-cached` and nothing fits) and §5.2.2.2 (`must-revalidate`
-/// and the origin unreachable): a locally generated 504, so no `Cache-Status` member
-/// (RFC 9211 §2).
+/// RFC 9111 §5.2.1.7: `only-if-cached` and nothing fits, a locally generated 504, so no
+/// `Cache-Status` member (RFC 9211 §2).
 fn gateway_timeout<B: Body>(ctx: &Ctx) -> Response<ResponseBody<B>> {
     ctx.policy.count(Outcome::OnlyIfCached);
     let mut res = Response::new(ResponseBody::full(Bytes::new()));
     *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    res
+}
+
+/// RFC 9111 §5.2.2.2: a stale `must-revalidate` (or `proxy-revalidate`, `s-maxage`)
+/// response that the origin could not revalidate: a 504. It is based on the stored
+/// response and the request was forwarded, so it carries `fwd=stale` (RFC 9211 §2).
+fn cannot_revalidate<B: Body>(ctx: &Ctx) -> Response<ResponseBody<B>> {
+    ctx.policy.count(Outcome::MustRevalidate);
+    let mut res = Response::new(ResponseBody::full(Bytes::new()));
+    *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    annotate(
+        &ctx.config,
+        &mut res,
+        "fwd=stale; detail=must-revalidate",
+        "MISS",
+    );
     res
 }
 
@@ -558,6 +628,7 @@ where
             let found = select(
                 &ctx.config,
                 result,
+                false,
                 req.headers(),
                 &ctx.directives,
                 force,
@@ -571,6 +642,7 @@ where
             let found = select(
                 &ctx.config,
                 result,
+                true,
                 req.headers(),
                 &ctx.directives,
                 force,
@@ -601,6 +673,7 @@ pub(crate) fn fresh_hit<B: Body>(
     match select(
         config,
         Ok(variants.clone()),
+        false,
         request,
         directives,
         false,
@@ -681,10 +754,33 @@ where
             }
             forward_get(ctx, inner, req, member, Some(entry)).await
         }
-        Lookup::Miss(_) if ctx.directives.only_if_cached => Ok(gateway_timeout(&ctx)),
+        Lookup::Miss(_) | Lookup::Pass if ctx.directives.only_if_cached => {
+            Ok(gateway_timeout(&ctx))
+        }
         Lookup::Miss(member) if ctx.head => forward_plain(&ctx, inner, req, member).await,
         Lookup::Miss(member) => forward_get(ctx, inner, req, member, None).await,
+        Lookup::Pass if ctx.head => forward_plain(&ctx, inner, req, PASS_MEMBER).await,
+        Lookup::Pass => forward_pass(ctx, inner, req).await,
     }
+}
+
+/// A GET for a URL that answered uncacheably (a fresh hit-for-miss marker): sent on at once
+/// with the client's own conditionals (the origin evaluates them), neither coalesced nor
+/// behind the fill lease; a response that may be stored now is stored, replacing the marker.
+async fn forward_pass<S, ReqBody, B>(
+    ctx: Ctx,
+    inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<B>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    B: Body,
+{
+    metrics::counter!("turret_cache_hit_for_miss_total").increment(1);
+    tracing::debug!(key = %ctx.key, "hit-for-miss: straight to the origin");
+    let client = req.headers().clone();
+    let done = exchange(&ctx, inner, req, None, Fill::Pass).await;
+    finish(&ctx, done, PASS_MEMBER, None, &client)
 }
 
 /// Forwards without storing (a HEAD: no body to store).
@@ -700,7 +796,7 @@ where
 {
     ctx.policy.count(Outcome::Miss);
     let mut res = inner.call(req).await?.map(ResponseBody::inner);
-    annotate(&mut res, member, "MISS");
+    annotate(&ctx.config, &mut res, member, "MISS");
     Ok(res)
 }
 
@@ -784,7 +880,7 @@ fn refresh_in_background<S, ReqBody, B>(
         };
         tracing::debug!(key = %ctx.key, "stale-while-revalidate refresh");
         // The outcome is in storage (or logged); nobody waits for the response.
-        let _ = exchange(&ctx, inner, req, Some(entry), false).await;
+        let _ = exchange(&ctx, inner, req, Some(entry), Fill::Refresh).await;
         drop(held);
     });
 }
@@ -803,6 +899,22 @@ struct Exchange<B: Body, E> {
     origin_status: Option<StatusCode>,
     /// A 304 updated the stored response.
     revalidated: bool,
+    /// The hit-for-miss marker this exchange left (its response may not be stored).
+    marker: Option<Arc<CachedResponse>>,
+}
+
+/// How an exchange reaches the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// A miss or a revalidation for a client: behind the fleet's fill lease (for a miss),
+    /// leaving a hit-for-miss marker when the answer may not be stored.
+    Client,
+    /// A background refresh: no lease wait (its own lease was taken), a marker when
+    /// uncacheable.
+    Refresh,
+    /// Sent on by a hit-for-miss marker (or released by a fill that left one): no lease,
+    /// no new marker.
+    Pass,
 }
 
 /// Where the leader's exchange leaves its own response.
@@ -836,7 +948,7 @@ where
     }
     let ctx = Arc::new(ctx);
     let Some(flights) = ctx.config.flights.clone() else {
-        let done = exchange(&ctx, inner, req, stale.clone(), true).await;
+        let done = exchange(&ctx, inner, req, stale.clone(), Fill::Client).await;
         return finish(&ctx, done, member, stale.as_deref(), &client);
     };
     let out: Slot<B, S::Error> = Arc::new(Mutex::new(None));
@@ -849,8 +961,9 @@ where
                 let Some((inner, req)) = started else {
                     return Ok(None);
                 };
-                let done = exchange(&ctx, inner, req, stale, true).await;
-                let entry = done.entry.clone();
+                let done = exchange(&ctx, inner, req, stale, Fill::Client).await;
+                // What it stored, or the marker that releases the waiters to the origin.
+                let entry = done.entry.clone().or_else(|| done.marker.clone());
                 *lock(&out) = Some(done);
                 Ok(entry)
             }
@@ -872,16 +985,28 @@ where
         }
         Some((inner, req)) => {
             let now = ctx.config.clock.now();
-            if let Ok(Some(entry)) = &shared
-                && entry.matches(&client)
-            {
-                ctx.policy.count(Outcome::Collapsed);
-                tracing::debug!(key = %ctx.key, "served from a coalesced exchange");
-                let mut res = reuse(entry, now, false, &client);
-                annotate(&mut res, &format!("{member}; collapsed"), "MISS");
-                return Ok(res);
+            match &shared {
+                // The fill was uncacheable: every waiter goes to the origin at once, in
+                // parallel, without taking the fill lease in turn.
+                Ok(Some(entry)) if is_marker(entry) => {
+                    let done = exchange(&ctx, inner, req, None, Fill::Pass).await;
+                    return finish(&ctx, done, PASS_MEMBER, None, &client);
+                }
+                Ok(Some(entry)) if entry.matches(&client) => {
+                    ctx.policy.count(Outcome::Collapsed);
+                    tracing::debug!(key = %ctx.key, "served from a coalesced exchange");
+                    let mut res = reuse(entry, now, false, &client);
+                    annotate(
+                        &ctx.config,
+                        &mut res,
+                        &format!("{member}; collapsed"),
+                        "MISS",
+                    );
+                    return Ok(res);
+                }
+                _ => {}
             }
-            let done = exchange(&ctx, inner, req, stale.clone(), true).await;
+            let done = exchange(&ctx, inner, req, stale.clone(), Fill::Client).await;
             finish(&ctx, done, member, stale.as_deref(), &client)
         }
     }
@@ -918,7 +1043,7 @@ fn finish<B: Body, E>(
         }
         if done.res.is_err() && windows.forbidden {
             tracing::debug!(key = %ctx.key, "must-revalidate and the origin failed: 504");
-            return Ok(gateway_timeout(ctx));
+            return Ok(cannot_revalidate(ctx));
         }
     }
     let Exchange {
@@ -926,6 +1051,7 @@ fn finish<B: Body, E>(
         res,
         origin_status,
         revalidated,
+        marker: _,
     } = done;
     let mut res = res?;
     let Some(origin_status) = origin_status else {
@@ -936,7 +1062,12 @@ fn finish<B: Body, E>(
             Some(entry) if validate::is_conditional(client) => reuse(entry, now, false, client),
             _ => res,
         };
-        annotate(&mut res, &format!("{member}; collapsed"), "MISS");
+        annotate(
+            &ctx.config,
+            &mut res,
+            &format!("{member}; collapsed"),
+            "MISS",
+        );
         return Ok(res);
     };
     if let Some(entry) = &entry
@@ -955,10 +1086,10 @@ fn finish<B: Body, E>(
     }
     if revalidated {
         ctx.policy.count(Outcome::Revalidated);
-        annotate(&mut res, &member, "REVALIDATED");
+        annotate(&ctx.config, &mut res, &member, "REVALIDATED");
     } else {
         ctx.policy.count(Outcome::Miss);
-        annotate(&mut res, &member, "MISS");
+        annotate(&ctx.config, &mut res, &member, "MISS");
     }
     Ok(res)
 }
@@ -971,7 +1102,7 @@ async fn exchange<S, ReqBody, B>(
     mut inner: S,
     req: Request<ReqBody>,
     stale: Option<Arc<CachedResponse>>,
-    use_lease: bool,
+    fill: Fill,
 ) -> Exchange<B, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<B>>,
@@ -979,7 +1110,7 @@ where
 {
     let config = &ctx.config;
     let mut held = None;
-    if use_lease
+    if fill == Fill::Client
         && stale.is_none()
         && let Some(lease) = &config.lease
     {
@@ -1001,23 +1132,28 @@ where
             // while we waited): read what it stored.
             let result = config.storage.get(&ctx.key).await;
             let now = config.clock.now();
-            if let Lookup::Fresh(entry, _) = select(
+            match select(
                 config,
                 result,
+                true,
                 req.headers(),
                 &CacheControl::default(),
                 false,
                 now,
             ) {
-                return Exchange {
-                    res: Ok(from_storage(&entry, now, false)),
-                    entry: Some(entry),
-                    origin_status: None,
-                    revalidated: false,
-                };
-            }
-            if last {
-                break;
+                Lookup::Fresh(entry, _) => {
+                    return Exchange {
+                        res: Ok(from_storage(&entry, now, false)),
+                        entry: Some(entry),
+                        origin_status: None,
+                        revalidated: false,
+                        marker: None,
+                    };
+                }
+                // The holder's answer was uncacheable: no point waiting for the next one.
+                Lookup::Pass => break,
+                _ if last => break,
+                _ => {}
             }
         }
     }
@@ -1031,6 +1167,7 @@ where
                 res: Err(e),
                 origin_status: None,
                 revalidated: false,
+                marker: None,
             };
         }
     };
@@ -1051,15 +1188,22 @@ where
                 res: Ok(res),
                 origin_status: Some(status),
                 revalidated: true,
+                marker: None,
             }
         }
         _ => {
-            let (entry, res) = store(ctx, &request_headers, request_time, res).await;
+            let (stored, res) = store(ctx, &request_headers, request_time, res, fill).await;
+            let (entry, marker) = match stored {
+                Stored::Entry(entry) => (Some(entry), None),
+                Stored::Marker(marker) => (None, Some(marker)),
+                Stored::Nothing => (None, None),
+            };
             Exchange {
                 entry,
                 res: Ok(res),
                 origin_status: Some(status),
                 revalidated: false,
+                marker,
             }
         }
     };
@@ -1159,14 +1303,24 @@ fn tags(ctx: &Ctx, headers: &HeaderMap) -> Vec<String> {
     tags
 }
 
+/// What a fill left in storage.
+enum Stored {
+    Entry(Arc<CachedResponse>),
+    /// The response may not be stored: a hit-for-miss marker was.
+    Marker(Arc<CachedResponse>),
+    Nothing,
+}
+
 /// Stores the response when RFC 9111 §3 allows, and its body's exact size is known and
-/// within the limit. Anything else streams through untouched.
+/// within the limit. Anything else streams through untouched, and leaves a hit-for-miss
+/// marker when it is the URL's answer rather than a failure.
 async fn store<B: Body>(
     ctx: &Ctx,
     request_headers: &HeaderMap,
     request_time: Duration,
     res: Response<B>,
-) -> (Option<Arc<CachedResponse>>, Response<ResponseBody<B>>) {
+    fill: Fill,
+) -> (Stored, Response<ResponseBody<B>>) {
     let config = &ctx.config;
     let key = &ctx.key;
     let response_time = config.clock.now();
@@ -1177,30 +1331,43 @@ async fn store<B: Body>(
             parts.headers.remove(name);
         }
     }
-    let pass = |parts, body, why: &str| {
-        tracing::debug!(%key, why, "response not stored");
-        (None, Response::from_parts(parts, ResponseBody::inner(body)))
-    };
-    let admission = match admit(
+    let admitted = admit(
         ctx,
         parts.status,
         &parts.headers,
         request_headers,
         request_time,
         response_time,
-    ) {
-        Ok(a) => a,
-        Err(why) => return pass(parts, body, why),
+    )
+    .and_then(|admission| match body.size_hint().exact() {
+        Some(size) if size <= config.max_entry_size => Ok(admission),
+        Some(_) => Err("too-large"),
+        None => Err("unknown-size"),
+    });
+    let admission = match admitted {
+        Ok(admission) => admission,
+        Err(why) => {
+            tracing::debug!(%key, why, "response not stored");
+            let stored = match fill {
+                Fill::Pass => Stored::Nothing,
+                Fill::Client | Fill::Refresh => {
+                    mark_uncacheable(ctx, parts.status, why, tags, request_headers, response_time)
+                        .await
+                }
+            };
+            return (
+                stored,
+                Response::from_parts(parts, ResponseBody::inner(body)),
+            );
+        }
     };
-    match body.size_hint().exact() {
-        Some(size) if size <= config.max_entry_size => {}
-        Some(_) => return pass(parts, body, "too-large"),
-        None => return pass(parts, body, "unknown-size"),
-    }
     let collected = collect(body, config.max_entry_size).await;
     let Some(bytes) = collected.storable_bytes() else {
         tracing::debug!(%key, "response not stored: body error or trailers");
-        return (None, Response::from_parts(parts, collected.into_body()));
+        return (
+            Stored::Nothing,
+            Response::from_parts(parts, collected.into_body()),
+        );
     };
     let mut stored_headers = stored_headers(&parts.headers, &admission.cc, config.rules.set_cookie);
     for name in &ctx.policy.key_headers {
@@ -1222,14 +1389,63 @@ async fn store<B: Body>(
         )
         .with_tags(tags),
     );
-    let stored = put(ctx, entry, admission.ttl).await;
+    let stored = match put(ctx, entry, admission.ttl).await {
+        Some(entry) => Stored::Entry(entry),
+        None => Stored::Nothing,
+    };
     (stored, Response::from_parts(parts, collected.into_body()))
+}
+
+/// Leaves a hit-for-miss marker for the URL (no `Vary`: it applies to every request no
+/// stored response matches) when `why` is the URL's answer: not for a 5xx, nor for a status
+/// that may never be stored (1xx, 206, 304, 429), which say nothing of the next answer.
+async fn mark_uncacheable(
+    ctx: &Ctx,
+    status: StatusCode,
+    why: &'static str,
+    tags: Vec<String>,
+    request_headers: &HeaderMap,
+    response_time: Duration,
+) -> Stored {
+    let lifetime = ctx.config.hit_for_miss;
+    if lifetime.is_zero() || status.is_server_error() || why == "status" || why == "method" {
+        return Stored::Nothing;
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(HIT_FOR_MISS, HeaderValue::from_static(why));
+    let marker = Arc::new(
+        CachedResponse::new(
+            StatusCode::OK,
+            headers,
+            Bytes::new(),
+            request_headers,
+            response_time,
+            response_time,
+            lifetime,
+            Duration::ZERO,
+        )
+        .with_tags(tags),
+    );
+    match ctx
+        .config
+        .storage
+        .put(&ctx.key, marker.clone(), lifetime)
+        .await
+    {
+        Ok(()) => {
+            tracing::debug!(key = %ctx.key, why, ?lifetime, "hit-for-miss marker stored");
+            Stored::Marker(marker)
+        }
+        Err(e) => {
+            storage_error(&ctx.config, "put", &e);
+            Stored::Nothing
+        }
+    }
 }
 
 async fn put(ctx: &Ctx, entry: Arc<CachedResponse>, ttl: Duration) -> Option<Arc<CachedResponse>> {
     match ctx.config.storage.put(&ctx.key, entry.clone(), ttl).await {
         Ok(()) => {
-            storage_ok(&ctx.config);
             tracing::debug!(key = %ctx.key, lifetime = ?entry.freshness_lifetime(), ?ttl, "response stored");
             ctx.policy.stored(entry.body().len());
             Some(entry)
@@ -1315,6 +1531,7 @@ fn stored_headers(headers: &HeaderMap, cc: &CacheControl, set_cookie: SetCookie)
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
         HeaderName::from_static("proxy-authentication-info"),
+        HIT_FOR_MISS,
     ] {
         out.remove(name);
     }

@@ -22,6 +22,11 @@ use crate::{
 /// How long a response with a validator is kept after it goes stale (1 minute).
 pub const DEFAULT_KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(60);
 
+/// How long the cache remembers that a URL answered uncacheably (30 s): meanwhile its
+/// requests go to the origin at once, in parallel, instead of queueing behind one another's
+/// fill ([`ResponseCacheLayer::hit_for_miss`]).
+pub const DEFAULT_HIT_FOR_MISS: Duration = Duration::from_secs(30);
+
 /// How long a miss waits for another instance's fill before calling the origin itself (2 s).
 pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(2);
 
@@ -66,6 +71,8 @@ pub(crate) struct Config {
     pub(crate) events: Arc<HashMap<String, Vec<String>>>,
     /// Whether the last storage operation failed (to log state changes, not every error).
     pub(crate) storage_failing: Arc<AtomicBool>,
+    /// How long a hit-for-miss marker lives (zero: none are stored).
+    pub(crate) hit_for_miss: Duration,
 }
 
 /// RFC 9213 `CDN-Cache-Control`.
@@ -134,6 +141,7 @@ impl ResponseCacheLayer {
                 lease_wait: DEFAULT_LEASE_WAIT,
                 events: Arc::default(),
                 storage_failing: Arc::default(),
+                hit_for_miss: DEFAULT_HIT_FOR_MISS,
             }),
         }
     }
@@ -277,6 +285,23 @@ impl ResponseCacheLayer {
     /// does).
     pub fn expose_tags(mut self, expose: bool) -> Self {
         self.config().expose_tags = expose;
+        self
+    }
+
+    /// How long the cache remembers that a URL answered uncacheably (default
+    /// [`DEFAULT_HIT_FOR_MISS`]; `Duration::ZERO` turns it off).
+    ///
+    /// A miss whose response may not be stored (`private`, `no-store`, a request with
+    /// `Authorization`, `Set-Cookie`, no freshness, too large…) leaves a *hit-for-miss*
+    /// marker in the storage — so with Redis the whole fleet sees it — and for that long
+    /// the URL's requests that no stored response matches go to the origin at once and in
+    /// parallel, without coalescing or the fill lease: an uncacheable URL is never
+    /// serialised behind one request at a time. A response that may be stored replaces the
+    /// marker at once; 5xx answers and failures leave none (they are transient, and
+    /// coalescing is what protects a struggling origin). Invalidating the URL or one of its
+    /// tags removes the marker too.
+    pub fn hit_for_miss(mut self, lifetime: Duration) -> Self {
+        self.config().hit_for_miss = lifetime;
         self
     }
 

@@ -159,7 +159,7 @@ pub use entry::{CachedResponse, DecodeError};
 pub use future::ResponseFuture;
 pub use invalidator::CacheInvalidator;
 pub use layer::{
-    DEFAULT_KEEP_FOR_REVALIDATION, DEFAULT_LEASE_WAIT, DEFAULT_MAX_ENTRY_SIZE, ResponseCacheLayer,
+    DEFAULT_HIT_FOR_MISS, DEFAULT_KEEP_FOR_REVALIDATION, DEFAULT_LEASE_WAIT, DEFAULT_MAX_ENTRY_SIZE, ResponseCacheLayer,
     SetCookie,
 };
 pub use policy::{MakeCacheKey, Policy, QueryKey};

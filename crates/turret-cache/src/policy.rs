@@ -93,9 +93,11 @@ pub(crate) enum Outcome {
     Bypass,
     Method,
     OnlyIfCached,
+    /// A stale response that must be revalidated, and the origin unreachable: 504.
+    MustRevalidate,
 }
 
-const OUTCOMES: [&str; 8] = [
+const OUTCOMES: [&str; 9] = [
     "hit",
     "miss",
     "stale",
@@ -104,13 +106,14 @@ const OUTCOMES: [&str; 8] = [
     "bypass",
     "method",
     "only-if-cached",
+    "must-revalidate",
 ];
 
 /// The policy's counters, registered on first use (so a recorder installed after the layer
 /// was built still sees them), then incremented without allocating.
 #[derive(Debug)]
 pub(crate) struct Counters {
-    requests: [metrics::Counter; 8],
+    requests: [metrics::Counter; 9],
     pub(crate) stored_bytes: metrics::Counter,
 }
 

@@ -139,18 +139,23 @@ where
                 }
             });
             policy.count(Outcome::Method);
-            return ResponseFuture::forward(inner.call(req), "fwd=method", invalidate);
+            return ResponseFuture::forward(
+                inner.call(req),
+                "fwd=method",
+                config.clone(),
+                invalidate,
+            );
         }
         if policy.bypass {
             policy.count(Outcome::Bypass);
-            return ResponseFuture::forward(inner.call(req), "fwd=bypass", None);
+            return ResponseFuture::forward(inner.call(req), "fwd=bypass", config.clone(), None);
         }
         let directives = CacheControl::from_headers(req.headers());
         if directives.no_store || validate::has_foreign_precondition(req.headers()) {
             // RFC 9111 §5.2.1.5: store nothing of this exchange. Preconditions other than
             // If-None-Match / If-Modified-Since are the origin's to evaluate.
             policy.count(Outcome::Bypass);
-            return ResponseFuture::forward(inner.call(req), "fwd=request", None);
+            return ResponseFuture::forward(inner.call(req), "fwd=request", config.clone(), None);
         }
         // RFC 9111 §5.2.1.4: `no-cache` reuses nothing without validating it first.
         let force = directives.no_cache != Qualified::Absent;
@@ -181,7 +186,12 @@ where
         } else {
             let Some(key) = config.policies.key(&policy, req.uri(), req.headers()) else {
                 policy.count(Outcome::Bypass);
-                return ResponseFuture::forward(inner.call(req), "fwd=bypass", None);
+                return ResponseFuture::forward(
+                    inner.call(req),
+                    "fwd=bypass",
+                    config.clone(),
+                    None,
+                );
             };
             let pending = config.storage.get(&key);
             (key, pending)

@@ -817,6 +817,7 @@ async fn the_application_can_invalidate_a_uri() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+mod hit_for_miss;
 mod policies;
 mod revalidation;
 mod stale;
@@ -906,4 +907,148 @@ async fn a_body_longer_than_its_size_hint_is_not_buffered_past_the_limit() {
     let res = svc.oneshot(get("/lies")).await.unwrap();
     assert_eq!(field(&res, "x-cache"), "MISS");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn tag_fields_never_leave_the_layer_unless_exposed() {
+    let tagged: Headers = &[
+        ("cache-control", "max-age=60"),
+        ("surrogate-key", "products p1"),
+        ("cache-tag", "all"),
+    ];
+    let requests = || {
+        [
+            ("a miss", with(Method::GET, "/a", &[])),
+            ("a hit", with(Method::GET, "/a", &[])),
+            (
+                "a conditional hit",
+                with(Method::GET, "/a", &[("if-none-match", "*")]),
+            ),
+            (
+                "request no-store",
+                with(Method::GET, "/b", &[("cache-control", "no-store")]),
+            ),
+            (
+                "If-Match",
+                with(Method::GET, "/c", &[("if-match", "\"x\"")]),
+            ),
+            (
+                "If-Range",
+                with(
+                    Method::GET,
+                    "/d",
+                    &[("if-range", "\"x\""), ("range", "bytes=0-1")],
+                ),
+            ),
+            ("a cold HEAD", with(Method::HEAD, "/e", &[])),
+            ("a POST", with(Method::POST, "/f", &[])),
+            ("a bypassed route", with(Method::GET, "/admin/x", &[])),
+        ]
+    };
+    for expose in [false, true] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = layer(&FakeClock::new(T0))
+            .route("/admin/*", crate::Policy::named("admin").bypass())
+            .expose_tags(expose)
+            .layer(origin(calls, 200, tagged));
+        for (name, req) in requests() {
+            let res = svc.clone().oneshot(req).await.unwrap();
+            for tag_field in ["surrogate-key", "cache-tag"] {
+                if expose && name != "a hit" && name != "a conditional hit" {
+                    assert!(res.headers().contains_key(tag_field), "{name}: {tag_field}");
+                } else if !expose {
+                    assert!(
+                        !res.headers().contains_key(tag_field),
+                        "{name}: {tag_field}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_storage_failing_behind_a_local_tier_logs_one_line_per_change_of_state() {
+    use std::sync::Mutex as StdMutex;
+
+    /// Answers `/l1` synchronously (a two-tier storage's L1 hit) and takes writes locally;
+    /// everything else needs the remote storage, which is down until `up` is set.
+    #[derive(Debug, Clone, Default)]
+    struct Tiered {
+        up: Arc<std::sync::atomic::AtomicBool>,
+    }
+    impl CacheStorage for Tiered {
+        fn get(&self, key: &str) -> StorageFuture<Variants> {
+            if key.ends_with("/l1") {
+                return StorageFuture::ready(Ok(Variants::from(Vec::new())));
+            }
+            let up = self.up.load(Ordering::SeqCst);
+            StorageFuture::new(async move {
+                if up {
+                    Ok(Variants::from(Vec::new()))
+                } else {
+                    Err(StorageError::new("down"))
+                }
+            })
+        }
+        fn put(&self, _: &str, _: Arc<CachedResponse>, _: Duration) -> StorageFuture<()> {
+            StorageFuture::ready(Ok(()))
+        }
+        fn invalidate(&self, _: &str, _: Purge) -> StorageFuture<()> {
+            StorageFuture::ready(Ok(()))
+        }
+        fn invalidate_tag(&self, _: &str, _: Purge) -> StorageFuture<()> {
+            StorageFuture::ready(Ok(()))
+        }
+    }
+
+    /// Collects the layer's storage health lines.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<StdMutex<Vec<String>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let line = String::from_utf8_lossy(buf).into_owned();
+            if line.contains("cache storage") {
+                self.0.lock().unwrap().push(line);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let storage = Tiered::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ResponseCacheLayer::with_storage(storage.clone()).layer(origin(
+        calls,
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    // The remote storage is down: misses that reach it fail, L1 answers and writes succeed.
+    for path in ["/remote", "/l1", "/remote", "/l1", "/remote"] {
+        svc.clone().oneshot(get(path)).await.unwrap();
+    }
+    assert_eq!(
+        lines.0.lock().unwrap().len(),
+        1,
+        "{:?}",
+        lines.0.lock().unwrap()
+    );
+    assert!(lines.0.lock().unwrap()[0].contains("failing"));
+    // Back: one line.
+    storage.up.store(true, Ordering::SeqCst);
+    for path in ["/remote", "/l1", "/remote"] {
+        svc.clone().oneshot(get(path)).await.unwrap();
+    }
+    let lines = lines.0.lock().unwrap().clone();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].contains("recovered"), "{lines:?}");
 }

@@ -41,8 +41,9 @@ async fn each_route_gets_its_policy_ttl() {
     assert_eq!(ttl("/products/1").await, "turret; hit; ttl=300");
     assert_eq!(ttl("/categories/1").await, "turret; hit; ttl=3600");
     assert_eq!(ttl("/admin/x").await, "turret; fwd=bypass");
-    // No caching fields and no default TTL: not stored.
-    assert_eq!(ttl("/other").await, "turret; fwd=miss");
+    // No caching fields and no default TTL: not stored (the first miss left a hit-for-miss
+    // marker, so this one went straight to the origin).
+    assert_eq!(ttl("/other").await, "turret; fwd=miss; detail=hit-for-miss");
 }
 
 #[tokio::test]
