@@ -2,13 +2,20 @@
 //! client (hyper-util's legacy client), streaming both bodies, and removes the origin's
 //! hop-by-hop fields from its response. The cache sits in front of it.
 //!
-//! Failures are responses, never errors, so that the cache can apply `stale-if-error`
-//! (it does for 500, 502, 503 and 504): the origin unreachable → `502 Bad Gateway`, no
-//! response head within `--origin-timeout` → `504 Gateway Timeout`.
+//! The origin's failures are errors ([`ForwardError`]): the cache treats an error of its
+//! inner service as the origin failing (it serves a stale copy when `stale-if-error`
+//! allows) and passes it on untouched, and [`Front`](crate::front::Front), outside the
+//! cache, answers `502 Bad Gateway` (unreachable) or `504 Gateway Timeout` (no response
+//! head within `--origin-timeout`). A request whose *client* body failed is not the
+//! origin's failure: it gets a placeholder response the cache neither stores nor takes for
+//! an error, and `Front` answers 400.
+//!
+//! The response leaves with this proxy's HTTP version (RFC 9110 §6.2), never the
+//! origin's: hyper's server sends it as HTTP/1.1, or HTTP/1.0 to an HTTP/1.0 client.
 
 use std::{
-    convert::Infallible,
     error::Error as _,
+    fmt,
     future::Future,
     pin::Pin,
     task::{Context, Poll},
@@ -16,7 +23,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -25,10 +32,31 @@ use hyper_util::{
 };
 use tower_service::Service;
 
-use crate::headers;
+use crate::{front::ClientBody, headers};
 
-/// The response body: the origin's, streamed, or one the proxy made (502, 504, 501).
+/// The response body: the origin's, streamed, or the empty placeholder for a request
+/// whose client body failed.
 pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The origin failed to give a response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ForwardError {
+    /// No connection, or the connection failed before a response head (→ 502).
+    Unreachable,
+    /// No response head within `--origin-timeout` (→ 504).
+    TimedOut,
+}
+
+impl fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unreachable => "the origin could not be reached",
+            Self::TimedOut => "the origin did not answer in time",
+        })
+    }
+}
+
+impl std::error::Error for ForwardError {}
 
 /// How long a TCP connect to the origin may take before the request gets a 502.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,13 +66,14 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sends requests to the origin. Cheap to clone: clones share one connection pool.
 #[derive(Debug, Clone)]
 pub(crate) struct Forward {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, ClientBody>,
     head_timeout: Duration,
 }
 
 impl Forward {
-    /// A client whose requests get a 504 when the origin's response head takes longer
-    /// than `head_timeout` (the body may then take as long as it takes).
+    /// A client whose requests fail with [`ForwardError::TimedOut`] when the origin's
+    /// response head takes longer than `head_timeout` (the body may then take as long as
+    /// it takes).
     pub(crate) fn new(head_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -59,62 +88,51 @@ impl Forward {
     }
 }
 
-impl Service<Request<Incoming>> for Forward {
+impl Service<Request<ClientBody>> for Forward {
     type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Error = ForwardError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ForwardError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        if req.method() == Method::CONNECT || req.uri().authority().is_none() {
-            // CONNECT tunnels and `OPTIONS *` (asterisk-form) have no origin-form target.
-            return Box::pin(std::future::ready(Ok(plain(
-                StatusCode::NOT_IMPLEMENTED,
-                "this proxy forwards requests for paths of its origin only (no CONNECT, no `*`)\n",
-            ))));
-        }
+    fn call(&mut self, req: Request<ClientBody>) -> Self::Future {
         let (method, uri) = (req.method().clone(), req.uri().clone());
+        let client_body = req.body().failure();
         let exchange = self.client.request(req);
         let head_timeout = self.head_timeout;
         Box::pin(async move {
             let res = match tokio::time::timeout(head_timeout, exchange).await {
                 Ok(Ok(res)) => res,
+                Ok(Err(_)) if client_body.as_ref().is_some_and(|b| b.failed()) => {
+                    // The client's body broke the exchange, not the origin: neither an error
+                    // (the cache would serve stale-if-error) nor a 5xx; `Front` answers 400.
+                    tracing::debug!(%method, %uri, "the client's request body failed");
+                    let mut res = Response::new(Either::Right(Full::new(Bytes::new())));
+                    *res.status_mut() = StatusCode::BAD_REQUEST;
+                    res.headers_mut()
+                        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    return Ok(res);
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(%method, %uri, error = %chain(&e), "origin unreachable: 502");
-                    return Ok(plain(
-                        StatusCode::BAD_GATEWAY,
-                        "the origin could not be reached\n",
-                    ));
+                    return Err(ForwardError::Unreachable);
                 }
                 Err(_) => {
                     tracing::warn!(%method, %uri, timeout = ?head_timeout, "origin too slow: 504");
-                    return Ok(plain(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the origin did not answer in time\n",
-                    ));
+                    return Err(ForwardError::TimedOut);
                 }
             };
             let (mut parts, body) = res.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers);
+            // RFC 9110 §6.2: this proxy's version, not the origin's (hyper sends HTTP/1.0
+            // instead to an HTTP/1.0 client). Set before the cache, so no stored response
+            // remembers another.
+            parts.version = Version::HTTP_11;
             Ok(Response::from_parts(parts, Either::Left(body)))
         })
     }
-}
-
-/// A small `text/plain` answer of the proxy's own.
-fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut res = Response::new(Either::Right(Full::new(Bytes::from_static(
-        text.as_bytes(),
-    ))));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    res
 }
 
 /// An error and its sources on one line (`client error (Connect): tcp connect error: …`).

@@ -4,13 +4,16 @@
 //!
 //! - `config.rs`: flags and their environment fallbacks.
 //! - `proxy.rs`: connections, the request preparation, the cache key's host.
+//! - `front.rs`: the outermost service: framing checks (400 / 501), the client body
+//!   watched, the proxy's own 400 / 502 / 504 made outside the cache.
 //! - `headers.rs`: hop-by-hop fields (RFC 9110 §7.6.1) and the forwarding fields.
 //! - `cache.rs`: the cache layer, in memory or two-tier on Redis.
-//! - `forward.rs`: the pooled client to the origin; 502 / 504 when it fails.
+//! - `forward.rs`: the pooled client to the origin; an error when it fails.
 
 mod cache;
 mod config;
 mod forward;
+mod front;
 mod headers;
 mod proxy;
 

@@ -1,8 +1,8 @@
-//! The server side: accepts HTTP/1.1 connections, prepares each request for the origin, and
-//! runs it through the cache and [`Forward`]:
+//! The server side: accepts HTTP/1.1 connections, checks and prepares each request for the
+//! origin ([`Front`]), and runs it through the cache and [`Forward`]:
 //!
 //! ```text
-//! client → prepare (hop-by-hop out, forwarding fields in, target → origin) → cache → Forward → origin
+//! client → Front: check framing, prepare (hop-by-hop out, forwarding fields in, target → origin) → cache → Forward → origin
 //! ```
 //!
 //! **The cache key.** The cache keys by the request's target URI (scheme, host, path,
@@ -19,7 +19,6 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderValue, Request, Uri, Version, header};
-use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
@@ -29,7 +28,7 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use turret_cache::ResponseCacheLayer;
 
-use crate::{config::Origin, forward::Forward, headers};
+use crate::{config::Origin, forward::Forward, front::Front, headers};
 
 /// How long a client may take to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,10 +65,7 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let origin = origin.clone();
-        let per_connection = ServiceBuilder::new()
-            .map_request(move |req| prepare(req, &origin, peer))
-            .service(service.clone());
+        let per_connection = Front::new(service.clone(), origin.clone(), peer);
         let conn = http.serve_connection(
             TokioIo::new(stream),
             TowerToHyperService::new(per_connection),
@@ -93,7 +89,7 @@ pub(crate) async fn serve(
 /// Turns the client's request into the origin's: hop-by-hop fields removed (RFC 9110
 /// §7.6.1), forwarding fields added, the target made `http://{origin}{path?query}` and
 /// `Host` the origin's, HTTP/1.1. The body is untouched (it streams).
-fn prepare(mut req: Request<Incoming>, origin: &Origin, peer: SocketAddr) -> Request<Incoming> {
+pub(crate) fn prepare<B>(mut req: Request<B>, origin: &Origin, peer: SocketAddr) -> Request<B> {
     let client_host = req
         .uri()
         .authority()
@@ -105,8 +101,8 @@ fn prepare(mut req: Request<Incoming>, origin: &Origin, peer: SocketAddr) -> Req
     headers::add_forwarding(headers, peer.ip(), client_host.as_ref(), version);
     headers.insert(header::HOST, origin.host.clone());
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    // Fails only for targets that are not origin-form (`*`, CONNECT's authority-form):
-    // left as they are, `Forward` answers them with 501.
+    // Fails only for targets that are not origin-form (`*`, CONNECT's authority-form),
+    // which `Front` has answered with 501 already.
     if target.starts_with('/')
         && let Ok(uri) = Uri::builder()
             .scheme("http")

@@ -752,3 +752,404 @@ async fn two_proxies_on_one_redis_share_the_cache_and_its_invalidations() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Framing: raw TCP on both sides, where the exact bytes matter.
+
+/// An origin written on raw TCP: for every connection it reads a request head and writes
+/// `answer` (nothing at all when `None`: it holds the connection open and never answers),
+/// then closes the connection once the proxy does.
+struct RawOrigin {
+    addr: SocketAddr,
+    /// The request heads it read, in order.
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl RawOrigin {
+    async fn start(answer: Option<&'static [u8]>) -> RawOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let head = read_head(&mut stream).await;
+                    seen.lock().expect("lock").push(head);
+                    if let Some(answer) = answer {
+                        let _ = stream.write_all(answer).await;
+                    }
+                    // Until the proxy closes (or the test ends).
+                    let mut rest = Vec::new();
+                    let _ = stream.read_to_end(&mut rest).await;
+                });
+            }
+        });
+        RawOrigin { addr, heads }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn count(&self) -> usize {
+        self.heads.lock().expect("lock").len()
+    }
+}
+
+/// Reads up to the end of a message head (`\r\n\r\n`), or whatever came before EOF.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Writes `request` on a new connection (write errors are ignored: the proxy may close
+/// before reading all of a malformed request), then ends the sending side when
+/// `half_close`, and returns everything the proxy sent until it closed the connection (a
+/// reset after the response counts as a close).
+async fn raw_exchange(addr: &str, request: &[u8], half_close: bool) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.write_all(request).await;
+    if half_close {
+        let _ = stream.shutdown().await;
+    }
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+            .await
+            .expect("the proxy answers and closes in time")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The status line, the fields (lower-case names) and the body of one response's text.
+fn parse_response(text: &str) -> (String, Vec<(String, String)>, String) {
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("a response head in {text:?}"));
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default().to_owned();
+    let fields = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status_line, fields, body.to_owned())
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_carries_the_proxys_http_version_not_the_origins_rfc9110_6_2() {
+    let origin = RawOrigin::start(Some(
+        b"HTTP/1.0 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok",
+    ))
+    .await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let get = b"GET /v HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n";
+
+    let miss = raw_exchange(&proxy.addr, get, false).await;
+    let (status_line, fields, body) = parse_response(&miss);
+    assert_eq!(status_line, "HTTP/1.1 200 OK", "the miss: {miss:?}");
+    assert_eq!(body, "ok");
+    assert_eq!(field(&fields, "x-cache"), Some("MISS"));
+
+    let hit = raw_exchange(&proxy.addr, get, false).await;
+    let (status_line, fields, body) = parse_response(&hit);
+    assert_eq!(status_line, "HTTP/1.1 200 OK", "the hit: {hit:?}");
+    assert_eq!(body, "ok");
+    assert_eq!(field(&fields, "x-cache"), Some("HIT"));
+    assert_eq!(origin.count(), 1);
+
+    // An HTTP/1.0 client gets HTTP/1.0 (the highest version it can read).
+    let old = raw_exchange(&proxy.addr, b"GET /v HTTP/1.0\r\n\r\n", false).await;
+    assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_other_than_chunked_is_501_and_not_forwarded_rfc9112_6_1() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let body = "5\r\nhello\r\n0\r\n\r\n";
+
+    for codings in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: x-custom;p=1 , chunked\r\n",
+    ] {
+        let request = format!("POST /upload HTTP/1.1\r\nHost: shop.example\r\n{codings}\r\n{body}");
+        let text = raw_exchange(&proxy.addr, request.as_bytes(), false).await;
+        let (status_line, fields, _) = parse_response(&text);
+        assert!(
+            status_line.starts_with("HTTP/1.1 501 "),
+            "{codings:?}: {text:?}"
+        );
+        assert_eq!(
+            field(&fields, "cache-status"),
+            None,
+            "{codings:?}: the proxy's own"
+        );
+    }
+    // Chunked twice is not a message this proxy can forward either (§6.1: a sender never
+    // applies chunked more than once).
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked, chunked\r\n\r\n{body}"
+    );
+    let text = raw_exchange(&proxy.addr, request.as_bytes(), false).await;
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text:?}");
+    assert_eq!(origin.count("/upload"), 0, "nothing reached the origin");
+
+    // `chunked` alone (any case, with empty list elements) is forwarded.
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: , Chunked\r\nConnection: close\r\n\r\n{body}"
+    );
+    let text = raw_exchange(&proxy.addr, request.as_bytes(), false).await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text:?}");
+    assert_eq!(origin.seen("/upload")[0].body, "hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_body_that_cannot_be_read_is_400_never_502_or_a_stale_copy_rfc9112_7_1_1() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let http = Http::new(&proxy);
+    // Stored with max-age=0, stale-if-error=60: an origin failure would serve this copy.
+    assert_eq!(http.get("/sie").await.body, "sie #1");
+
+    // A 100 KB chunk extension: more than the proxy reads of one chunk-size line (§7.1.1:
+    // a server limits them and answers 4xx).
+    let extension = format!(";ext={}", "x".repeat(100 * 1024));
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5{extension}\r\nhello\r\n0\r\n\r\n"
+    );
+    let text = raw_exchange(&proxy.addr, request.as_bytes(), false).await;
+    let (status_line, fields, body) = parse_response(&text);
+    assert!(status_line.starts_with("HTTP/1.1 400 "), "{text:?}");
+    assert!(!body.contains("origin"), "{body:?}");
+    assert_eq!(field(&fields, "cache-status"), None);
+    assert_eq!(field(&fields, "connection"), Some("close"));
+
+    // A body shorter than its Content-Length (the client ends its side of the connection
+    // early), on a GET of the stale-if-error entry and on a POST: the client's fault, so
+    // 400, and never the stored copy.
+    for (method, path) in [("GET", "/sie"), ("POST", "/upload")] {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 10\r\n\r\nhello"
+        );
+        let text = raw_exchange(&proxy.addr, request.as_bytes(), true).await;
+        let (status_line, fields, body) = parse_response(&text);
+        assert!(
+            status_line.starts_with("HTTP/1.1 400 "),
+            "{method} {path}: {text:?}"
+        );
+        assert!(!body.contains("sie #"), "{method} {path}: {body:?}");
+        assert_eq!(field(&fields, "cache-status"), None, "{method} {path}");
+    }
+
+    // The origin is fine, and the stored copy is still there for real origin failures.
+    origin.stop();
+    let stale = http.get("/sie").await;
+    assert_eq!((stale.status, stale.body.as_str()), (200, "sie #1"));
+    assert_eq!(stale.header("x-cache"), "STALE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_host_or_with_two_or_a_bad_one_is_400_rfc9112_3_2() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+
+    for (what, request) in [
+        ("no Host", "GET /max-age HTTP/1.1\r\n\r\n"),
+        (
+            "two Host lines",
+            "GET /max-age HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+        ),
+        (
+            "two Host lines, the same value",
+            "GET /max-age HTTP/1.1\r\nHost: a.example\r\nHost: a.example\r\n\r\n",
+        ),
+        (
+            "no Host, absolute-form",
+            "GET http://a.example/max-age HTTP/1.1\r\n\r\n",
+        ),
+        (
+            "an invalid Host",
+            "GET /max-age HTTP/1.1\r\nHost: a b.example\r\n\r\n",
+        ),
+        (
+            "user information in Host",
+            "GET /max-age HTTP/1.1\r\nHost: user@a.example\r\n\r\n",
+        ),
+        (
+            "two Host lines, HTTP/1.0",
+            "GET /max-age HTTP/1.0\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+        ),
+    ] {
+        let text = raw_exchange(&proxy.addr, request.as_bytes(), false).await;
+        let (status_line, fields, _) = parse_response(&text);
+        assert!(status_line.contains(" 400 "), "{what}: {text:?}");
+        assert_eq!(field(&fields, "cache-status"), None, "{what}");
+    }
+    assert_eq!(origin.count("/max-age"), 0, "nothing reached the origin");
+
+    // HTTP/1.0 needs no Host; an empty Host is valid (RFC 9110 §7.2).
+    let text = raw_exchange(&proxy.addr, b"GET /max-age HTTP/1.0\r\n\r\n", false).await;
+    assert!(text.starts_with("HTTP/1.0 200 "), "{text:?}");
+    let text = raw_exchange(
+        &proxy.addr,
+        b"GET /max-age HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n",
+        false,
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_502_504_and_501_carry_no_cache_status_rfc9211_2() {
+    // 502: nothing listens on the origin's port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let nowhere = Proxy::start(&format!("http://127.0.0.1:{port}"), &[]);
+    let res = Http::new(&nowhere).get("/").await;
+    assert_eq!(res.status, 502);
+    assert_eq!(res.body, "the origin could not be reached\n");
+    assert!(
+        !res.headers.contains_key("cache-status"),
+        "{:?}",
+        res.headers
+    );
+    assert!(!res.headers.contains_key("x-cache"), "{:?}", res.headers);
+
+    // 504: the origin takes the request and never answers.
+    let silent = RawOrigin::start(None).await;
+    let slow = Proxy::start(&silent.url(), &["--origin-timeout", "300ms"]);
+    let http = Http::new(&slow);
+    let res = http.get("/").await;
+    assert_eq!(res.status, 504);
+    assert!(
+        !res.headers.contains_key("cache-status"),
+        "{:?}",
+        res.headers
+    );
+    assert!(!res.headers.contains_key("x-cache"), "{:?}", res.headers);
+
+    // 501: CONNECT and `OPTIONS *` are not forwarded.
+    for request in [
+        "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    ] {
+        let text = raw_exchange(&slow.addr, request.as_bytes(), false).await;
+        let (status_line, fields, _) = parse_response(&text);
+        assert!(status_line.starts_with("HTTP/1.1 501 "), "{text:?}");
+        assert_eq!(field(&fields, "cache-status"), None, "{request:?}");
+        assert_eq!(field(&fields, "x-cache"), None, "{request:?}");
+    }
+    assert_eq!(silent.count(), 1, "only the GET reached the origin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_103_before_a_cacheable_200_is_neither_stored_nor_replayed_rfc9110_15_2() {
+    let origin = RawOrigin::start(Some(
+        b"HTTP/1.1 103 Early Hints\r\n\
+          Link: </style.css>; rel=preload; as=style\r\n\r\n\
+          HTTP/1.1 200 OK\r\n\
+          Cache-Control: max-age=60\r\n\
+          Content-Length: 5\r\n\
+          Connection: close\r\n\r\n\
+          hello",
+    ))
+    .await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let get = b"GET /hinted HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n";
+
+    for expected in ["MISS", "HIT"] {
+        let text = raw_exchange(&proxy.addr, get, false).await;
+        let (status_line, fields, body) = parse_response(&text);
+        // hyper's server cannot send a 103 (the proxy README names the upstream work): the
+        // client gets the final response only, without the 103's fields.
+        assert_eq!(status_line, "HTTP/1.1 200 OK", "{expected}: {text:?}");
+        assert_eq!(body, "hello", "{expected}");
+        assert_eq!(field(&fields, "x-cache"), Some(expected));
+        assert_eq!(field(&fields, "link"), None, "{expected}: {fields:?}");
+        assert!(!text.contains("103"), "{expected}: {text:?}");
+    }
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_gets_a_100_before_the_client_sends_its_body_rfc9110_10_1_1() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let mut stream = TcpStream::connect(&proxy.addr).await.expect("connect");
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: shop.example\r\nExpect: 100-continue\r\n\
+              Content-Length: 5\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("send");
+    let interim = tokio::time::timeout(PATIENCE, read_head(&mut stream))
+        .await
+        .expect("the 100 in time");
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"hello").await.expect("send");
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest))
+        .await
+        .expect("the response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+    assert!(text.ends_with("POST /upload hello"), "{text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_content_goes_around_the_cache_with_its_content_rfc9110_9_3_1() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let http = Http::new(&proxy);
+
+    // Two GETs the origin can tell apart by their content: neither is answered with the
+    // other's response, and neither is stored under the URL.
+    let a = http.send("GET", "/max-age", &[], "query a").await;
+    let b = http.send("GET", "/max-age", &[], "query b").await;
+    assert_eq!(
+        (a.body.as_str(), b.body.as_str()),
+        ("/max-age #1", "/max-age #2")
+    );
+    assert!(!b.headers.contains_key("cache-status"), "{:?}", b.headers);
+    // Chunked content reaches the origin too.
+    let request = "GET /max-age HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\
+                   Connection: close\r\n\r\n7\r\nquery c\r\n0\r\n\r\n";
+    let text = raw_exchange(&proxy.addr, request.as_bytes(), false).await;
+    assert!(text.ends_with("/max-age #3"), "{text:?}");
+    let bodies: Vec<Bytes> = origin
+        .seen("/max-age")
+        .into_iter()
+        .map(|s| s.body)
+        .collect();
+    assert_eq!(bodies, ["query a", "query b", "query c"]);
+
+    // A GET without content is cached as before.
+    assert_eq!(http.get("/max-age").await.header("x-cache"), "MISS");
+    assert_eq!(http.get("/max-age").await.header("x-cache"), "HIT");
+}
