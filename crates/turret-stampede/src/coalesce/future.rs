@@ -6,13 +6,14 @@ use std::{
 };
 
 use bytes::{Buf, BufMut as _, BytesMut};
-use http::{HeaderMap, Request, Response, response::Parts};
+use http::{HeaderMap, HeaderName, Request, Response, header, response::Parts};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::{
     ResponseBody,
+    layer::Config,
     service::{Coalesced, LeaderGuard, Outcome, SharedResponse, Waiting},
 };
 
@@ -43,7 +44,7 @@ pin_project! {
             #[pin]
             fut: F,
             guard: Option<LeaderGuard>,
-            max_body: usize,
+            config: Arc<Config>,
         },
         // The leader collects a body small enough to share.
         Collecting {
@@ -90,12 +91,12 @@ impl<F, S, ReqBody, B: Body> ResponseFuture<F, S, ReqBody, B> {
         }
     }
 
-    pub(crate) fn leading(fut: F, guard: LeaderGuard, max_body: usize) -> Self {
+    pub(crate) fn leading(fut: F, guard: LeaderGuard, config: Arc<Config>) -> Self {
         Self {
             state: State::Leading {
                 fut,
                 guard: Some(guard),
-                max_body,
+                config,
             },
         }
     }
@@ -115,6 +116,19 @@ fn release(guard: &mut Option<LeaderGuard>) {
     if let Some(mut guard) = guard.take() {
         guard.finish(Outcome::Release);
     }
+}
+
+/// Whether every field the response's `Vary` names (RFC 9111 §4.1) is one the requests
+/// sharing the call agree on; `Vary: *` never is.
+fn varies_only_on(headers: &HeaderMap, coalesced_on: &[HeaderName]) -> bool {
+    headers.get_all(header::VARY).iter().all(|value| {
+        value.as_bytes().split(|&b| b == b',').all(|name| {
+            let name = name.trim_ascii();
+            name.is_empty()
+                || name != b"*"
+                    && HeaderName::from_bytes(name).is_ok_and(|name| coalesced_on.contains(&name))
+        })
+    })
 }
 
 fn fanned_out<B: Body>(shared: &SharedResponse) -> Response<ResponseBody<B>> {
@@ -145,11 +159,7 @@ where
                 StateProj::Passthrough { fut } | StateProj::Own { fut } => {
                     return Poll::Ready(ready!(fut.poll(cx)).map(|r| r.map(ResponseBody::inner)));
                 }
-                StateProj::Leading {
-                    fut,
-                    guard,
-                    max_body,
-                } => {
+                StateProj::Leading { fut, guard, config } => {
                     let res = match ready!(fut.poll(cx)) {
                         Ok(res) => res,
                         Err(e) => {
@@ -157,13 +167,15 @@ where
                             return Poll::Ready(Err(e));
                         }
                     };
+                    let max_body = config.max_body;
                     let fits = res
                         .body()
                         .size_hint()
                         .exact()
-                        .is_some_and(|n| n <= *max_body as u64);
-                    if !fits {
-                        // Too big or streaming: the waiters make their own calls now.
+                        .is_some_and(|n| n <= max_body as u64);
+                    if !fits || !varies_only_on(res.headers(), &config.headers) {
+                        // Too big or streaming, or selected by a field the waiters may not
+                        // share: the waiters make their own calls now.
                         release(guard);
                         return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                     }
@@ -174,7 +186,7 @@ where
                         buf: BytesMut::new(),
                         trailers: None,
                         guard: guard.take(),
-                        max_body: *max_body,
+                        max_body,
                     };
                     this.state.set(next);
                 }

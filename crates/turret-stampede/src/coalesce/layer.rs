@@ -30,7 +30,8 @@ impl Default for CoalesceLayer {
 }
 
 impl CoalesceLayer {
-    /// Requests are identical when method and URI are; bodies up to 1 MiB are fanned out.
+    /// Requests are identical when method, URI and `Host` are; bodies up to 1 MiB are fanned
+    /// out.
     pub fn new() -> Self {
         Self {
             config: Arc::new(Config {
@@ -42,7 +43,8 @@ impl CoalesceLayer {
 
     /// Requests must also agree on this header (all its values, in order) to share a call:
     /// every header the response varies on, and any credential (`authorization`, `cookie`)
-    /// that changes what the inner service answers.
+    /// that changes what the inner service answers. (A response whose `Vary` names a header
+    /// not given here is not shared: the waiters make their own calls.)
     pub fn vary_on(mut self, header: HeaderName) -> Self {
         Arc::make_mut(&mut self.config).headers.push(header);
         self

@@ -1,12 +1,13 @@
 //! Coalesces identical in-flight `GET`/`HEAD` requests into one inner call.
 //!
-//! Requests are identical when their method, URI and the configured headers (say
-//! `accept-encoding`, `authorization`) are. The first one calls the inner service; the
-//! others wait for its response. A response whose body has an exact size hint within the
-//! bound (default 1 MiB) is collected once and fanned out to every waiter (their responses
-//! carry a [`Coalesced`] extension); a bigger or streaming body, an error, or a leader
-//! dropped before its response releases the waiters at once to make their own calls, and the
-//! leader's own response streams through untouched.
+//! Requests are identical when their method, URI, `Host` field and the configured headers
+//! (say `accept-encoding`, `authorization`) are, byte for byte. The first one calls the inner
+//! service; the others wait for its response. A response whose body has an exact size hint
+//! within the bound (default 1 MiB) is collected once and fanned out to every waiter (their
+//! responses carry a [`Coalesced`] extension); a bigger or streaming body, a response whose
+//! `Vary` names a field the layer does not coalesce on (or `*`: the waiters may differ in
+//! it), an error, or a leader dropped before its response releases the waiters at once to
+//! make their own calls, and the leader's own response streams through untouched.
 //!
 //! Other methods pass through untouched.
 //!

@@ -7,7 +7,7 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::future::{FutureExt as _, Shared};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use tokio::sync::oneshot;
 use tower_service::Service;
 
@@ -24,6 +24,9 @@ pub struct Coalesced;
 pub(crate) struct RequestKey {
     method: Method,
     uri: Uri,
+    /// The `Host` lines: an origin-form target has no authority, and one service may answer
+    /// for several hosts.
+    host: Vec<HeaderValue>,
     headers: Vec<Vec<HeaderValue>>,
 }
 
@@ -156,6 +159,12 @@ impl<S> Coalesce<S> {
         RequestKey {
             method: req.method().clone(),
             uri: req.uri().clone(),
+            host: req
+                .headers()
+                .get_all(header::HOST)
+                .iter()
+                .cloned()
+                .collect(),
             headers: self
                 .config
                 .headers
@@ -215,6 +224,6 @@ where
         // The guard exists before the inner call, so even a panicking `call` cannot leave
         // the waiters hanging.
         let fut = self.inner.call(req);
-        ResponseFuture::leading(fut, guard, self.config.max_body)
+        ResponseFuture::leading(fut, guard, self.config.clone())
     }
 }

@@ -337,3 +337,100 @@ fn the_method_is_part_of_the_key() {
     assert_ne!(get_key, head_key);
     let _ = Method::GET;
 }
+
+/// A service naming the `Host` and `Accept-Language` it was asked with, its response varying
+/// on `vary` (when given).
+fn echo_service(
+    calls: Arc<AtomicUsize>,
+    gated: Gate,
+    vary: Option<&'static str>,
+) -> impl tower_service::Service<
+    Request<String>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(move |req: Request<String>| {
+        let calls = calls.clone();
+        let gated = gated.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let _ = gated.await;
+            let mut res = Response::new(format!(
+                "{:?} {:?}",
+                req.headers().get(header::HOST),
+                req.headers().get(header::ACCEPT_LANGUAGE)
+            ));
+            if let Some(vary) = vary {
+                res.headers_mut()
+                    .insert(header::VARY, http::HeaderValue::from_static(vary));
+            }
+            Ok::<_, Infallible>(res)
+        }
+    })
+}
+
+fn with(uri: &str, headers: &[(http::HeaderName, &'static str)]) -> Request<String> {
+    let mut r = get(uri);
+    for (name, value) in headers {
+        r.headers_mut()
+            .append(name, http::HeaderValue::from_static(value));
+    }
+    r
+}
+
+#[tokio::test]
+async fn requests_for_different_hosts_never_share_a_call() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (open, gated) = gate();
+    let svc = ServiceBuilder::new()
+        .layer(CoalesceLayer::new())
+        .service(echo_service(calls.clone(), gated, None));
+    let host = |h: &'static str| with("/a", &[(header::HOST, h)]);
+    let reqs = vec![
+        host("shop.example"),
+        host("shop.example"),
+        host("evil.example"),
+        get("/a"),
+    ];
+    let responses = concurrently(svc, reqs, open).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let bodies: Vec<String> = join_all(responses.into_iter().map(text)).await;
+    assert_eq!(bodies[0], bodies[1]);
+    assert!(bodies[2].contains("evil.example"), "{}", bodies[2]);
+    assert!(bodies[3].starts_with("None"), "{}", bodies[3]);
+}
+
+#[tokio::test]
+async fn a_response_varying_on_a_field_not_coalesced_on_is_not_fanned_out_rfc9111_4_1() {
+    for vary in ["accept-language", "Accept-Encoding, Accept-Language", "*"] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (open, gated) = gate();
+        let svc = ServiceBuilder::new()
+            .layer(CoalesceLayer::new().vary_on(header::ACCEPT_ENCODING))
+            .service(echo_service(calls.clone(), gated, Some(vary)));
+        let lang = |l: &'static str| with("/a", &[(header::ACCEPT_LANGUAGE, l)]);
+        let reqs = vec![lang("en"), lang("fr"), lang("de")];
+        let responses = concurrently(svc.clone(), reqs, open).await;
+        let bodies: Vec<String> = join_all(responses.into_iter().map(text)).await;
+        for (body, l) in bodies.iter().zip(["en", "fr", "de"]) {
+            assert!(body.contains(l), "Vary: {vary}: {body} for {l}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "Vary: {vary}");
+        assert_eq!(svc.in_flight(), 0);
+    }
+    // Varying only on fields the layer coalesces on: shared.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (open, gated) = gate();
+    let svc = ServiceBuilder::new()
+        .layer(CoalesceLayer::new().vary_on(header::ACCEPT_LANGUAGE))
+        .service(echo_service(calls.clone(), gated, Some("Accept-Language")));
+    let lang = |l: &'static str| with("/a", &[(header::ACCEPT_LANGUAGE, l)]);
+    let responses = concurrently(svc, vec![lang("en"), lang("en"), lang("fr")], open).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let coalesced = responses
+        .iter()
+        .filter(|r| r.extensions().get::<Coalesced>().is_some())
+        .count();
+    assert_eq!(coalesced, 1);
+}
