@@ -626,3 +626,55 @@ async fn a_host_field_cannot_poison_another_host_or_path() {
         assert_eq!(body.as_bytes(), expected, "{what}");
     }
 }
+
+#[tokio::test]
+async fn a_keyed_or_varied_field_spelled_otherwise_selects_its_own_variant_rfc9111_4_1() {
+    // A handler that reads the field's first line as is (`headers.get`).
+    let tenant = |vary: bool| -> Origin {
+        Arc::new(move |req: &Request<()>, _n| {
+            let tenant = req.headers().get("x-tenant").map_or(String::new(), |v| {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            });
+            let mut res = Response::new(Full::from(format!("tenant {tenant:?}")));
+            res.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=600"),
+            );
+            if vary {
+                res.headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("x-tenant"));
+            }
+            res
+        })
+    };
+    let with_lines = |lines: &[&str]| {
+        let mut req = get("/", &[]);
+        for line in lines {
+            req.headers_mut()
+                .append("x-tenant", HeaderValue::from_str(line).unwrap());
+        }
+        req
+    };
+    let attacks: [&[&str]; 5] = [
+        &[",victim"],
+        &["", "victim"],
+        &["evil", "victim"],
+        &["victim", "evil"],
+        &["victim,"],
+    ];
+    for attack in attacks {
+        let keyed = ResponseCacheLayer::new().route(
+            "/*",
+            Policy::named("pages").key_headers([http::HeaderName::from_static("x-tenant")]),
+        );
+        for (how, layer, vary) in [
+            ("Policy::key_headers", keyed, false),
+            ("Vary", ResponseCacheLayer::new(), true),
+        ] {
+            let (svc, _) = cached(layer, tenant(vary));
+            send(&svc, with_lines(attack)).await;
+            let (_, body) = send(&svc, with_lines(&["victim"])).await;
+            assert_eq!(body, "tenant \"victim\"", "{how}: {attack:?} then victim");
+        }
+    }
+}
