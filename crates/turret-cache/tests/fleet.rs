@@ -299,3 +299,88 @@ async fn on_a_redis_cluster_instances_share_fills_and_invalidations() {
         }
     }
 }
+
+/// An origin answering `private` that counts the most requests it holds at once; while
+/// `wait_for` is above zero each request waits (up to 5 s) until that many were in at once.
+#[derive(Clone, Default)]
+struct Uncacheable {
+    calls: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    wait_for: Arc<AtomicUsize>,
+}
+
+fn serve_uncacheable(
+    origin: Uncacheable,
+) -> impl Service<
+    Request<()>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |_req: Request<()>| {
+        let origin = origin.clone();
+        async move {
+            let n = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let now = origin.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            origin.most.fetch_max(now, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while origin.most.load(Ordering::SeqCst) < origin.wait_for.load(Ordering::SeqCst)
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            origin.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let mut res = Response::new(Full::from(format!("private {n}")));
+            res.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+            Ok::<_, Infallible>(res)
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncacheable_url_is_not_serialised_behind_the_fleet_fill_lease() {
+    let server = RedisServer::start();
+    let origin = Uncacheable::default();
+    let services = [
+        instance(&server)
+            .await
+            .layer(serve_uncacheable(origin.clone())),
+        instance(&server)
+            .await
+            .layer(serve_uncacheable(origin.clone())),
+    ];
+    let burst = || {
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let svc = services[i % 2].clone();
+                tokio::spawn(async move { fetch(svc, "/me").await })
+            })
+            .collect();
+        async move {
+            let mut bodies = Vec::new();
+            for task in tasks {
+                let (status, x_cache, body) = task.await.unwrap();
+                assert_eq!((status, x_cache.as_str()), (StatusCode::OK, "MISS"));
+                bodies.push(body);
+            }
+            bodies.sort();
+            bodies.dedup();
+            bodies.len()
+        }
+    };
+    // The first burst learns that /me is uncacheable (one fill leaves the marker in Redis).
+    assert_eq!(burst().await, 10, "nobody got another's private response");
+    assert_eq!(origin.calls.load(Ordering::SeqCst), 10);
+    // The second: both instances send all ten to the origin at once, none waits its turn
+    // for the lease (the origin holds each request until the ten are in).
+    origin.most.store(0, Ordering::SeqCst);
+    origin.wait_for.store(10, Ordering::SeqCst);
+    assert_eq!(burst().await, 10);
+    assert_eq!(origin.most.load(Ordering::SeqCst), 10);
+    assert_eq!(origin.calls.load(Ordering::SeqCst), 20);
+}
