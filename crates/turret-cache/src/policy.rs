@@ -249,6 +249,13 @@ impl Pattern {
 /// Return `None` to bypass the cache for this request. The key must include everything the
 /// response depends on that the response's `Vary` does not name, or the cache serves one
 /// user's response to another: the host always, and e.g. a tenant id taken from the path.
+///
+/// It must also never give two requests the handler can tell apart the same key: take each
+/// part as the handler reads it (query parameters decoded as
+/// `application/x-www-form-urlencoded`, the way axum's `Query` does, not compared still
+/// percent-encoded), and join the parts so that none can pass for another (escape the
+/// separators in client bytes, or length-prefix them; `format!("{a}:{b}")` makes `a = "x:y"`
+/// and `b = "z"` the key of `a = "x"` and `b = "y:z"`).
 /// Invalidation (RFC 9111 §4.4, [`ResponseCacheLayer::invalidate`]) asks for the key of a
 /// GET to the target URI.
 ///

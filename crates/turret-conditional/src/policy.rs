@@ -26,8 +26,12 @@ where
 /// The default [`MakeResourceKey`]: the request target's path and query (`/items/7?v=2`).
 ///
 /// The query is part of the resource's identity (RFC 9110 §4.2.1), so `/items?page=2` and
-/// `/items` never share validators. Add the `Host` (or a tenant) with a custom key when one
-/// service answers for several origins.
+/// `/items` never share validators. The target is kept byte for byte as received: two targets
+/// that differ in any byte never share a record, and two spellings of one resource
+/// (`/items/7` and `/items/%37`, or reordered query parameters) do not either, so a write
+/// must name the resource as the GET that recorded its validators did. The `Host` is not part
+/// of it: add it (or a tenant) with a custom key when one service answers for several
+/// origins, or one origin's validators decide another's writes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PathAndQuery;
 
