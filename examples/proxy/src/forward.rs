@@ -23,7 +23,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -45,6 +45,10 @@ pub(crate) enum ForwardError {
     Unreachable,
     /// No response head within `--origin-timeout` (→ 504).
     TimedOut,
+    /// A response this proxy cannot forward faithfully: a transfer coding other than
+    /// `chunked`, which the proxy never asked for (it sends no `TE`) and cannot decode
+    /// (→ 502, RFC 9110 §15.6.3: an invalid response from the inbound server).
+    Unforwardable,
 }
 
 impl fmt::Display for ForwardError {
@@ -52,6 +56,7 @@ impl fmt::Display for ForwardError {
         f.write_str(match self {
             Self::Unreachable => "the origin could not be reached",
             Self::TimedOut => "the origin did not answer in time",
+            Self::Unforwardable => "the origin's response cannot be forwarded",
         })
     }
 }
@@ -125,6 +130,15 @@ impl Service<Request<ClientBody>> for Forward {
                 }
             };
             let (mut parts, body) = res.into_parts();
+            let has_body = method != Method::HEAD
+                && parts.status != StatusCode::NO_CONTENT
+                && parts.status != StatusCode::NOT_MODIFIED;
+            if has_body && headers::has_transfer_coding_but_chunked(&parts.headers) {
+                // hyper's client removed only the final `chunked`: the body is still coded.
+                // (A HEAD or 304 response's field only says what a GET would get, §6.1.)
+                tracing::warn!(%method, %uri, "origin applied a transfer coding other than chunked: 502");
+                return Err(ForwardError::Unforwardable);
+            }
             headers::remove_hop_by_hop(&mut parts.headers);
             // RFC 9110 §6.2: this proxy's version, not the origin's (hyper sends HTTP/1.0
             // instead to an HTTP/1.0 client). Set before the cache, so no stored response

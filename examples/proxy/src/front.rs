@@ -43,6 +43,7 @@ use turret_cache::{ResponseBody, ResponseCache};
 use crate::{
     config::Origin,
     forward::{Forward, ForwardError, ProxyBody},
+    headers,
     proxy::prepare,
 };
 
@@ -136,6 +137,11 @@ impl Service<Request<Incoming>> for Front {
             }
             Ok(match res {
                 Ok(res) => res.map(Either::Left),
+                Err(ForwardError::Unforwardable) => own(
+                    StatusCode::BAD_GATEWAY,
+                    "the origin's response cannot be forwarded\n",
+                    false,
+                ),
                 Err(ForwardError::Unreachable) => own(
                     StatusCode::BAD_GATEWAY,
                     "the origin could not be reached\n",
@@ -249,27 +255,14 @@ fn is_host(value: &[u8]) -> bool {
 
 fn check_transfer_codings(headers: &HeaderMap) -> Result<(), Refusal> {
     let mut chunked = 0;
-    for value in headers.get_all(TRANSFER_ENCODING) {
-        // RFC 9110 §5.6.1: a list; empty elements do not count.
-        for element in value.as_bytes().split(|b| *b == b',') {
-            if element.trim_ascii().is_empty() {
-                continue;
-            }
-            // `transfer-coding = token *( OWS ";" OWS transfer-parameter )`
-            let name = element
-                .split(|b| *b == b';')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii();
-            if name.eq_ignore_ascii_case(b"chunked") {
-                chunked += 1;
-            } else {
-                return Err(Refusal::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "this proxy implements no transfer coding but chunked\n",
-                ));
-            }
+    for name in headers::transfer_codings(headers) {
+        if !name.eq_ignore_ascii_case(b"chunked") {
+            return Err(Refusal::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "this proxy implements no transfer coding but chunked\n",
+            ));
         }
+        chunked += 1;
     }
     if chunked > 1 {
         return Err(Refusal::new(

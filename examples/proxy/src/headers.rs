@@ -49,6 +49,28 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `Transfer-Encoding` names any coding but `chunked` (RFC 9112 §6.1; a list, any
+/// number of lines, empty elements ignored, parameters after `;`).
+pub(crate) fn has_transfer_coding_but_chunked(headers: &HeaderMap) -> bool {
+    transfer_codings(headers).any(|name| !name.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The transfer-coding names in `Transfer-Encoding`, in order (`gzip;q=1` → `gzip`).
+pub(crate) fn transfer_codings(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .filter(|element| !element.trim_ascii().is_empty())
+        .map(|element| {
+            element
+                .split(|b| *b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii()
+        })
+}
+
 /// Adds what the origin needs to know about the client: `X-Forwarded-For` and `Forwarded`
 /// get the peer appended (after any values the client sent: the origin decides whom to
 /// trust), `X-Forwarded-Host` / `X-Forwarded-Proto` are set to the client's `Host` and

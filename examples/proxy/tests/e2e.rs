@@ -1153,3 +1153,25 @@ async fn a_get_with_content_goes_around_the_cache_with_its_content_rfc9110_9_3_1
     assert_eq!(http.get("/max-age").await.header("x-cache"), "MISS");
     assert_eq!(http.get("/max-age").await.header("x-cache"), "HIT");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_transfer_coding_the_proxy_cannot_decode_is_502_not_dropped_rfc9112_6_1() {
+    // The proxy sends no `TE`, so the origin may apply no coding but chunked; forwarding
+    // this body without its `gzip` coding would hand the client bytes it cannot decode.
+    let origin = RawOrigin::start(Some(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nCache-Control: max-age=60\r\n\
+          Connection: close\r\n\r\n5\r\nGZIPD\r\n0\r\n\r\n",
+    ))
+    .await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let get = b"GET /coded HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n";
+    let text = raw_exchange(&proxy.addr, get, false).await;
+    let (status_line, fields, body) = parse_response(&text);
+    assert_eq!(status_line, "HTTP/1.1 502 Bad Gateway", "{text:?}");
+    assert!(!body.contains("GZIPD"), "{text:?}");
+    assert_eq!(field(&fields, "cache-status"), None);
+    // Nothing was stored: the next request asks the origin again.
+    let text = raw_exchange(&proxy.addr, get, false).await;
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text:?}");
+    assert_eq!(origin.count(), 2);
+}
