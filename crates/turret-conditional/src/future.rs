@@ -19,10 +19,10 @@ use crate::{
     MakeEtag,
     body::ResponseBody,
     etag::field_value,
-    headers::{Conditions, Current},
+    headers::{Conditions, Current, EntityTag},
     layer::{Backend, Config},
     precondition::{Decision, evaluate},
-    store::{BoxFuture, Update, ValidatorStore},
+    store::{BoxFuture, ClaimOutcome, Learned, Update, ValidatorStore},
 };
 
 /// Which rules apply to the request.
@@ -44,6 +44,9 @@ pub(crate) enum CheckResult {
         token: Option<String>,
     },
     Reject(StatusCode),
+    /// The store has no record of the target: learn its validators from a GET through the
+    /// inner service, then claim again.
+    Learn,
 }
 
 impl CheckResult {
@@ -60,6 +63,80 @@ impl CheckResult {
             token: Some(token),
         }
     }
+}
+
+/// The store's check-and-claim as the step before the inner call.
+pub(crate) fn claim_check(
+    store: &ValidatorStore,
+    key: String,
+    cond: Arc<Conditions>,
+    learned: Option<Learned>,
+) -> BoxFuture<CheckResult> {
+    let fut = store.claim(key, cond, learned);
+    Box::pin(async move {
+        match fut.await {
+            Ok(ClaimOutcome::Granted(token)) => CheckResult::claimed(token),
+            Ok(ClaimOutcome::Failed | ClaimOutcome::Busy) => {
+                CheckResult::Reject(StatusCode::PRECONDITION_FAILED)
+            }
+            Ok(ClaimOutcome::NoRecord) => CheckResult::Learn,
+            // Fail open; `Health` logged and counted it.
+            Err(_) => CheckResult::proceed(false),
+        }
+    })
+}
+
+/// The request fields that make a request conditional or partial, and those that describe
+/// a request's content: none of them belongs on a GET the layer makes itself.
+const NOT_ON_OWN_GET: [header::HeaderName; 12] = [
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+    header::TRANSFER_ENCODING,
+    header::EXPECT,
+];
+
+/// Removes the conditional and range fields (a HEAD asked of the inner service as a GET).
+pub(crate) fn strip_conditions(headers: &mut HeaderMap) {
+    for name in &NOT_ON_OWN_GET[..6] {
+        headers.remove(name);
+    }
+}
+
+/// A GET of `req`'s target: the same URI, version, fields (but conditions, range and
+/// content fields) and extensions, and an empty body.
+fn learning_request<B: Default>(req: &Request<B>) -> Request<B> {
+    let mut get = Request::new(B::default());
+    *get.method_mut() = Method::GET;
+    *get.uri_mut() = req.uri().clone();
+    *get.version_mut() = req.version();
+    *get.extensions_mut() = req.extensions().clone();
+    let headers = get.headers_mut();
+    for (name, value) in req.headers() {
+        if !NOT_ON_OWN_GET.contains(name) {
+            headers.append(name, value.clone());
+        }
+    }
+    get
+}
+
+/// The body of a response to a HEAD answered from the inner service's GET: none, and the
+/// GET's `Content-Length` (RFC 9110 §8.6, §9.3.2) when it is known.
+fn without_body<B: Body>(mut parts: Parts, size: Option<u64>) -> Response<ResponseBody<B>> {
+    if !parts.headers.contains_key(header::CONTENT_LENGTH)
+        && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && let Some(size) = size
+    {
+        parts.headers.insert(header::CONTENT_LENGTH, size.into());
+    }
+    Response::from_parts(parts, ResponseBody::empty())
 }
 
 /// Releases a claim when the request ends without completing it (inner error, dropped
@@ -88,6 +165,8 @@ pub(crate) struct Ctx<E> {
     cond: Option<Arc<Conditions>>,
     key: Option<String>,
     claim: Option<ClaimGuard>,
+    /// A HEAD asked of the inner service as a GET: the answer drops the body.
+    head_as_get: bool,
 }
 
 impl<E> Ctx<E> {
@@ -105,7 +184,13 @@ impl<E> Ctx<E> {
             cond,
             key,
             claim: None,
+            head_as_get: false,
         }
+    }
+
+    /// Marks a HEAD that the inner service is asked as a GET.
+    pub(crate) fn head_as_get(&mut self) {
+        self.head_as_get = true;
     }
 
     fn store(&self) -> Option<&ValidatorStore> {
@@ -134,8 +219,9 @@ fn status_response<B: Body>(status: StatusCode) -> Response<ResponseBody<B>> {
 }
 
 /// A 304 made from the 200 the inner service produced: exactly the fields RFC 9110 §15.4.5
-/// asks for, and no body.
-fn not_modified<B: Body>(parts: Parts) -> Response<ResponseBody<B>> {
+/// asks for, and no body. `head_length`: the 200's length, for a 304 to HEAD, which then
+/// carries it (RFC 9110 §8.6; without it a server may frame the 304 as `Content-Length: 0`).
+fn not_modified<B: Body>(parts: Parts, head_length: Option<u64>) -> Response<ResponseBody<B>> {
     let mut res = status_response(StatusCode::NOT_MODIFIED);
     *res.version_mut() = parts.version;
     *res.extensions_mut() = parts.extensions;
@@ -157,7 +243,20 @@ fn not_modified<B: Body>(parts: Parts) -> Response<ResponseBody<B>> {
     {
         headers.insert(header::LAST_MODIFIED, lm.clone());
     }
+    if let Some(length) = head_length {
+        headers.insert(header::CONTENT_LENGTH, length.into());
+    }
     res
+}
+
+/// The length of a response's content: its `Content-Length`, else its body's exact size.
+fn content_length<B: Body>(parts: &Parts, body: &B) -> Option<u64> {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .or_else(|| body.size_hint().exact())
 }
 
 pin_project! {
@@ -183,6 +282,24 @@ pin_project! {
         // Waiting for the validator store or source before calling the inner service.
         Check {
             check: BoxFuture<CheckResult>,
+            service: Option<S>,
+            // Whether `service` has been polled ready.
+            ready: bool,
+            request: Option<Request<ReqBody>>,
+        },
+        // Waiting for the inner service's answer to the layer's own GET of a write's target
+        // (the store had no record of it).
+        Learning {
+            #[pin]
+            future: S::Future,
+            service: Option<S>,
+            request: Option<Request<ReqBody>>,
+        },
+        // Hashing the body of that GET's answer.
+        LearnCollecting {
+            body: Option<Pin<Box<ResBody>>>,
+            chunks: Vec<Bytes>,
+            len: u64,
             service: Option<S>,
             request: Option<Request<ReqBody>>,
         },
@@ -255,6 +372,7 @@ where
             state: State::Check {
                 check,
                 service: Some(service),
+                ready: true,
                 request: Some(request),
             },
             ctx,
@@ -301,6 +419,10 @@ impl<E: MakeEtag> Ctx<E> {
             Route::Safe if !parts.status.is_success() => {
                 // §13.2.1: preconditions are ignored for a non-2xx response.
                 count("passthrough");
+                if self.head_as_get {
+                    let size = content_length(&parts, &body);
+                    return Next::Ready(without_body(parts, size));
+                }
                 Next::Ready(Response::from_parts(parts, ResponseBody::inner(body)))
             }
             Route::Safe | Route::Write => {
@@ -313,18 +435,72 @@ impl<E: MakeEtag> Ctx<E> {
         }
     }
 
+    /// The ETag field value the maker gives for a body of `chunks`.
+    fn etag_of(&self, chunks: &[Bytes]) -> Option<http::HeaderValue> {
+        self.config
+            .make_etag
+            .make_etag(chunks)
+            .and_then(|opaque| field_value(&opaque, self.config.weak))
+    }
+
     /// Adds the ETag computed from `chunks`, if the maker gives one.
     fn add_etag(&self, parts: &mut Parts, chunks: &VecDeque<Bytes>) {
         let chunks = chunks.iter().cloned().collect::<Vec<_>>();
-        let value = self
-            .config
-            .make_etag
-            .make_etag(&chunks)
-            .and_then(|opaque| field_value(&opaque, self.config.weak));
-        if let Some(value) = value {
+        if let Some(value) = self.etag_of(&chunks) {
             count("etag_generated");
             parts.headers.insert(header::ETAG, value);
         }
+    }
+
+    /// What the answer to the layer's own GET of a write's target says about it; `Err` with
+    /// the body when its ETag must be hashed from it first.
+    fn learn_from<B: Body>(&self, res: Response<B>) -> Result<Learned, B> {
+        let (parts, body) = res.into_parts();
+        if !parts.status.is_success() {
+            return Ok(Learned::Absent);
+        }
+        let current = Current::from_response_headers(&parts.headers);
+        if current.etag.is_some() || current.last_modified.is_some() {
+            return Ok(Learned::Current(current));
+        }
+        let hashable = self.config.etag_methods.contains(&Method::GET)
+            && self.config.etag_statuses.contains(&parts.status)
+            && body
+                .size_hint()
+                .exact()
+                .is_some_and(|len| len <= self.config.max_body_size);
+        if hashable {
+            Err(body)
+        } else {
+            // It exists; no validator is known.
+            Ok(Learned::Current(Current::default()))
+        }
+    }
+
+    /// The validators learned from a hashed body.
+    fn learned_from_chunks(&self, chunks: &[Bytes]) -> Learned {
+        Learned::Current(Current {
+            etag: self
+                .etag_of(chunks)
+                .and_then(|v| EntityTag::parse(v.as_bytes())),
+            last_modified: None,
+        })
+    }
+
+    /// The check-and-claim again, with what was learned.
+    fn claim_learned(&self, learned: Learned) -> BoxFuture<CheckResult> {
+        let (Some(store), Some(key), Some(cond)) = (self.store(), self.key.clone(), &self.cond)
+        else {
+            return Box::pin(std::future::ready(CheckResult::proceed(false)));
+        };
+        let fut = claim_check(store, key, Arc::clone(cond), Some(learned));
+        Box::pin(async move {
+            match fut.await {
+                // Only without a record and with nothing learned; cannot happen here.
+                CheckResult::Learn => CheckResult::Reject(StatusCode::PRECONDITION_FAILED),
+                other => other,
+            }
+        })
     }
 
     /// The final step for a response (body possibly buffered).
@@ -333,6 +509,10 @@ impl<E: MakeEtag> Ctx<E> {
         parts: Parts,
         body: ResponseBody<ResBody>,
     ) -> Next<ResBody> {
+        let head_length = self
+            .head_as_get
+            .then(|| content_length(&parts, &body))
+            .flatten();
         match self.route {
             Route::Exempt => Next::Ready(Response::from_parts(parts, body)),
             Route::Safe => {
@@ -348,9 +528,12 @@ impl<E: MakeEtag> Ctx<E> {
                     .as_deref()
                     .map(|c| evaluate(c, &self.method, Some(&current)))
                 {
-                    Some(Decision::NotModified) => Next::Ready(not_modified(parts)),
+                    Some(Decision::NotModified) => Next::Ready(not_modified(parts, head_length)),
                     Some(Decision::PreconditionFailed) => {
                         Next::Ready(status_response(StatusCode::PRECONDITION_FAILED))
+                    }
+                    Some(Decision::Proceed) | None if self.head_as_get => {
+                        Next::Ready(without_body(parts, head_length))
                     }
                     Some(Decision::Proceed) | None => {
                         Next::Ready(Response::from_parts(parts, body))
@@ -417,7 +600,8 @@ const POLLED_AFTER_COMPLETION: &str = "ResponseFuture polled after completion";
 
 impl<S, ReqBody, ResBody, E> Future for ResponseFuture<S, ReqBody, ResBody, E>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ReqBody: Default,
     ResBody: Body,
     E: MakeEtag,
 {
@@ -430,32 +614,116 @@ where
                 StateProj::Check {
                     check,
                     service,
+                    ready,
                     request,
-                } => match ready!(check.as_mut().poll(cx)) {
-                    CheckResult::Reject(status) => Next::Ready(status_response(status)),
-                    CheckResult::Proceed {
-                        remove_range,
-                        token,
-                    } => {
-                        if let (Some(token), Some(store), Some(key)) =
-                            (token, this.ctx.store(), this.ctx.key.as_ref())
-                        {
-                            this.ctx.claim = Some(ClaimGuard {
-                                store: store.clone(),
-                                resource: key.clone(),
-                                token: Some(token),
+                } => {
+                    if !*ready {
+                        let svc = service.as_mut().expect(POLLED_AFTER_COMPLETION);
+                        ready!(svc.poll_ready(cx))?;
+                        *ready = true;
+                    }
+                    match ready!(check.as_mut().poll(cx)) {
+                        CheckResult::Reject(status) => Next::Ready(status_response(status)),
+                        CheckResult::Learn => {
+                            let request = request.take().expect(POLLED_AFTER_COMPLETION);
+                            let mut service = service.take().expect(POLLED_AFTER_COMPLETION);
+                            let spare = service.clone();
+                            tracing::debug!(
+                                resource = ?this.ctx.key,
+                                "no validators recorded: learning them from a GET of the target"
+                            );
+                            let future = service.call(learning_request(&request));
+                            this.state.set(State::Learning {
+                                future,
+                                service: Some(spare),
+                                request: Some(request),
+                            });
+                            continue;
+                        }
+                        CheckResult::Proceed {
+                            remove_range,
+                            token,
+                        } => {
+                            if let (Some(token), Some(store), Some(key)) =
+                                (token, this.ctx.store(), this.ctx.key.as_ref())
+                            {
+                                this.ctx.claim = Some(ClaimGuard {
+                                    store: store.clone(),
+                                    resource: key.clone(),
+                                    token: Some(token),
+                                });
+                            }
+                            let mut request = request.take().expect(POLLED_AFTER_COMPLETION);
+                            let mut service = service.take().expect(POLLED_AFTER_COMPLETION);
+                            if remove_range {
+                                request.headers_mut().remove(header::RANGE);
+                            }
+                            let future = service.call(request);
+                            this.state.set(State::Inner { future });
+                            continue;
+                        }
+                    }
+                }
+                StateProj::Learning {
+                    future,
+                    service,
+                    request,
+                } => {
+                    let res = ready!(future.poll(cx))?;
+                    let (service, request) = (service.take(), request.take());
+                    match this.ctx.learn_from(res) {
+                        Ok(learned) => {
+                            this.state.set(State::Check {
+                                check: this.ctx.claim_learned(learned),
+                                service,
+                                ready: false,
+                                request,
                             });
                         }
-                        let mut request = request.take().expect(POLLED_AFTER_COMPLETION);
-                        let mut service = service.take().expect(POLLED_AFTER_COMPLETION);
-                        if remove_range {
-                            request.headers_mut().remove(header::RANGE);
-                        }
-                        let future = service.call(request);
-                        this.state.set(State::Inner { future });
-                        continue;
+                        Err(body) => this.state.set(State::LearnCollecting {
+                            body: Some(Box::pin(body)),
+                            chunks: Vec::new(),
+                            len: 0,
+                            service,
+                            request,
+                        }),
                     }
-                },
+                    continue;
+                }
+                StateProj::LearnCollecting {
+                    body,
+                    chunks,
+                    len,
+                    service,
+                    request,
+                } => {
+                    let inner = body.as_mut().expect(POLLED_AFTER_COMPLETION);
+                    let learned = match ready!(inner.as_mut().poll_frame(cx)) {
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(mut data) => {
+                                let bytes = data.copy_to_bytes(data.remaining());
+                                *len += bytes.len() as u64;
+                                chunks.push(bytes);
+                                if *len <= this.ctx.config.max_body_size {
+                                    continue;
+                                }
+                                // It lied about its size: it exists, its tag is unknown.
+                                Learned::Current(Current::default())
+                            }
+                            Err(_trailers) => continue,
+                        },
+                        Some(Err(_)) => Learned::Current(Current::default()),
+                        None => this.ctx.learned_from_chunks(chunks),
+                    };
+                    let (service, request) = (service.take(), request.take());
+                    this.state.set(State::Check {
+                        check: this.ctx.claim_learned(learned),
+                        service,
+                        ready: false,
+                        request,
+                    });
+                    continue;
+                }
                 StateProj::Inner { future } => {
                     let res = ready!(future.poll(cx))?;
                     this.ctx.on_response(res)

@@ -162,6 +162,6 @@ pub use layer::{ConditionalLayer, DEFAULT_MAX_BODY_SIZE};
 pub use policy::{MakeResourceKey, PathAndQuery};
 pub use service::Conditional;
 pub use store::{
-    BoxError, DEFAULT_CLAIM_TTL, DEFAULT_MAX_ENTRIES, DEFAULT_RECORD_TTL, StoreError,
-    ValidatorSource, ValidatorStore, Validators,
+    BoxError, DEFAULT_CLAIM_TTL, DEFAULT_MAX_ENTRIES, DEFAULT_RECORD_TTL, ResourceState,
+    StoreError, Target, ValidatorSource, ValidatorStore, Validators,
 };

@@ -12,11 +12,11 @@ use tower_service::Service;
 use crate::{
     ConditionalLayer, MakeEtag, MakeResourceKey, PathAndQuery, Sha256Etag,
     body::ResponseBody,
-    future::{CheckResult, Ctx, ResponseFuture, Route},
+    future::{CheckResult, Ctx, ResponseFuture, Route, claim_check, strip_conditions},
     headers::{Conditions, has_conditional_fields},
     layer::{Backend, Config},
     precondition::{Decision, evaluate, is_exempt, is_get_or_head},
-    store::{BoxFuture, ClaimOutcome},
+    store::{BoxFuture, ResourceState, Target},
 };
 
 /// Middleware that generates ETags and evaluates RFC 9110 preconditions.
@@ -62,6 +62,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     K: MakeResourceKey,
     E: MakeEtag,
+    ReqBody: Default,
     ResBody: Body,
 {
     type Response = Response<ResponseBody<ResBody>>;
@@ -89,13 +90,23 @@ where
 
         if is_get_or_head(&method) {
             let if_range = cond.as_ref().and_then(|c| c.if_range.clone());
-            let ctx = Ctx::new(
+            let mut ctx = Ctx::new(
                 Arc::clone(&self.config),
                 method.clone(),
                 Route::Safe,
                 cond,
                 key.clone(),
             );
+            if method == Method::HEAD && self.config.etag_methods.contains(&Method::HEAD) {
+                // A HEAD has the fields of the GET (RFC 9110 §9.3.2), ETag included, and
+                // the ETag may have to be hashed from the GET's body: ask the inner service
+                // for the GET, without the client's conditions (the layer evaluates them on
+                // the full 200, so a 304 can carry its length), and send no body.
+                *req.method_mut() = Method::GET;
+                strip_conditions(req.headers_mut());
+                ctx.head_as_get();
+                return ResponseFuture::inner(ctx, self.inner.call(req));
+            }
             let Some(if_range) = if_range.filter(|_| method == Method::GET) else {
                 return ResponseFuture::inner(ctx, self.inner.call(req));
             };
@@ -112,9 +123,12 @@ where
                     }))
                 }
                 (Backend::Source(source), Some(key)) => {
-                    let fut = source(key);
+                    let fut = source(Target::new(Method::GET, key));
                     Some(Box::pin(async move {
-                        let current = fut.await.ok().flatten().map(|v| v.to_current());
+                        let current = match fut.await {
+                            Ok(ResourceState::Current(v)) => Some(v.to_current()),
+                            _ => None,
+                        };
                         CheckResult::proceed(
                             !if_range.matches(current.as_ref(), std::time::SystemTime::now()),
                         )
@@ -149,37 +163,26 @@ where
             return ResponseFuture::inner(ctx, self.inner.call(req));
         };
         let check: BoxFuture<CheckResult> = match backend {
-            Backend::Store(store) => {
-                let fut = store.claim(key, cond);
-                Box::pin(async move {
-                    match fut.await {
-                        Ok(ClaimOutcome::Granted(token)) => CheckResult::claimed(token),
-                        Ok(ClaimOutcome::Failed | ClaimOutcome::Busy) => {
-                            CheckResult::Reject(StatusCode::PRECONDITION_FAILED)
-                        }
-                        // Fail open; `Health` logged and counted it.
-                        Err(_) => CheckResult::proceed(false),
-                    }
-                })
-            }
+            Backend::Store(store) => claim_check(store, key, cond, None),
             Backend::Source(source) => {
-                let fut = source(key);
+                let fut = source(Target::new(method.clone(), key));
                 Box::pin(async move {
-                    match fut.await {
-                        Ok(found) => {
-                            let current = found.map(|v| v.to_current());
-                            match evaluate(&cond, &method, current.as_ref()) {
-                                Decision::Proceed => CheckResult::proceed(false),
-                                Decision::NotModified | Decision::PreconditionFailed => {
-                                    CheckResult::Reject(StatusCode::PRECONDITION_FAILED)
-                                }
-                            }
-                        }
+                    let current = match fut.await {
+                        Ok(ResourceState::Current(v)) => Some(v.to_current()),
+                        Ok(ResourceState::Absent) => None,
+                        // §13.2.1: the handler's answer without preconditions stands.
+                        Ok(ResourceState::Unknown) => return CheckResult::proceed(false),
                         Err(e) => {
                             metrics::counter!("turret_conditional_store_errors_total", "kind" => "source")
                                 .increment(1);
                             tracing::warn!(error = %e, "validator source failed, write passes unchecked");
-                            CheckResult::proceed(false)
+                            return CheckResult::proceed(false);
+                        }
+                    };
+                    match evaluate(&cond, &method, current.as_ref()) {
+                        Decision::Proceed => CheckResult::proceed(false),
+                        Decision::NotModified | Decision::PreconditionFailed => {
+                            CheckResult::Reject(StatusCode::PRECONDITION_FAILED)
                         }
                     }
                 })

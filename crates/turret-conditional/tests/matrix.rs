@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
-use turret_conditional::{BoxError, ConditionalLayer, Validators};
+use turret_conditional::{BoxError, ConditionalLayer, ResourceState, Target, Validators};
 
 /// Last-Modified of the representation: Sun, 06 Nov 1994 08:49:37 GMT.
 const LM: u64 = 784_111_777;
@@ -60,11 +60,11 @@ async fn handler(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Inf
 
 /// The user's source of truth for writes: `/missing` does not exist, everything else is at
 /// `"v1"` / LM.
-async fn source(resource: String) -> Result<Option<Validators>, BoxError> {
-    if resource.starts_with("/missing") {
-        return Ok(None);
+async fn source(target: Target) -> Result<ResourceState, BoxError> {
+    if target.resource().starts_with("/missing") {
+        return Ok(ResourceState::Absent);
     }
-    Ok(Some(
+    Ok(ResourceState::Current(
         Validators::new()
             .with_etag(HeaderValue::from_static("\"v1\""))
             .with_last_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(LM)),

@@ -21,11 +21,13 @@ use turret_testkit::RedisServer;
 
 type Svc = BoxCloneService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
 
-/// The application: GET answers the current version as ETag; PUT (unless `x-fail`) bumps it,
-/// after waiting for `gate` to open; every PUT that reaches it is counted.
+/// The application: GET answers the current version as ETag (404 after a DELETE); PUT
+/// (unless `x-fail`) bumps it, after waiting for `gate` to open; every PUT that reaches it is
+/// counted.
 #[derive(Clone)]
 struct App {
     version: Arc<AtomicUsize>,
+    exists: Arc<std::sync::atomic::AtomicBool>,
     handled: Arc<AtomicUsize>,
     entered: Arc<Notify>,
     gate: watch::Receiver<bool>,
@@ -36,6 +38,7 @@ impl App {
         let (tx, rx) = watch::channel(open);
         let app = App {
             version: Arc::new(AtomicUsize::new(1)),
+            exists: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             handled: Arc::new(AtomicUsize::new(0)),
             entered: Arc::new(Notify::new()),
             gate: rx,
@@ -74,6 +77,15 @@ impl App {
                             return Ok(res);
                         }
                         app.version.fetch_add(1, Ordering::SeqCst);
+                        app.exists.store(true, Ordering::SeqCst);
+                    }
+                    if req.method() == Method::DELETE {
+                        app.exists.store(false, Ordering::SeqCst);
+                        return Ok(res);
+                    }
+                    if !app.exists.load(Ordering::SeqCst) {
+                        *res.status_mut() = StatusCode::NOT_FOUND;
+                        return Ok(res);
                     }
                     let v = app.version.load(Ordering::SeqCst);
                     let tag = HeaderValue::from_str(&format!("\"v{v}\"")).unwrap();
@@ -222,15 +234,16 @@ async fn claims_are_released(store: ValidatorStore) {
 async fn creates_and_deletes(store: ValidatorStore) {
     let (app, _gate) = App::new(true);
     let svc = app.service(store.clone());
-    // Unknown to the store: treated as absent.
+    // Unknown to the store: learned from a GET of the target ("v1"), so a stale tag fails
+    // and the current one passes.
     assert_eq!(
-        send(&svc, Method::PUT, &[("if-match", "\"v1\"")])
+        send(&svc, Method::PUT, &[("if-match", "\"v0\"")])
             .await
             .status(),
         412
     );
     assert_eq!(
-        send(&svc, Method::PUT, &[("if-none-match", "*")])
+        send(&svc, Method::PUT, &[("if-match", "\"v1\"")])
             .await
             .status(),
         200
@@ -242,7 +255,8 @@ async fn creates_and_deletes(store: ValidatorStore) {
             .status(),
         412
     );
-    // DELETE removes the record: If-Match now fails and create-only succeeds.
+    // DELETE removes the record; the GET that learns it again finds nothing (404): If-Match
+    // now fails and create-only succeeds.
     assert_eq!(
         send(&svc, Method::DELETE, &[("if-match", "\"v2\"")])
             .await
@@ -256,6 +270,13 @@ async fn creates_and_deletes(store: ValidatorStore) {
             .status(),
         412
     );
+    assert_eq!(
+        send(&svc, Method::PUT, &[("if-none-match", "*")])
+            .await
+            .status(),
+        200
+    );
+    recorded(&store, "\"v3\"").await;
     // A POST leaves the target existing with unknown validators.
     assert_eq!(send(&svc, Method::POST, &[]).await.status(), 200);
     let v = store

@@ -8,7 +8,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{ClaimOutcome, Update};
+use super::{ClaimOutcome, Learned, Update};
 use crate::{
     headers::{Conditions, Current},
     precondition::{Decision, evaluate},
@@ -70,6 +70,7 @@ impl MemoryStore {
         resource: &str,
         cond: &Conditions,
         token: String,
+        learned: Option<&Learned>,
         claim_ttl: Duration,
         record_ttl: Duration,
     ) -> ClaimOutcome {
@@ -78,7 +79,21 @@ impl MemoryStore {
         if claims.get(resource).is_some_and(|c| c.expires > now) {
             return ClaimOutcome::Busy;
         }
-        let current = self.lookup(resource, record_ttl);
+        let current = match (self.lookup(resource, record_ttl), learned) {
+            (Some(current), _) => Some(current),
+            (None, None) => return ClaimOutcome::NoRecord,
+            (None, Some(Learned::Absent)) => None,
+            (None, Some(Learned::Current(current))) => {
+                self.records.insert(
+                    resource.to_owned(),
+                    Record {
+                        current: current.clone(),
+                        at: now,
+                    },
+                );
+                Some(current.clone())
+            }
+        };
         // Any unsafe method: `PUT` stands for all of them (only GET/HEAD differ).
         match evaluate(cond, &http::Method::PUT, current.as_ref()) {
             Decision::Proceed => {}

@@ -9,13 +9,13 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
 
-use http::HeaderValue;
+use http::{HeaderValue, Method};
 
 use crate::headers::{Conditions, Current, EntityTag, from_secs, to_secs};
 
@@ -87,49 +87,142 @@ impl Validators {
     }
 }
 
-/// Tells the layer a resource's current validators before an unsafe request runs.
+/// What a [`ValidatorSource`] is asked about: the request's method and the resource key
+/// ([`MakeResourceKey`](crate::MakeResourceKey)) of its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    method: Method,
+    resource: String,
+}
+
+impl Target {
+    /// A target: `method` on `resource`.
+    pub fn new(method: Method, resource: impl Into<String>) -> Self {
+        Self {
+            method,
+            resource: resource.into(),
+        }
+    }
+
+    /// The request's method (a write's, or GET for an `If-Range` look-up).
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The resource key.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    /// The resource key, owned.
+    pub fn into_resource(self) -> String {
+        self.resource
+    }
+}
+
+/// What a [`ValidatorSource`] knows about a request's target, which decides how the layer
+/// treats the request's preconditions (RFC 9110 §13.1, §13.2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceState {
+    /// The target has a current representation with these validators. With none known
+    /// ([`Validators::new`], e.g. a collection that exists), `If-Match: *` is true, any
+    /// `If-Match` entity-tag is false and `If-None-Match: *` is false.
+    Current(Validators),
+    /// The target has no current representation *and the request would still be performed*
+    /// (a PUT that creates it): `If-Match` is false (412), `If-None-Match: *` is true.
+    Absent,
+    /// The layer leaves the preconditions to the handler: the source does not know this
+    /// target, or the request would not succeed without its preconditions (a DELETE or an
+    /// update of something that does not exist is 404, a malformed id 400). RFC 9110 §13.2.1:
+    /// a server ignores preconditions when its answer to the request without them would be
+    /// anything but 2xx or 412, so the handler's answer must stand.
+    Unknown,
+}
+
+impl From<Validators> for ResourceState {
+    fn from(v: Validators) -> Self {
+        ResourceState::Current(v)
+    }
+}
+
+impl From<Option<Validators>> for ResourceState {
+    /// `Some` is [`Current`](ResourceState::Current), `None` is
+    /// [`Absent`](ResourceState::Absent).
+    fn from(v: Option<Validators>) -> Self {
+        v.map_or(ResourceState::Absent, ResourceState::Current)
+    }
+}
+
+/// Tells the layer the state of a request's target before an unsafe request runs.
 ///
 /// Implement it over the real source of truth (a row version or `updated_at` column) to
-/// evaluate `If-Match` / `If-Unmodified-Since` / `If-None-Match` on writes. Return `Ok(None)`
-/// when the resource does not exist. The layer does not serialize writes through a
-/// `ValidatorSource`: two requests may both pass the check, so the handler must still make its
-/// write conditional (`UPDATE … WHERE version = $1`) if it needs exactly-once. The built-in
-/// [`ValidatorStore`] does serialize them.
+/// evaluate `If-Match` / `If-Unmodified-Since` / `If-None-Match` on writes. Answer
+/// [`ResourceState::Current`] with the validators when the target exists,
+/// [`ResourceState::Absent`] when it does not and the method would create it (a PUT), and
+/// [`ResourceState::Unknown`] when the request would fail without its preconditions (a DELETE
+/// or update of a missing row: 404; a path that is not a valid id: 400) or the source does
+/// not know the target; the handler then answers as if there were no precondition.
+///
+/// ```
+/// use http::{HeaderValue, Method};
+/// use turret_conditional::{BoxError, ResourceState, Target, Validators};
+///
+/// async fn version_of(_id: u64) -> Result<Option<u64>, BoxError> { Ok(Some(3)) }
+///
+/// async fn source(target: Target) -> Result<ResourceState, BoxError> {
+///     let Some(id) = target.resource().strip_prefix("/docs/").and_then(|id| id.parse().ok())
+///     else {
+///         return Ok(ResourceState::Unknown); // not a document: the handler answers (404/400)
+///     };
+///     Ok(match version_of(id).await? {
+///         Some(v) => ResourceState::Current(
+///             Validators::new().with_etag(HeaderValue::from_str(&format!("\"v{v}\""))?),
+///         ),
+///         None if target.method() == Method::PUT => ResourceState::Absent, // PUT creates
+///         None => ResourceState::Unknown, // DELETE/PATCH of nothing: the handler's 404
+///     })
+/// }
+/// # let _ = turret_conditional::ConditionalLayer::new().validator_source(source);
+/// ```
+///
+/// The layer does not serialize writes through a `ValidatorSource`: two requests may both
+/// pass the check, so the handler must still make its write conditional
+/// (`UPDATE … WHERE version = $1`) if it needs exactly-once. The built-in [`ValidatorStore`]
+/// does serialize them.
 ///
 /// An `Err` fails open: the request goes to the handler, and the error is logged and counted.
 ///
-/// Implemented for closures and `async fn`s `Fn(String) -> impl Future<Output =
-/// Result<Option<Validators>, BoxError>>`.
+/// Implemented for closures and `async fn`s `Fn(Target) -> impl Future<Output =
+/// Result<ResourceState, BoxError>>`.
 pub trait ValidatorSource {
     /// The future [`validators`](Self::validators) returns.
-    type Future: Future<Output = Result<Option<Validators>, BoxError>> + Send + 'static;
+    type Future: Future<Output = Result<ResourceState, BoxError>> + Send + 'static;
 
-    /// The current validators of `resource` (a key made by
-    /// [`MakeResourceKey`](crate::MakeResourceKey)), or `None` if it does not exist.
-    fn validators(&self, resource: String) -> Self::Future;
+    /// The state of `target`'s resource.
+    fn validators(&self, target: Target) -> Self::Future;
 }
 
 impl<F, Fut> ValidatorSource for F
 where
-    F: Fn(String) -> Fut,
-    Fut: Future<Output = Result<Option<Validators>, BoxError>> + Send + 'static,
+    F: Fn(Target) -> Fut,
+    Fut: Future<Output = Result<ResourceState, BoxError>> + Send + 'static,
 {
     type Future = Fut;
 
-    fn validators(&self, resource: String) -> Fut {
-        self(resource)
+    fn validators(&self, target: Target) -> Fut {
+        self(target)
     }
 }
 
 /// A [`ValidatorSource`] with its future boxed, as the layer stores it.
 pub(crate) type DynSource =
-    Arc<dyn Fn(String) -> BoxFuture<Result<Option<Validators>, BoxError>> + Send + Sync>;
+    Arc<dyn Fn(Target) -> BoxFuture<Result<ResourceState, BoxError>> + Send + Sync>;
 
 pub(crate) fn erase_source<V>(source: V) -> DynSource
 where
     V: ValidatorSource + Send + Sync + 'static,
 {
-    Arc::new(move |resource: String| Box::pin(source.validators(resource)) as BoxFuture<_>)
+    Arc::new(move |target: Target| Box::pin(source.validators(target)) as BoxFuture<_>)
 }
 
 /// An error of the built-in store (only the Redis store fails).
@@ -220,6 +313,19 @@ pub(crate) enum ClaimOutcome {
     Failed,
     /// Another conditional write holds the resource.
     Busy,
+    /// The store holds no record of the resource (never seen, evicted, flushed): the layer
+    /// learns its validators from the inner service and claims again with them.
+    NoRecord,
+}
+
+/// What the layer learned about a resource the store had no record of, from a GET of it
+/// through the inner service.
+#[derive(Debug, Clone)]
+pub(crate) enum Learned {
+    /// The GET was 2xx: the resource exists, with these validators (possibly none known).
+    Current(Current),
+    /// The GET was not 2xx: no current representation.
+    Absent,
 }
 
 /// What a finished write does to the record.
@@ -294,8 +400,9 @@ impl ValidatorStore {
             StoreKind::Redis(r) => {
                 let r = Arc::clone(r);
                 Box::pin(async move {
+                    let started = r.health.start();
                     let out = r.lookup(&resource).await;
-                    r.health.observe(&out);
+                    r.health.observe(started, &out);
                     out.map_err(StoreError)
                 })
             }
@@ -304,23 +411,46 @@ impl ValidatorStore {
 
     /// Atomically: evaluates `cond` for an unsafe request against the record and, when it
     /// holds and no other claim is active, claims the resource.
+    ///
+    /// Without a record, `learned` decides: `None` answers [`ClaimOutcome::NoRecord`];
+    /// `Some(Current)` records it (the record is still absent and nothing holds a claim:
+    /// checked in the same atomic step) and evaluates against it; `Some(Absent)` evaluates
+    /// against no representation.
     pub(crate) fn claim(
         &self,
         resource: String,
         cond: Arc<Conditions>,
+        learned: Option<Learned>,
     ) -> BoxFuture<Result<ClaimOutcome, StoreError>> {
         let token = new_token();
         match &self.kind {
             StoreKind::Memory(m) => {
-                let out = m.claim(&resource, &cond, token, self.claim_ttl, self.record_ttl);
+                let out = m.claim(
+                    &resource,
+                    &cond,
+                    token,
+                    learned.as_ref(),
+                    self.claim_ttl,
+                    self.record_ttl,
+                );
                 Box::pin(std::future::ready(Ok(out)))
             }
             StoreKind::Redis(r) => {
                 let r = Arc::clone(r);
-                let ttl = self.claim_ttl;
+                let (claim_ttl, record_ttl) = (self.claim_ttl, self.record_ttl);
                 Box::pin(async move {
-                    let out = r.claim(&resource, &cond, token, ttl).await;
-                    r.health.observe(&out);
+                    let started = r.health.start();
+                    let out = r
+                        .claim(
+                            &resource,
+                            &cond,
+                            token,
+                            learned.as_ref(),
+                            claim_ttl,
+                            record_ttl,
+                        )
+                        .await;
+                    r.health.observe(started, &out);
                     out.map_err(StoreError)
                 })
             }
@@ -344,8 +474,9 @@ impl ValidatorStore {
                 let r = Arc::clone(r);
                 let ttl = self.record_ttl;
                 Box::pin(async move {
+                    let started = r.health.start();
                     let out = r.complete(&resource, token.as_deref(), &update, ttl).await;
-                    r.health.observe(&out);
+                    r.health.observe(started, &out);
                 })
             }
         }
@@ -360,8 +491,9 @@ impl ValidatorStore {
                 let r = Arc::clone(r);
                 let ttl = self.record_ttl;
                 spawn_detached(async move {
+                    let started = r.health.start();
                     let out = r.record_read(&resource, &current, ttl).await;
-                    r.health.observe(&out);
+                    r.health.observe(started, &out);
                 });
             }
         }
@@ -400,32 +532,102 @@ fn new_token() -> String {
 }
 
 /// Logs and counts store failures once per change of state (healthy ↔ degraded).
+///
+/// Each operation takes a sequence number when it starts. An outcome changes the state only
+/// if its operation started after the last outcome that agreed with the current state was
+/// seen: under an outage, operations already in flight finish out of order (one answered
+/// just before Redis went away, another timing out after it came back), and each such late
+/// outcome used to flip the state, logging "failing" and "recovered" milliseconds apart.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
-    degraded: AtomicBool,
+    next: AtomicU64,
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    degraded: bool,
+    /// Operations that started at or before this sequence number cannot change the state.
+    fence: u64,
 }
 
 impl Health {
-    pub(crate) fn observe<T>(&self, result: &Result<T, turret_redis::Error>) {
-        match result {
-            Ok(_) => {
-                if self.degraded.swap(false, Ordering::Relaxed) {
-                    tracing::info!("turret-conditional: validator store recovered");
-                }
-            }
-            Err(e) => {
-                metrics::counter!(
-                    "turret_conditional_store_errors_total",
-                    "kind" => if e.is_unavailable() { "unavailable" } else { "other" }
-                )
-                .increment(1);
-                if !self.degraded.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        error = %e,
-                        "turret-conditional: validator store failing, writes pass unchecked (fail open)"
-                    );
-                }
-            }
+    /// The sequence number of an operation starting now.
+    pub(crate) fn start(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Notes the outcome of the operation that started with sequence number `started`;
+    /// returns the new state when it changed (`Some(true)`: now degraded).
+    pub(crate) fn observe<T>(
+        &self,
+        started: u64,
+        result: &Result<T, turret_redis::Error>,
+    ) -> Option<bool> {
+        if let Err(e) = result {
+            metrics::counter!(
+                "turret_conditional_store_errors_total",
+                "kind" => if e.is_unavailable() { "unavailable" } else { "other" }
+            )
+            .increment(1);
         }
+        let failed = result.is_err();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // Everything started so far began before this outcome was seen.
+        let now = self.next.load(Ordering::Relaxed);
+        if state.degraded == failed {
+            state.fence = state.fence.max(now);
+            return None;
+        }
+        if started <= state.fence {
+            return None;
+        }
+        state.degraded = failed;
+        state.fence = now;
+        drop(state);
+        match result {
+            Ok(_) => tracing::info!("turret-conditional: validator store recovered"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "turret-conditional: validator store failing, writes pass unchecked (fail open)"
+            ),
+        }
+        Some(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    fn unavailable() -> Result<(), turret_redis::Error> {
+        Err(turret_redis::Error::Unavailable)
+    }
+
+    #[test]
+    fn late_outcomes_of_older_operations_do_not_flap_the_state() {
+        let health = Health::default();
+        let before = health.start();
+        let during = health.start();
+        // The outage: the newer operation fails first.
+        assert_eq!(health.observe(during, &unavailable()), Some(true));
+        // The older one, answered just before the outage, is no evidence of recovery.
+        assert_eq!(health.observe(before, &Ok(())), None);
+        let failing = health.start();
+        let slow = health.start();
+        assert_eq!(health.observe(failing, &unavailable()), None);
+        // Redis is back: an operation started now succeeds.
+        let after = health.start();
+        assert_eq!(health.observe(after, &Ok(())), Some(false));
+        // One that started during the outage times out only now: no new "failing".
+        assert_eq!(health.observe(slow, &unavailable()), None);
+        assert_eq!(health.observe(health.start(), &Ok(())), None);
+        // A real new outage is a change again, once.
+        let first = health.start();
+        let second = health.start();
+        assert_eq!(health.observe(first, &unavailable()), Some(true));
+        assert_eq!(health.observe(second, &unavailable()), None);
+        let recovered = health.start();
+        assert_eq!(health.observe(recovered, &Ok(())), Some(false));
     }
 }

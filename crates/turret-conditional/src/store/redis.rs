@@ -9,15 +9,18 @@ use std::{sync::LazyLock, time::Duration};
 
 use turret_redis::{Error, Redis, Script};
 
-use super::{ClaimOutcome, Health, Update};
+use super::{ClaimOutcome, Health, Learned, Update};
 use crate::headers::{Conditions, Current, EntityTag, EtagList};
 
 /// Check-and-claim: RFC 9110 §13.2.2 steps 1–3 for an unsafe method, against the record.
-/// Returns 0 (claimed), 1 (precondition false) or 2 (another claim is active).
+/// Returns 0 (claimed), 1 (precondition false), 2 (another claim is active) or 3 (no record,
+/// and nothing learned).
 ///
 /// ARGV: token, claim ttl (ms), If-Match mode (`''` absent, `*`, `L` list), If-Unmodified-Since
-/// (Unix seconds or `''`), If-None-Match mode, number of If-Match tags, the If-Match tags
-/// (strong ones only, quoted), then the If-None-Match tags (quoted opaque-tags).
+/// (Unix seconds or `''`), If-None-Match mode, number of If-Match tags, what was learned
+/// without a record (`''` nothing, `a` absent, `c` current), its ETag, its Last-Modified, the
+/// record ttl (ms), then the If-Match tags (strong ones only, quoted), then the If-None-Match
+/// tags (quoted opaque-tags).
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "cond_claim",
@@ -28,17 +31,31 @@ local etag, lm = false, false
 if exists then
   local v = redis.call('HMGET', KEYS[1], 'e', 'm')
   etag, lm = v[1], v[2]
+elseif ARGV[7] == '' then
+  return 3
+elseif ARGV[7] == 'c' then
+  redis.call('HSET', KEYS[1], 'x', '1')
+  if ARGV[8] ~= '' then
+    redis.call('HSET', KEYS[1], 'e', ARGV[8])
+    etag = ARGV[8]
+  end
+  if ARGV[9] ~= '' then
+    redis.call('HSET', KEYS[1], 'm', ARGV[9])
+    lm = ARGV[9]
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[10])
+  exists = true
 end
 local im, ius, inm = ARGV[3], ARGV[4], ARGV[5]
 local nim = tonumber(ARGV[6])
-local first_inm = 7 + nim
+local first_inm = 11 + nim
 if im ~= '' then
   local ok = false
   if exists then
     if im == '*' then
       ok = true
     elseif etag and string.sub(etag, 1, 2) ~= 'W/' then
-      for j = 7, first_inm - 1 do
+      for j = 11, first_inm - 1 do
         if ARGV[j] == etag then ok = true end
       end
     end
@@ -166,7 +183,9 @@ impl RedisStore {
         resource: &str,
         cond: &Conditions,
         token: String,
+        learned: Option<&Learned>,
         claim_ttl: Duration,
+        record_ttl: Duration,
     ) -> Result<ClaimOutcome, Error> {
         let (record, claim) = self.keys(resource);
         let mode = |l: &Option<EtagList>| match l {
@@ -195,6 +214,12 @@ impl RedisStore {
             )
             .arg(mode(&cond.if_none_match))
             .arg(strong_im.len());
+        call = match learned {
+            None => call.arg("").arg("").arg(""),
+            Some(Learned::Absent) => call.arg("a").arg("").arg(""),
+            Some(Learned::Current(c)) => call.arg("c").arg(etag_arg(c)).arg(lm_arg(c)),
+        }
+        .arg(millis(record_ttl));
         for t in strong_im {
             call = call.arg(t);
         }
@@ -207,6 +232,7 @@ impl RedisStore {
         Ok(match code {
             0 => ClaimOutcome::Granted(token),
             2 => ClaimOutcome::Busy,
+            3 => ClaimOutcome::NoRecord,
             _ => ClaimOutcome::Failed,
         })
     }
