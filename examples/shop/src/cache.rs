@@ -6,6 +6,7 @@
 //! - `/categories/*`: kept 1 hour, tagged `categories`.
 //! - Handlers add finer tags in a `Surrogate-Key` field (the layer reads it and strips it
 //!   from the response): `product:7`, `product-lists`, `category:3`, `category-lists`.
+//!   With `--no-cache` they add none, so the field never reaches a client.
 //! - A write invalidates what it changed: `PUT /products/7` → `product:7` and
 //!   `product-lists`; `POST /products` → `product-lists`; `PUT /categories/3` →
 //!   `category:3` and `category-lists`. The layer itself also invalidates the written URI
@@ -114,6 +115,11 @@ impl ShopCache {
         Self {
             inner: Some(Arc::new(Inner { layer, invalidator })),
         }
+    }
+
+    /// Whether the cache is on (the handlers tag their responses only for it).
+    pub(crate) fn is_on(&self) -> bool {
+        self.inner.is_some()
     }
 
     /// The layer to put on the product and category routes.

@@ -3,7 +3,8 @@
 //! A client mistake is never a 500 and never a panic: malformed syntax (a query parameter
 //! that is not a number, JSON that does not parse, an id that is not an integer) is `400`,
 //! well-formed input that breaks a rule (a negative price, a missing field, an unknown
-//! category) is `422`, an unknown product, category or route is `404`. Error responses carry
+//! category) is `422`, an unknown product, category or route is `404`, a body over the
+//! limit (axum's default, 2 MB) is `413`. Error responses carry
 //! `Cache-Control: no-store`, so no cache keeps them.
 
 use axum::{
@@ -23,6 +24,8 @@ pub(crate) enum ApiError {
     NotFound(String),
     /// `412`: the `If-Match` the client sent is not the current version.
     PreconditionFailed(String),
+    /// `413`: the body is larger than the shop reads (RFC 9110 §15.5.14).
+    ContentTooLarge(String),
     /// `415`: the body is not `application/json`.
     UnsupportedMediaType(String),
     /// `422`: well-formed, but breaks a rule.
@@ -44,6 +47,7 @@ impl ApiError {
             ApiError::PreconditionFailed(m) => {
                 (StatusCode::PRECONDITION_FAILED, "precondition_failed", m)
             }
+            ApiError::ContentTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "content_too_large", m),
             ApiError::UnsupportedMediaType(m) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -92,6 +96,10 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(e.body_text()),
             JsonRejection::MissingJsonContentType(e) => {
                 ApiError::UnsupportedMediaType(e.body_text())
+            }
+            // A body over the limit is not malformed: 413, not 400.
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::ContentTooLarge(other.body_text())
             }
             other => ApiError::BadRequest(other.body_text()),
         }

@@ -5,12 +5,12 @@
 use axum::{
     Router,
     body::Bytes,
-    http::{HeaderValue, Response, StatusCode, header},
+    http::{HeaderValue, Method, Response, StatusCode, header},
     middleware::map_response,
     response::IntoResponse,
 };
 use serde_json::json;
-use turret_conditional::{BoxError, ConditionalLayer, Validators};
+use turret_conditional::{BoxError, ConditionalLayer, ResourceState, Target, Validators};
 use turret_ratelimit::{ClientIp, Limited, Quota, RateLimitLayer, RedisBackend};
 use turret_redis::Redis;
 
@@ -77,22 +77,32 @@ fn too_many_requests(limited: &Limited<'_>) -> Response<Bytes> {
 /// versions before the handler runs (412 when stale).
 ///
 /// Product and category responses carry an `ETag` made from their row version
-/// (`"p7v3"`), which the layer leaves alone; lists get one hashed from the body.
+/// (`"p7v3"`), which the layer leaves alone; lists get one hashed from the body. A HEAD is
+/// answered from the GET (the cache inside serves it from storage), with the same fields.
 pub(crate) fn conditional<S>(router: Router<S>, db: Db) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let layer = ConditionalLayer::new().validator_source(move |resource: String| {
+    let layer = ConditionalLayer::new().validator_source(move |target: Target| {
         let db = db.clone();
-        async move { current_validators(&db, &resource).await }
+        async move { resource_state(&db, &target).await }
     });
     router
         .layer(layer)
         .layer(map_response(json_precondition_failed))
 }
 
-/// The validators of the product or category a write targets; `None` for anything else.
-async fn current_validators(db: &Db, resource: &str) -> Result<Option<Validators>, BoxError> {
+/// What a write's preconditions are evaluated against (RFC 9110 §13.1, §13.2.1):
+///
+/// - a product or category that exists: its row version as the ETag;
+/// - the collection `/products`, for a POST: it always exists, with no validator
+///   (`If-Match: *` is true, `If-None-Match: *` false);
+/// - anything else (no such row, an id that is not one, another method on a collection, a
+///   route that is not a resource): `Unknown`. None of the shop's writes creates at a given
+///   id, so its plain answer would be 404, 400 or 405, and the preconditions are ignored: the
+///   handler answers.
+async fn resource_state(db: &Db, target: &Target) -> Result<ResourceState, BoxError> {
+    let resource = target.resource();
     let path = resource.split('?').next().unwrap_or(resource);
     let etag = if let Some(id) = id_after(path, "/products/") {
         db.product_version(id)
@@ -102,12 +112,16 @@ async fn current_validators(db: &Db, resource: &str) -> Result<Option<Validators
         db.category_version(id)
             .await?
             .map(|version| category_etag(id, version))
+    } else if path == "/products" && target.method() == Method::POST {
+        return Ok(ResourceState::Current(Validators::new()));
     } else {
         None
     };
     Ok(match etag {
-        Some(etag) => Some(Validators::new().with_etag(HeaderValue::from_str(&etag)?)),
-        None => None,
+        Some(etag) => {
+            ResourceState::Current(Validators::new().with_etag(HeaderValue::from_str(&etag)?))
+        }
+        None => ResourceState::Unknown,
     })
 }
 

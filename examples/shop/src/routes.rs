@@ -88,9 +88,17 @@ pub(crate) fn app(
 }
 
 /// A JSON response with `Surrogate-Key` tags for the cache, and an `ETag` if given.
-fn tagged(body: impl IntoResponse, tags: &[&str], etag: Option<String>) -> Response {
+///
+/// The tags are for the cache only (it reads them and strips them): without the cache
+/// (`--no-cache`) the field is not added at all, so it never reaches a client.
+fn tagged(
+    cache: &ShopCache,
+    body: impl IntoResponse,
+    tags: &[&str],
+    etag: Option<String>,
+) -> Response {
     let mut res = body.into_response();
-    if !tags.is_empty() {
+    if !tags.is_empty() && cache.is_on() {
         res.headers_mut().insert(SURROGATE_KEY, surrogate_key(tags));
     }
     if let Some(etag) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
@@ -104,9 +112,11 @@ fn tagged(body: impl IntoResponse, tags: &[&str], etag: Option<String>) -> Respo
 /// The conditional layer decides before the handler runs, but two writers can both pass it.
 ///
 /// `Ok(None)`: no `If-Match`, or `*`. `Ok(Some(v))`: write only at version `v`. `Err(412)`:
-/// no listed tag can be current. One tag of the resource's own form needs no query; a list
-/// is compared with the current version.
+/// no listed tag can be current. `Err(404)`: `what` does not exist (RFC 9110 §13.2.1: the
+/// plain answer would be 404, so the precondition is ignored). One tag of the resource's own
+/// form needs no query; anything else is compared with the current version.
 async fn allowed_version<F, Fut>(
+    what: &str,
     headers: &HeaderMap,
     etag_of: impl Fn(i64) -> String,
     parse: impl Fn(&str) -> Option<i64>,
@@ -132,16 +142,41 @@ where
             "If-Match does not match the current version: GET it again, then retry".into(),
         )
     };
-    if let [one] = values.as_slice() {
-        return parse(one).map(Some).ok_or_else(stale);
+    if let [one] = values.as_slice()
+        && let Some(version) = parse(one)
+    {
+        return Ok(Some(version));
     }
     let Some(version) = current().await? else {
-        return Err(stale());
+        return Err(ApiError::not_found(what));
     };
     if values.contains(&etag_of(version).as_str()) {
         Ok(Some(version))
     } else {
         Err(stale())
+    }
+}
+
+/// Why a write at `expected` version touched no row: the row is gone (404: RFC 9110 §13.2.1,
+/// the precondition is ignored when the plain answer is not 2xx), or it is at another
+/// version (412).
+async fn not_written(
+    expected: Option<i64>,
+    what: &str,
+    id: i64,
+    current: impl Future<Output = Result<Option<i64>, sqlx::Error>>,
+) -> ApiError {
+    let exists = match (expected, current.await) {
+        (None, _) => false,
+        (Some(_), Ok(version)) => version.is_some(),
+        (Some(_), Err(e)) => return e.into(),
+    };
+    if exists {
+        ApiError::PreconditionFailed(format!(
+            "the {what} changed meanwhile: GET it again, then retry"
+        ))
+    } else {
+        ApiError::not_found(format!("{what} {id}"))
     }
 }
 
@@ -152,7 +187,7 @@ async fn list_products(
 ) -> Result<Response, ApiError> {
     let Query(params) = query?;
     let products = s.db.list_products(params.validate()?).await?;
-    Ok(tagged(Json(products), &[PRODUCT_LISTS], None))
+    Ok(tagged(&s.cache, Json(products), &[PRODUCT_LISTS], None))
 }
 
 /// `GET /products/{id}`.
@@ -166,7 +201,12 @@ async fn get_product(
             .await?
             .ok_or_else(|| ApiError::not_found(format!("product {id}")))?;
     let etag = product.etag();
-    Ok(tagged(Json(product), &[&product_tag(id)], Some(etag)))
+    Ok(tagged(
+        &s.cache,
+        Json(product),
+        &[&product_tag(id)],
+        Some(etag),
+    ))
 }
 
 /// `POST /products`: 201 with the product, its `Location` and `ETag`.
@@ -206,6 +246,7 @@ async fn update_product(
     let id = parse_id(&id?.0, "product")?;
     let new = body?.0.validate()?;
     let expected = allowed_version(
+        &format!("product {id}"),
         &headers,
         |v| product_etag(id, v),
         |tag| parse_etag(tag, 'p', id),
@@ -219,16 +260,11 @@ async fn update_product(
         )));
     }
     let Some(product) = s.db.update_product(id, &new, expected).await? else {
-        return Err(match expected {
-            Some(_) => ApiError::PreconditionFailed(
-                "the product changed meanwhile: GET it again, then retry".into(),
-            ),
-            None => ApiError::not_found(format!("product {id}")),
-        });
+        return Err(not_written(expected, "product", id, s.db.product_version(id)).await);
     };
     s.cache.invalidate(&[&product_tag(id), PRODUCT_LISTS]).await;
     let etag = product.etag();
-    Ok(tagged(Json(product), &[], Some(etag)))
+    Ok(tagged(&s.cache, Json(product), &[], Some(etag)))
 }
 
 /// `DELETE /products/{id}`: 204.
@@ -239,6 +275,7 @@ async fn delete_product(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id?.0, "product")?;
     let expected = allowed_version(
+        &format!("product {id}"),
         &headers,
         |v| product_etag(id, v),
         |tag| parse_etag(tag, 'p', id),
@@ -246,12 +283,7 @@ async fn delete_product(
     )
     .await?;
     if !s.db.delete_product(id, expected).await? {
-        return Err(match expected {
-            Some(_) => ApiError::PreconditionFailed(
-                "the product changed meanwhile: GET it again, then retry".into(),
-            ),
-            None => ApiError::not_found(format!("product {id}")),
-        });
+        return Err(not_written(expected, "product", id, s.db.product_version(id)).await);
     }
     s.cache.invalidate(&[&product_tag(id), PRODUCT_LISTS]).await;
     s.stampede.invalidate(&dashboard_key()).await;
@@ -261,7 +293,7 @@ async fn delete_product(
 /// `GET /categories`: every category, ordered by id.
 async fn list_categories(State(s): State<AppState>) -> Result<Response, ApiError> {
     let categories = s.db.list_categories().await?;
-    Ok(tagged(Json(categories), &[CATEGORY_LISTS], None))
+    Ok(tagged(&s.cache, Json(categories), &[CATEGORY_LISTS], None))
 }
 
 /// `GET /categories/{id}`.
@@ -275,7 +307,12 @@ async fn get_category(
             .await?
             .ok_or_else(|| ApiError::not_found(format!("category {id}")))?;
     let etag = category_etag(id, category.version);
-    Ok(tagged(Json(category), &[&category_tag(id)], Some(etag)))
+    Ok(tagged(
+        &s.cache,
+        Json(category),
+        &[&category_tag(id)],
+        Some(etag),
+    ))
 }
 
 /// `PUT /categories/{id}`: replaces name and description.
@@ -288,6 +325,7 @@ async fn update_category(
     let id = parse_id(&id?.0, "category")?;
     let input = body?.0.validate()?;
     let expected = allowed_version(
+        &format!("category {id}"),
         &headers,
         |v| category_etag(id, v),
         |tag| parse_etag(tag, 'c', id),
@@ -298,18 +336,13 @@ async fn update_category(
         s.db.update_category(id, &input.name, &input.description, expected)
             .await?
     else {
-        return Err(match expected {
-            Some(_) => ApiError::PreconditionFailed(
-                "the category changed meanwhile: GET it again, then retry".into(),
-            ),
-            None => ApiError::not_found(format!("category {id}")),
-        });
+        return Err(not_written(expected, "category", id, s.db.category_version(id)).await);
     };
     s.cache
         .invalidate(&[&category_tag(id), CATEGORY_LISTS])
         .await;
     let etag = category_etag(id, category.version);
-    Ok(tagged(Json(category), &[], Some(etag)))
+    Ok(tagged(&s.cache, Json(category), &[], Some(etag)))
 }
 
 /// `GET /products/top-selling?limit=`: units and revenue per product over every order

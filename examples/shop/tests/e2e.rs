@@ -917,3 +917,153 @@ fn two_processes_on_one_database_and_redis_act_as_one() {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sends a request head and `body` on a raw connection and reads the answer, tolerating a
+/// server that answers (and closes) before it has read the whole body.
+fn send_large(shop: &Shop, head: &str, body: &[u8]) -> Resp {
+    let mut stream = TcpStream::connect(("127.0.0.1", shop.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    stream.write_all(head.as_bytes()).expect("send head");
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    Resp::parse(&raw)
+}
+
+#[test]
+fn a_head_of_a_cached_list_carries_the_get_fields_and_gets_304_rfc9110_9_3_2_13_2_2() {
+    let shop = Shop::start(&[]);
+    let get = shop.get("/products?limit=3");
+    assert_eq!(get.status, 200);
+    let etag = get.header("etag").expect("a generated ETag").to_owned();
+    let length = get.header("content-length").expect("a length").to_owned();
+
+    // HEAD, cached and cold, has the GET's validator and length (RFC 9110 §9.3.2, §8.6).
+    for path in ["/products?limit=3", "/products?limit=4"] {
+        let head = shop.request("HEAD", path, &[], "");
+        assert_eq!(head.status, 200, "{path}");
+        assert_eq!(head.body, "", "{path}");
+        assert!(head.header("etag").is_some(), "{path}: {:?}", head.headers);
+        assert!(head.header("content-length").is_some(), "{path}");
+    }
+    let head = shop.request("HEAD", "/products?limit=3", &[], "");
+    assert_eq!(head.header("etag"), Some(etag.as_str()));
+    assert_eq!(head.header("content-length"), Some(length.as_str()));
+
+    // If-None-Match is evaluated for HEAD as for GET (RFC 9110 §13.2.2).
+    let not_modified = shop.request("HEAD", "/products?limit=3", &[("if-none-match", &etag)], "");
+    assert_eq!(not_modified.status, 304, "{:?}", not_modified.headers);
+    assert_eq!(not_modified.header("etag"), Some(etag.as_str()));
+    let other = shop.request(
+        "HEAD",
+        "/products?limit=3",
+        &[("if-none-match", "\"other\"")],
+        "",
+    );
+    assert_eq!(other.status, 200);
+}
+
+#[test]
+fn a_304_to_head_carries_no_content_length_or_the_200s_rfc9110_8_6() {
+    let shop = Shop::start(&[]);
+    // A list (ETag made by the conditional layer), a product cold (ETag from the handler, the
+    // cache bypassed) and a product cached (the cache's own 304).
+    shop.get("/products/5");
+    for path in ["/products?limit=2", "/products/3", "/products/5"] {
+        let get = shop.get(path);
+        let etag = get.header("etag").expect("an ETag").to_owned();
+        let length = get.header("content-length").map(str::to_owned);
+        let head = shop.request("HEAD", path, &[("if-none-match", &etag)], "");
+        assert_eq!(head.status, 304, "{path}");
+        let sent = head.header("content-length").map(str::to_owned);
+        assert!(
+            sent.is_none() || sent == length,
+            "{path}: a 304 to HEAD says content-length {sent:?}, the 200 {length:?}"
+        );
+    }
+}
+
+#[test]
+fn preconditions_on_a_post_to_the_existing_collection_rfc9110_13_1_1_13_1_2() {
+    let shop = Shop::start(&[]);
+    let body = product_body("Conditional", 3.0, 1);
+    // The collection exists: `If-Match: *` is true, `If-None-Match: *` is false.
+    let created = shop.send_json("POST", "/products", &[("if-match", "*")], &body);
+    assert_eq!(created.status, 201, "{}", created.body);
+    let refused = shop.send_json("POST", "/products", &[("if-none-match", "*")], &body);
+    assert_eq!(refused.status, 412, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "precondition_failed");
+}
+
+#[test]
+fn preconditions_are_ignored_when_the_plain_answer_is_not_2xx_rfc9110_13_2_1() {
+    for args in [&[][..], &["--no-conditional"][..]] {
+        let shop = Shop::start(args);
+        let body = product_body("Nobody", 3.0, 1);
+        let cases = [
+            ("DELETE", "/products/999999", "", 404),
+            ("PUT", "/products/999999", body.as_str(), 404),
+            (
+                "PUT",
+                "/categories/999999",
+                r#"{"name":"n","description":"d"}"#,
+                404,
+            ),
+            ("PUT", "/products/abc", body.as_str(), 400),
+            ("DELETE", "/products/0", "", 400),
+        ];
+        for (method, path, body, status) in cases {
+            for field in ["if-match", "if-none-match", "if-unmodified-since"] {
+                let value = match field {
+                    "if-unmodified-since" => "Sat, 01 Jan 2000 00:00:00 GMT",
+                    _ => "\"p1v1\"",
+                };
+                let res = shop.send_json(method, path, &[(field, value)], body);
+                assert_eq!(
+                    res.status, status,
+                    "{args:?} {method} {path} {field}: {}",
+                    res.body
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn no_surrogate_key_reaches_a_client_without_the_cache() {
+    let shop = Shop::start(&["--no-cache"]);
+    for path in [
+        "/products/1",
+        "/products?limit=2",
+        "/categories",
+        "/categories/1",
+    ] {
+        let res = shop.get(path);
+        assert_eq!(res.status, 200, "{path}");
+        assert_eq!(res.header("surrogate-key"), None, "{path}");
+        let head = shop.request("HEAD", path, &[], "");
+        assert_eq!(head.header("surrogate-key"), None, "HEAD {path}");
+    }
+}
+
+#[test]
+fn a_json_body_over_the_limit_gets_413_rfc9110_15_5_14() {
+    let shop = Shop::start(&[]);
+    let big = format!(
+        r#"{{"name":"big","description":"{}","price":1.0,"stock":1,"category_id":1}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    for (method, path) in [("POST", "/products"), ("PUT", "/products/1")] {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            shop.host,
+            big.len()
+        );
+        let res = send_large(&shop, &head, big.as_bytes());
+        assert_eq!(res.status, 413, "{method} {path}: {}", res.body);
+        assert_eq!(res.json()["error"], "content_too_large");
+    }
+}
