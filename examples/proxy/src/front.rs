@@ -30,7 +30,10 @@ use std::{
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version,
-    header::{CONNECTION, CONTENT_TYPE, HOST, TRANSFER_ENCODING},
+    header::{
+        AUTHORIZATION, CONNECTION, CONTENT_TYPE, COOKIE, HOST, MAX_FORWARDS, PROXY_AUTHORIZATION,
+        TRANSFER_ENCODING,
+    },
     uri::Authority,
 };
 use http_body::{Body, Frame, SizeHint};
@@ -89,7 +92,7 @@ impl Service<Request<Incoming>> for Front {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         if let Err(refusal) = check(&req) {
             tracing::debug!(
                 method = %req.method(),
@@ -103,6 +106,9 @@ impl Service<Request<Incoming>> for Front {
                 refusal.text,
                 true,
             ))));
+        }
+        if let Some(res) = max_forwards(&mut req) {
+            return Box::pin(std::future::ready(Ok(res)));
         }
         let (req, body_failed) = ClientBody::wrap(req);
         let mut req = prepare(req, &self.origin, self.peer);
@@ -155,6 +161,66 @@ impl Service<Request<Incoming>> for Front {
             })
         })
     }
+}
+
+/// RFC 9110 §7.6.2: an intermediary checks and updates `Max-Forwards` on `TRACE` and
+/// `OPTIONS`. At 0 it answers as the final recipient (an `OPTIONS`: `200` with no content;
+/// a `TRACE`: `200` reflecting the request head as received, without the fields that carry
+/// credentials, §9.3.8); above 0 the request is forwarded with the value less one. A
+/// value that is not `1*DIGIT`, or more than one line, is left alone.
+fn max_forwards(req: &mut Request<Incoming>) -> Option<Response<FrontBody>> {
+    let method = req.method();
+    if method != Method::OPTIONS && method != Method::TRACE {
+        return None;
+    }
+    let mut values = req.headers().get_all(MAX_FORWARDS).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let digits = value.as_bytes();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if digits.iter().all(|d| *d == b'0') {
+        let mut res = if req.method() == Method::TRACE {
+            let mut res = Response::new(Either::Right(Full::new(Bytes::from(reflect(req)))));
+            res.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("message/http"));
+            res
+        } else {
+            Response::new(Either::Right(Full::new(Bytes::new())))
+        };
+        // The request's body, if any, is not read.
+        res.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return Some(res);
+    }
+    // Any number of digits: values past u64 are as good as infinite.
+    let n: u64 = value.to_str().ok()?.parse().unwrap_or(u64::MAX);
+    req.headers_mut()
+        .insert(MAX_FORWARDS, HeaderValue::from(n - 1));
+    None
+}
+
+/// A `TRACE` request's head as received, as `message/http` content.
+fn reflect<B>(req: &Request<B>) -> Vec<u8> {
+    let version = if req.version() == Version::HTTP_10 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    let mut out = format!("{} {} {version}\r\n", req.method(), req.uri()).into_bytes();
+    for (name, value) in req.headers() {
+        if [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE].contains(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// The exchange a request makes: through the cache, or around it.

@@ -1175,3 +1175,60 @@ async fn an_origin_transfer_coding_the_proxy_cannot_decode_is_502_not_dropped_rf
     assert!(text.starts_with("HTTP/1.1 502 "), "{text:?}");
     assert_eq!(origin.count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_forwards_on_options_and_trace_is_answered_at_0_and_decremented_above_rfc9110_7_6_2() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let http = Http::new(&proxy);
+
+    // At 0 the proxy is the final recipient: nothing is forwarded.
+    let options = http
+        .send("OPTIONS", "/items", &[("max-forwards", "0")], "")
+        .await;
+    assert_eq!((options.status, options.body.as_str()), (200, ""));
+    assert!(!options.headers.contains_key("cache-status"));
+    let trace = http
+        .send(
+            "TRACE",
+            "/items",
+            &[
+                ("max-forwards", "0"),
+                ("x-probe", "seen"),
+                ("cookie", "session=secret"),
+                ("authorization", "Bearer secret"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(trace.status, 200);
+    assert_eq!(trace.header("content-type"), "message/http");
+    assert!(trace.body.starts_with("TRACE "), "{:?}", trace.body);
+    assert!(trace.body.contains("x-probe: seen\r\n"), "{:?}", trace.body);
+    assert!(
+        !trace.body.contains("secret"),
+        "credentials are not reflected"
+    );
+    assert_eq!(origin.count("/items"), 0);
+
+    // Above 0 it is forwarded with one less; other methods keep theirs.
+    http.send("OPTIONS", "/items", &[("max-forwards", "5")], "")
+        .await;
+    http.send("TRACE", "/items", &[("max-forwards", "1")], "")
+        .await;
+    http.send("DELETE", "/items", &[("max-forwards", "0")], "")
+        .await;
+    let seen: Vec<(String, String)> = origin
+        .seen("/items")
+        .iter()
+        .map(|s| {
+            (
+                s.method.to_string(),
+                s.headers["max-forwards"].to_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expected = [("OPTIONS", "4"), ("TRACE", "0"), ("DELETE", "0")]
+        .map(|(m, v)| (m.to_owned(), v.to_owned()));
+    assert_eq!(seen, expected);
+}
