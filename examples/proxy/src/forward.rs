@@ -45,9 +45,10 @@ pub(crate) enum ForwardError {
     Unreachable,
     /// No response head within `--origin-timeout` (→ 504).
     TimedOut,
-    /// A response this proxy cannot forward faithfully: a transfer coding other than
-    /// `chunked`, which the proxy never asked for (it sends no `TE`) and cannot decode
-    /// (→ 502, RFC 9110 §15.6.3: an invalid response from the inbound server).
+    /// A response this proxy cannot forward faithfully (→ 502, RFC 9110 §15.6.3: an
+    /// invalid response from the inbound server): a transfer coding other than `chunked`,
+    /// which the proxy never asked for (it sends no `TE`) and cannot decode, or a `101`
+    /// switch to a protocol no request asked for (the proxy removes `Upgrade`).
     Unforwardable,
 }
 
@@ -130,6 +131,12 @@ impl Service<Request<ClientBody>> for Forward {
                 }
             };
             let (mut parts, body) = res.into_parts();
+            if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                // RFC 9110 §15.2.2: a server switches only to a protocol the request's
+                // `Upgrade` named, and the proxy removes `Upgrade` (it forwards no upgrades).
+                tracing::warn!(%method, %uri, "origin switched protocols unasked: 502");
+                return Err(ForwardError::Unforwardable);
+            }
             let has_body = method != Method::HEAD
                 && parts.status != StatusCode::NO_CONTENT
                 && parts.status != StatusCode::NOT_MODIFIED;

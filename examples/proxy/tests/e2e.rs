@@ -1232,3 +1232,25 @@ async fn max_forwards_on_options_and_trace_is_answered_at_0_and_decremented_abov
         .map(|(m, v)| (m.to_owned(), v.to_owned()));
     assert_eq!(seen, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsolicited_101_from_the_origin_is_502_rfc9110_15_2_2() {
+    // The proxy removes `Upgrade` from requests, so no switch was asked for.
+    let origin = RawOrigin::start(Some(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW",
+    ))
+    .await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let request = b"GET /chat HTTP/1.1\r\nHost: shop.example\r\nUpgrade: websocket\r\n\
+                    Connection: upgrade, close\r\n\r\n";
+    let text = raw_exchange(&proxy.addr, request, false).await;
+    let (status_line, fields, body) = parse_response(&text);
+    assert_eq!(status_line, "HTTP/1.1 502 Bad Gateway", "{text:?}");
+    assert!(!body.contains("RAW"), "{text:?}");
+    assert_eq!(field(&fields, "cache-status"), None);
+    assert!(
+        !origin.heads.lock().expect("lock")[0]
+            .to_ascii_lowercase()
+            .contains("upgrade")
+    );
+}
