@@ -28,10 +28,10 @@ where
 /// The query is part of the resource's identity (RFC 9110 §4.2.1), so `/items?page=2` and
 /// `/items` never share validators. The target is kept byte for byte as received: two targets
 /// that differ in any byte never share a record, and two spellings of one resource
-/// (`/items/7` and `/items/%37`, or reordered query parameters) do not either, so a write
-/// must name the resource as the GET that recorded its validators did. The `Host` is not part
-/// of it: add it (or a tenant) with a custom key when one service answers for several
-/// origins, or one origin's validators decide another's writes.
+/// (`/items/7` and `/items/%37`, or reordered query parameters) do not either: writes through
+/// different spellings are not decided against one record. The `Host` is not part of it:
+/// add it (or a tenant) with a custom key when one service answers for several origins, or
+/// one origin's validators decide another's writes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PathAndQuery;
 
