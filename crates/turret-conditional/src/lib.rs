@@ -108,8 +108,22 @@
 //! `Last-Modified`. A non-2xx response (404, 3xx, 5xx) passes through unchanged, as does a
 //! response the handler already made conditional (304/412). A 304 carries exactly
 //! `Content-Location`, `Date`, `ETag`, `Vary`, `Cache-Control`, `Expires` of the 200, and
-//! `Last-Modified` only without `ETag`; no body, no `Content-Length`/`Content-Type`.
-//! CONNECT, OPTIONS and TRACE are never touched.
+//! `Last-Modified` only without `ETag`; no body, no `Content-Type`, and no `Content-Length`
+//! (a 304 to HEAD carries the 200's, RFC 9110 §8.6). CONNECT, OPTIONS and TRACE are never
+//! touched.
+//!
+//! ## HEAD
+//!
+//! A HEAD response has the fields a GET would have (RFC 9110 §9.3.2), the ETag too, and is
+//! evaluated the same way (§13.2.2). But an inner service answers a HEAD without a body, so
+//! there is nothing to hash. While HEAD is one of the [`etag_methods`](
+//! ConditionalLayer::etag_methods) (the default), the layer therefore asks its inner service
+//! for a GET instead, without the client's conditional and `Range` fields, evaluates the
+//! conditions itself on that 200 and answers the HEAD with the GET's fields, its
+//! `Content-Length`, and no body; the GET's body is dropped unread unless it is hashed. A
+//! response cache inside the layer serves that GET from storage; without one, a HEAD costs
+//! what a GET costs (axum, for one, runs the GET handler for a HEAD anyway). Leave HEAD out
+//! of `etag_methods` to pass HEADs through as they are, without generated ETags.
 //!
 //! `If-Range` (GET with `Range`): the layer keeps `Range` only when `If-Range` matches the
 //! current validators known *before* the handler runs (store or source): a strong exact ETag,
@@ -121,14 +135,21 @@
 //! For any other method (PUT, PATCH, DELETE, POST, …), `If-Match`, `If-Unmodified-Since` and
 //! `If-None-Match` are decided before the handler runs, against:
 //!
-//! - a [`ValidatorSource`] of your own (the resource's row version, say), or
+//! - a [`ValidatorSource`] of your own (the resource's row version, say), which answers a
+//!   [`ResourceState`] for the request's [`Target`]: the current validators, "absent" (the
+//!   request would create it: `If-Match` fails), or "unknown" (the request would fail
+//!   without its preconditions, 404 or 400, say: RFC 9110 §13.2.1 says to ignore them, so the
+//!   handler answers), or
 //! - the built-in [`ValidatorStore`] (memory, or Redis for a fleet), which records the
 //!   validators of successful GETs and writes per resource key ([`MakeResourceKey`], default
 //!   the path and query) and makes check-and-claim one atomic step: of two concurrent writes
 //!   with the same `If-Match`, exactly one reaches the handler, the other gets 412. A 2xx write
 //!   records the `ETag`/`Last-Modified` it returned (DELETE removes the record; POST marks the
 //!   target changed with unknown validators); any other outcome, an inner error or a dropped
-//!   future releases the claim.
+//!   future releases the claim. A write to a resource the store has no record of first learns
+//!   its validators with a GET through the inner service (see [`ValidatorStore`]), so the
+//!   order of this layer and a response cache never matters for correctness (README, "Layer
+//!   order").
 //!
 //! Without either, write preconditions are left to the handler. With
 //! [`require_precondition`](ConditionalLayer::require_precondition), unsafe requests without a
@@ -138,7 +159,14 @@
 //!
 //! When the Redis store (or a source) fails, the layer fails open: writes reach the handler
 //! unchecked, GETs are unaffected. The change of state is logged once (`tracing` warn, then info
-//! on recovery) and each failure is counted in `turret_conditional_store_errors_total{kind}`.
+//! on recovery; operations still in flight when it changed, finishing late, do not flip it
+//! back) and each failure is counted in `turret_conditional_store_errors_total{kind}`.
+//!
+//! # Request bodies
+//!
+//! The service needs `ReqBody: Default` (axum's `Body`, `http_body_util::{Full, Empty}`,
+//! `()`, …): the GET it makes to learn validators has an empty body. Wrap hyper's
+//! `Incoming` in one of those (`req.map(axum::body::Body::new)`) before this layer.
 //!
 //! # Metrics
 //!

@@ -264,9 +264,20 @@ pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
 /// - [`ValidatorStore::redis`]: a fleet of instances sharing one Redis (node or cluster).
 ///   Check-and-claim is one Lua script; the record and its claim share a hash tag.
 ///
-/// The store knows what it has seen: a resource it holds no record for is treated as absent
-/// (`If-Match` → 412, so the client re-reads it and the GET records it; `If-None-Match: *`
-/// proceeds). It is authoritative only when every write to the resource goes through the
+/// The store knows what it has seen. When a conditional write targets a resource it holds
+/// no record for (never read through the layer, evicted, expired, flushed, a Redis restarted
+/// empty), the layer first learns the current validators from its inner service: a GET of
+/// the same target (the write's fields without its conditions, range and content fields, its
+/// extensions, an empty body), whose `ETag`/`Last-Modified` (or the ETag hashed from its
+/// body, as for any GET) are recorded, in the same atomic step as the claim, unless a record
+/// or a claim appeared meanwhile. A 2xx GET without a validator means "exists, no validator
+/// known"; any other status means "no current representation" (`If-Match` → 412,
+/// `If-None-Match: *` proceeds). So a lost record never locks writers out, whatever sits in
+/// front of the layer (a response cache answering GETs from storage, say), and a create-only
+/// `If-None-Match: *` never overwrites a resource the store forgot. The GET costs one inner
+/// request per write that finds no record.
+///
+/// The store is authoritative only when every write to the resource goes through the
 /// layer; with writes elsewhere, use a [`ValidatorSource`] over the real data.
 ///
 /// A conditional write *claims* the resource: while the claim is held, other conditional
