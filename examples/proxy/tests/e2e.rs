@@ -189,6 +189,17 @@ async fn handle(
                 respond(200, &fields, "etag body")
             }
         }
+        "/must-revalidate" => respond(
+            200,
+            &[
+                (
+                    "cache-control",
+                    "max-age=0, must-revalidate, stale-if-error=60",
+                ),
+                ("etag", "\"mr\""),
+            ],
+            format!("must-revalidate #{n}"),
+        ),
         "/sie" => respond(
             200,
             &[("cache-control", "max-age=0, stale-if-error=60")],
@@ -1253,4 +1264,20 @@ async fn an_unsolicited_101_from_the_origin_is_502_rfc9110_15_2_2() {
             .to_ascii_lowercase()
             .contains("upgrade")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_must_revalidate_copy_is_not_served_when_the_origin_is_down_rfc9111_5_2_2_2() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let http = Http::new(&proxy);
+    let stored = http.get("/must-revalidate").await;
+    assert_eq!(stored.header("cache-status"), "turret; fwd=miss; stored");
+
+    // The origin's failure reaches the cache as an error: must-revalidate forbids the stale
+    // copy (stale-if-error notwithstanding), and the cache answers 504.
+    origin.stop();
+    let res = http.get("/must-revalidate").await;
+    assert_eq!(res.status, 504, "{:?}", res.headers);
+    assert!(!res.body.contains("must-revalidate #"), "{:?}", res.body);
 }
