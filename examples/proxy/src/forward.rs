@@ -113,7 +113,10 @@ impl Service<Request<ClientBody>> for Forward {
                 Ok(Ok(res)) => res,
                 Ok(Err(_)) if client_body.as_ref().is_some_and(|b| b.failed()) => {
                     // The client's body broke the exchange, not the origin: neither an error
-                    // (the cache would serve stale-if-error) nor a 5xx; `Front` answers 400.
+                    // (the cache would serve stale-if-error) nor a 5xx; `Front` answers 400
+                    // instead of this. Only requests the cache merely forwards have content
+                    // (a GET or HEAD with content goes around it), so nothing is stored or
+                    // invalidated for it.
                     tracing::debug!(%method, %uri, "the client's request body failed");
                     let mut res = Response::new(Either::Right(Full::new(Bytes::new())));
                     *res.status_mut() = StatusCode::BAD_REQUEST;

@@ -110,6 +110,7 @@ impl Service<Request<Incoming>> for Front {
         if let Some(res) = max_forwards(&mut req) {
             return Box::pin(std::future::ready(Ok(res)));
         }
+        // `body_failed` is `Some` exactly when the request has content.
         let (req, body_failed) = ClientBody::wrap(req);
         let mut req = prepare(req, &self.origin, self.peer);
         let exchange = if body_failed.is_some()
