@@ -68,10 +68,15 @@
 //! # Keys and Vary
 //!
 //! The primary key is `scheme://host/path?query`, method-independent: the host (from the URI
-//! or `Host`) is always part of it, query parameters are sorted by name ([`QueryKey`] picks
-//! which count). Under one key, one response is kept per `Vary` secondary key (at most
-//! [`MAX_VARIANTS`]; [`Policy::key_headers`] adds fields as if `Vary` named them); an absent
-//! field matches only an absent field and `Vary: *` never matches (§4.1). [`MakeCacheKey`]
+//! or `Host`, escaped; a `Host` that disagrees with the URI's authority is added to the key)
+//! is always part of it. The query is keyed as the handler's `Query` sees it: decoded as
+//! `application/x-www-form-urlencoded` (`%XX`, `+` as a space), sorted stably by name (so
+//! repeated names keep their order) and re-encoded canonically, so two queries a handler can
+//! tell apart never share an entry; [`QueryKey`] picks the parameters that count by their
+//! decoded name. Under one key, one response is kept per `Vary` secondary key (at most
+//! [`MAX_VARIANTS`]; [`Policy::key_headers`] adds fields as if `Vary` named them), selected by
+//! the same field lines, byte for byte; an absent field matches only an absent field and
+//! `Vary: *` never matches (§4.1). [`MakeCacheKey`]
 //! replaces the default key. HEAD is answered from a stored GET; a HEAD miss does not fill.
 //!
 //! # Requests
@@ -159,8 +164,8 @@ pub use entry::{CachedResponse, DecodeError};
 pub use future::ResponseFuture;
 pub use invalidator::CacheInvalidator;
 pub use layer::{
-    DEFAULT_HIT_FOR_MISS, DEFAULT_KEEP_FOR_REVALIDATION, DEFAULT_LEASE_WAIT, DEFAULT_MAX_ENTRY_SIZE, ResponseCacheLayer,
-    SetCookie,
+    DEFAULT_HIT_FOR_MISS, DEFAULT_KEEP_FOR_REVALIDATION, DEFAULT_LEASE_WAIT,
+    DEFAULT_MAX_ENTRY_SIZE, ResponseCacheLayer, SetCookie,
 };
 pub use policy::{MakeCacheKey, Policy, QueryKey};
 #[cfg(feature = "redis")]

@@ -130,7 +130,15 @@ where
             let invalidate = (!safe).then(|| {
                 let (scheme, host) = key::origin(req.uri(), req.headers());
                 let target = key::absolute(req.uri(), req.headers());
-                let key = target.and_then(|t| config.policies.key(&policy, &t, req.headers()));
+                // The target is absolute now: the default key needs no `Host` (one that
+                // disagrees with the target would name its own `#host=` key, not the
+                // target's entry); a custom key may read any field.
+                let fields = if config.policies.make_key.is_some() {
+                    req.headers()
+                } else {
+                    &http::HeaderMap::new()
+                };
+                let key = target.and_then(|t| config.policies.key(&policy, &t, fields));
                 Invalidate {
                     tags: config.policies.write_tags(req.uri().path()),
                     key,

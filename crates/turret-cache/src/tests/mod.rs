@@ -1052,3 +1052,24 @@ async fn a_storage_failing_behind_a_local_tier_logs_one_line_per_change_of_state
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[1].contains("recovered"), "{lines:?}");
 }
+
+#[tokio::test]
+async fn a_write_with_an_absolute_target_invalidates_it_whatever_its_host_field_rfc9111_4_4() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).layer(origin(
+        calls.clone(),
+        200,
+        &[("cache-control", "max-age=60")],
+    ));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    let write = Request::post("http://shop.example/a")
+        .header(header::HOST, "other.example")
+        .body(())
+        .unwrap();
+    svc.clone().oneshot(write).await.unwrap();
+    let res = svc.oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "MISS");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
