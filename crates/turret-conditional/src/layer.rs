@@ -105,6 +105,11 @@ impl<K, E> ConditionalLayer<K, E> {
 
     /// The request methods whose responses get a generated ETag (default: GET, HEAD). Adding
     /// PUT makes the layer hash a PUT's response body and record it as the new validator.
+    ///
+    /// With HEAD in the list, the inner service is asked for a GET in place of each HEAD (its
+    /// body hashed when needed, then dropped), so that a HEAD carries the GET's fields, ETag
+    /// and `Content-Length` included (RFC 9110 §9.3.2; see the [crate docs](crate#head)).
+    /// Without HEAD, HEADs pass through as they are.
     pub fn etag_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.config.etag_methods = methods.into_iter().collect();
         self
@@ -119,7 +124,9 @@ impl<K, E> ConditionalLayer<K, E> {
     }
 
     /// Uses the built-in [`ValidatorStore`] (memory or Redis) to decide unsafe requests'
-    /// preconditions atomically before the handler runs, and to record validators.
+    /// preconditions atomically before the handler runs, and to record validators. A write
+    /// to a resource the store has no record of first learns its validators with a GET
+    /// through the inner service.
     pub fn validator_store(mut self, store: ValidatorStore) -> Self {
         self.config.backend = Backend::Store(store);
         self
