@@ -157,6 +157,40 @@ where
     }
 }
 
+/// The handler's own `If-None-Match` check for a write (RFC 9110 §13.1.2): `*` fails when
+/// the resource exists, a list fails when it holds the current entity-tag (weak comparison).
+/// A missing resource passes: the write's plain answer, 404, stands (§13.2.1). Not atomic
+/// with the write; the conditional layer checks the same before the handler runs.
+async fn refuse_none_match<Fut>(
+    headers: &HeaderMap,
+    etag_of: impl Fn(i64) -> String,
+    current: impl FnOnce() -> Fut,
+) -> Result<(), ApiError>
+where
+    Fut: Future<Output = Result<Option<i64>, sqlx::Error>>,
+{
+    let values: Vec<&str> = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().trim_start_matches("W/"))
+        .filter(|v| !v.is_empty())
+        .collect();
+    if values.is_empty() {
+        return Ok(());
+    }
+    let Some(version) = current().await? else {
+        return Ok(());
+    };
+    if values.contains(&"*") || values.contains(&etag_of(version).as_str()) {
+        return Err(ApiError::PreconditionFailed(
+            "If-None-Match matches the current version: the write is refused".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Why a write at `expected` version touched no row: the row is gone (404: RFC 9110 §13.2.1,
 /// the precondition is ignored when the plain answer is not 2xx), or it is at another
 /// version (412).
@@ -253,6 +287,12 @@ async fn update_product(
         || s.db.product_version(id),
     )
     .await?;
+    refuse_none_match(
+        &headers,
+        |v| product_etag(id, v),
+        || s.db.product_version(id),
+    )
+    .await?;
     if !s.db.category_exists(new.category_id).await? {
         return Err(ApiError::Unprocessable(format!(
             "category {} does not exist",
@@ -279,6 +319,12 @@ async fn delete_product(
         &headers,
         |v| product_etag(id, v),
         |tag| parse_etag(tag, 'p', id),
+        || s.db.product_version(id),
+    )
+    .await?;
+    refuse_none_match(
+        &headers,
+        |v| product_etag(id, v),
         || s.db.product_version(id),
     )
     .await?;
@@ -329,6 +375,12 @@ async fn update_category(
         &headers,
         |v| category_etag(id, v),
         |tag| parse_etag(tag, 'c', id),
+        || s.db.category_version(id),
+    )
+    .await?;
+    refuse_none_match(
+        &headers,
+        |v| category_etag(id, v),
         || s.db.category_version(id),
     )
     .await?;

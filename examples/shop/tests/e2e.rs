@@ -1067,3 +1067,34 @@ fn a_json_body_over_the_limit_gets_413_rfc9110_15_5_14() {
         assert_eq!(res.json()["error"], "content_too_large");
     }
 }
+
+#[test]
+fn if_none_match_on_a_write_is_honoured_with_or_without_the_layer_rfc9110_13_1_2() {
+    for args in [&[][..], &["--no-conditional"][..]] {
+        let shop = Shop::start(args);
+        let body = product_body("Create-only", 4.0, 1);
+        for value in ["*", "\"p1v1\"", "\"other\", W/\"p1v1\""] {
+            let res = shop.send_json("PUT", "/products/1", &[("if-none-match", value)], &body);
+            assert_eq!(res.status, 412, "{args:?} {value}: {}", res.body);
+            assert_eq!(res.json()["error"], "precondition_failed");
+        }
+        let res = shop.request("DELETE", "/products/2", &[("if-none-match", "*")], "");
+        assert_eq!(res.status, 412, "{args:?}: {}", res.body);
+        let res = shop.send_json(
+            "PUT",
+            "/categories/1",
+            &[("if-none-match", "*")],
+            r#"{"name":"n","description":"d"}"#,
+        );
+        assert_eq!(res.status, 412, "{args:?}: {}", res.body);
+        // A tag that is not the current one: performed.
+        let res = shop.send_json(
+            "PUT",
+            "/products/1",
+            &[("if-none-match", "\"p1v9\"")],
+            &body,
+        );
+        assert_eq!(res.status, 200, "{args:?}: {}", res.body);
+        assert_eq!(shop.get("/products/1").json()["name"], "Create-only");
+    }
+}
