@@ -275,7 +275,10 @@ pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
 /// `If-None-Match: *` proceeds). So a lost record never locks writers out, whatever sits in
 /// front of the layer (a response cache answering GETs from storage, say), and a create-only
 /// `If-None-Match: *` never overwrites a resource the store forgot. The GET costs one inner
-/// request per write that finds no record.
+/// request per write that finds no record. The store cannot tell whether a method would
+/// create what does not exist, so `If-Match` on a missing resource is always 412 (never a
+/// PUT that recreates something another client deleted), also for a DELETE whose plain
+/// answer would be 404; a [`ValidatorSource`] can answer [`ResourceState::Unknown`] there.
 ///
 /// The store is authoritative only when every write to the resource goes through the
 /// layer; with writes elsewhere, use a [`ValidatorSource`] over the real data.
