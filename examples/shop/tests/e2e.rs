@@ -1046,6 +1046,19 @@ fn no_surrogate_key_reaches_a_client_without_the_cache() {
         let head = shop.request("HEAD", path, &[], "");
         assert_eq!(head.header("surrogate-key"), None, "HEAD {path}");
     }
+    // With the cache, also when it is bypassed.
+    let shop = Shop::start(&[]);
+    let bypassing: [(&str, &[(&str, &str)]); 5] = [
+        ("GET", &[("cache-control", "no-store")]),
+        ("GET", &[("if-match", "\"p1v1\"")]),
+        ("GET", &[("range", "bytes=0-3")]),
+        ("HEAD", &[]),
+        ("GET", &[]),
+    ];
+    for (method, headers) in bypassing {
+        let res = shop.request(method, "/products/1", headers, "");
+        assert_eq!(res.header("surrogate-key"), None, "{method} {headers:?}");
+    }
 }
 
 #[test]
