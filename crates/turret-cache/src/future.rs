@@ -430,6 +430,16 @@ fn reuse<B: Body>(
         *res.headers_mut() = validate::not_modified_headers(entry.headers());
         res.headers_mut()
             .insert(header::AGE, age_value(entry.age(now).as_secs()));
+        if head {
+            // RFC 9110 §8.6: a 304 to HEAD may carry the 200's length; without it a server
+            // may frame the empty 304 as `Content-Length: 0`, which would be false.
+            let length = entry
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .cloned()
+                .unwrap_or_else(|| HeaderValue::from(entry.body().len()));
+            res.headers_mut().insert(header::CONTENT_LENGTH, length);
+        }
         return res;
     }
     from_storage(entry, now, head)
@@ -618,7 +628,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Default + Send + 'static,
     B: Body + Send + 'static,
     B::Error: Send + 'static,
 {
@@ -703,7 +713,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Default + Send + 'static,
     B: Body + Send + 'static,
     B::Error: Send + 'static,
 {
@@ -774,6 +784,7 @@ async fn forward_pass<S, ReqBody, B>(
 ) -> Result<Response<ResponseBody<B>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<B>>,
+    ReqBody: Default,
     B: Body,
 {
     metrics::counter!("turret_cache_hit_for_miss_total").increment(1);
@@ -854,7 +865,7 @@ fn refresh_in_background<S, ReqBody, B>(
     S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Default + Send + 'static,
     B: Body + Send + 'static,
     B::Error: Send + 'static,
 {
@@ -935,7 +946,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Default + Send + 'static,
     B: Body + Send + 'static,
     B::Error: Send + 'static,
 {
@@ -1106,6 +1117,7 @@ async fn exchange<S, ReqBody, B>(
 ) -> Exchange<B, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<B>>,
+    ReqBody: Default,
     B: Body,
 {
     let config = &ctx.config;
@@ -1157,20 +1169,47 @@ where
             }
         }
     }
-    let request_time = config.clock.now();
-    let request_headers = req.headers().clone();
-    let res = match inner.call(req).await {
-        Ok(res) => res,
-        Err(e) => {
-            return Exchange {
-                entry: None,
-                res: Err(e),
-                origin_status: None,
-                revalidated: false,
-                marker: None,
-            };
-        }
+    let failed = |e| Exchange {
+        entry: None,
+        res: Err(e),
+        origin_status: None,
+        revalidated: false,
+        marker: None,
     };
+    let mut request_time = config.clock.now();
+    let mut request_headers = req.headers().clone();
+    // A revalidation keeps its head (a GET has no content to consume): a 304 that selects no
+    // stored response cannot answer it (RFC 9111 §4.3.4), so it is sent again without the
+    // cache's conditions.
+    let (parts, body) = req.into_parts();
+    let again = stale.as_ref().map(|_| parts.clone());
+    let mut res = match inner.call(Request::from_parts(parts, body)).await {
+        Ok(res) => res,
+        Err(e) => return failed(e),
+    };
+    if let (Some(stored), Some(mut parts)) = (&stale, again)
+        && res.status() == StatusCode::NOT_MODIFIED
+        && !validate::selects(stored.headers(), res.headers())
+    {
+        tracing::debug!(
+            key = %ctx.key,
+            "a 304 that selects no stored response (RFC 9111 §4.3.4): asking again unconditionally"
+        );
+        drop(res);
+        validate::strip_client_conditionals(&mut parts.headers);
+        request_time = config.clock.now();
+        request_headers = parts.headers.clone();
+        if let Err(e) = std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+            return failed(e);
+        }
+        res = match inner
+            .call(Request::from_parts(parts, ReqBody::default()))
+            .await
+        {
+            Ok(res) => res,
+            Err(e) => return failed(e),
+        };
+    }
     let status = res.status();
     let done = match stale {
         Some(stale)

@@ -28,6 +28,12 @@ thread_local! {
 
 /// A service that answers GET and HEAD from an RFC 9111 shared cache and fills it from
 /// `inner`. See [`ResponseCacheLayer`].
+///
+/// The request body must implement `Default` (axum's `Body`, `Full`, `Empty`, `()` do): a
+/// revalidation that the origin answers with a 304 selecting no stored response is sent
+/// again without the cache's conditions (RFC 9111 §4.3.4), and a GET has no content, so the
+/// second request carries `ReqBody::default()`. With hyper's `Incoming`, wrap it in a body
+/// of your own with an empty default (the proxy example does).
 #[derive(Clone)]
 pub struct ResponseCache<S> {
     pub(crate) inner: S,
@@ -72,7 +78,7 @@ impl<S> ResponseCache<S> {
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Send + 'static,
-        ReqBody: Send + 'static,
+        ReqBody: Default + Send + 'static,
         ResBody: Body + Send + 'static,
         ResBody::Error: Send + 'static,
     {
@@ -104,7 +110,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Default + Send + 'static,
     ResBody: Body + Send + 'static,
     ResBody::Error: Send + 'static,
 {

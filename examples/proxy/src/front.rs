@@ -343,9 +343,14 @@ fn check_transfer_codings(headers: &HeaderMap) -> Result<(), Refusal> {
 /// The client's request body on its way to the origin, noting whether reading it failed
 /// (malformed chunked framing, a chunk extension over hyper's limit, the client gone before
 /// the end): then the request is the client's fault, not the origin's.
-#[derive(Debug)]
+///
+/// Its `Default` is an empty body: the response cache sends a revalidation again without its
+/// conditions when the origin's 304 selects nothing it stored (RFC 9111 §4.3.4), and needs a
+/// body for that second GET.
+#[derive(Debug, Default)]
 pub(crate) struct ClientBody {
-    body: Incoming,
+    /// `None`: empty (the cache's second request of a revalidation).
+    body: Option<Incoming>,
     /// `None` for a request without a body: nothing can fail, nothing is allocated.
     failed: Option<Arc<BodyFailed>>,
 }
@@ -367,7 +372,7 @@ impl ClientBody {
         let (parts, body) = req.into_parts();
         let failed = (!body.is_end_stream()).then(Arc::default);
         let watched = ClientBody {
-            body,
+            body: Some(body),
             failed: failed.clone(),
         };
         (Request::from_parts(parts, watched), failed)
@@ -388,7 +393,10 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let Some(body) = &mut this.body else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(body).poll_frame(cx);
         if let Poll::Ready(Some(Err(e))) = &polled {
             tracing::debug!(error = %e, "the client's request body could not be read");
             if let Some(failed) = &this.failed {
@@ -399,11 +407,13 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

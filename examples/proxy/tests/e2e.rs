@@ -189,6 +189,25 @@ async fn handle(
                 respond(200, &fields, "etag body")
             }
         }
+        // "a" first; afterwards the representation is "b": a conditional request gets a
+        // 304 for "b" (it selects nothing stored), a plain one the 200 of "b".
+        "/changed" => match (n, parts.headers.contains_key("if-none-match")) {
+            (1, _) => respond(
+                200,
+                &[("cache-control", "max-age=1"), ("etag", "\"a\"")],
+                "a",
+            ),
+            (_, true) => respond(
+                304,
+                &[("cache-control", "max-age=1"), ("etag", "\"b\"")],
+                "",
+            ),
+            (_, false) => respond(
+                200,
+                &[("cache-control", "max-age=60"), ("etag", "\"b\"")],
+                "b",
+            ),
+        },
         "/must-revalidate" => respond(
             200,
             &[
@@ -1280,4 +1299,40 @@ async fn a_stale_must_revalidate_copy_is_not_served_when_the_origin_is_down_rfc9
     let res = http.get("/must-revalidate").await;
     assert_eq!(res.status, 504, "{:?}", res.headers);
     assert!(!res.body.contains("must-revalidate #"), "{:?}", res.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_selecting_nothing_stored_never_reaches_a_plain_get_rfc9111_4_3_4() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    for fleet in [false, true] {
+        let origin = Origin::start().await;
+        let flags: &[&str] = if fleet { &["--redis-url", &url] } else { &[] };
+        let proxies = [
+            Proxy::start(&origin.url(), flags),
+            Proxy::start(&origin.url(), flags),
+        ];
+        let clients = [Http::new(&proxies[0]), Http::new(&proxies[1])];
+        let first = clients[0].get("/changed").await;
+        assert_eq!((first.status, first.body.as_str()), (200, "a"));
+        // max-age=1: wait until the stored copy is stale (Age counts whole seconds).
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let res = clients[0].get("/changed").await;
+        assert_eq!(res.status, 200, "fleet {fleet}");
+        assert_eq!((res.header("etag"), res.body.as_str()), ("\"b\"", "b"));
+        assert_eq!(
+            res.header("cache-status"),
+            "turret; fwd=stale; fwd-status=200; stored"
+        );
+        // Every plain GET afterwards gets "b", never a 304.
+        for client in &clients {
+            for _ in 0..3 {
+                let res = client.get("/changed").await;
+                assert_eq!((res.status, res.body.as_str()), (200, "b"), "fleet {fleet}");
+            }
+        }
+        let seen = origin.seen("/changed");
+        assert_eq!(seen[1].headers["if-none-match"], "\"a\"");
+        assert!(!seen[2].headers.contains_key("if-none-match"));
+    }
 }

@@ -240,3 +240,119 @@ async fn a_head_showing_a_new_validator_invalidates_the_stale_get_rfc9111_4_3_5(
     assert_eq!(field(&res, "cache-status"), "turret; fwd=miss; stored");
     assert_eq!(text(res).await, "v3");
 }
+
+#[tokio::test]
+async fn a_304_that_selects_no_stored_response_is_asked_again_unconditionally_rfc9111_4_3_4() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    // 200 "a", then every conditional request gets a 304 for "b" (the representation
+    // changed), every unconditional one the 200 of "b".
+    let svc = layer(&clock).layer(scripted(calls.clone(), move |n, req| {
+        let inm = req.headers().get("if-none-match").cloned();
+        log.lock().unwrap().push(inm.clone());
+        Ok(match (n, inm) {
+            (1, _) => respond(
+                200,
+                "a",
+                &[("etag", "\"a\""), ("cache-control", "max-age=1")],
+            ),
+            (_, Some(_)) => respond(
+                304,
+                "",
+                &[("etag", "\"b\""), ("cache-control", "max-age=1")],
+            ),
+            (_, None) => respond(
+                200,
+                "b",
+                &[("etag", "\"b\""), ("cache-control", "max-age=60")],
+            ),
+        })
+    }));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(field(&res, "etag"), "\"b\"");
+    assert_eq!(
+        field(&res, "cache-status"),
+        "turret; fwd=stale; fwd-status=200; stored"
+    );
+    assert_eq!(text(res).await, "b");
+    // The revalidation carried the stored validator; the second request none.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [None, Some(HeaderValue::from_static("\"a\"")), None]
+    );
+    // "b" is stored: a hit, and a client holding "b" gets its 304.
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    assert_eq!(text(res).await, "b");
+    let res = svc
+        .clone()
+        .oneshot(with(Method::GET, "/a", &[("if-none-match", "\"b\"")]))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_plain_get_never_gets_a_304_and_a_client_gets_its_own_rfc9110_15_4_5() {
+    // The stale entry is revalidated on behalf of a client with its own (other) tag: the
+    // origin's 304 for "b" selects nothing stored, the cache asks again and answers the
+    // client's condition against the new 200.
+    for (client_inm, expected) in [(None, 200), (Some("\"x\""), 200), (Some("\"b\""), 304)] {
+        let clock = FakeClock::new(T0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = layer(&clock).layer(scripted(calls.clone(), |n, req| {
+            let conditional = req.headers().contains_key("if-none-match");
+            Ok(match (n, conditional) {
+                (1, _) => respond(
+                    200,
+                    "a",
+                    &[("etag", "\"a\""), ("cache-control", "max-age=1")],
+                ),
+                (_, true) => respond(304, "", &[("etag", "\"b\"")]),
+                (_, false) => respond(
+                    200,
+                    "b",
+                    &[("etag", "\"b\""), ("cache-control", "max-age=60")],
+                ),
+            })
+        }));
+        svc.clone().oneshot(get("/a")).await.unwrap();
+        clock.advance(Duration::from_secs(2));
+        let headers: Headers = match client_inm {
+            None => &[],
+            Some(tag) => Box::leak(Box::new([("if-none-match", tag)])),
+        };
+        let res = svc.oneshot(with(Method::GET, "/a", headers)).await.unwrap();
+        assert_eq!(res.status().as_u16(), expected, "{client_inm:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "{client_inm:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_304_to_head_carries_the_200s_length_and_to_get_none_rfc9110_8_6() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&FakeClock::new(T0)).layer(validating(calls.clone(), "max-age=60"));
+    svc.clone().oneshot(get("/a")).await.unwrap();
+    for (method, length) in [(Method::HEAD, Some("2")), (Method::GET, None)] {
+        let res = svc
+            .clone()
+            .oneshot(with(method.clone(), "/a", &[("if-none-match", "\"v1\"")]))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_MODIFIED, "{method}");
+        assert_eq!(
+            res.headers()
+                .get(header::CONTENT_LENGTH)
+                .map(|v| v.to_str().unwrap()),
+            length,
+            "{method}"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
