@@ -218,8 +218,16 @@ fn status_response<B: Body>(status: StatusCode) -> Response<ResponseBody<B>> {
     res
 }
 
+/// Fields a cache inside the layer set on the 200 to say how it was produced (RFC 9211
+/// `Cache-Status`, `X-Cache`): kept on the 304 made from it, which is not representation
+/// metadata but the same cache's account of this response.
+const CACHE_FIELDS: [header::HeaderName; 2] = [
+    header::HeaderName::from_static("cache-status"),
+    header::HeaderName::from_static("x-cache"),
+];
+
 /// A 304 made from the 200 the inner service produced: exactly the fields RFC 9110 §15.4.5
-/// asks for, and no body. `head_length`: the 200's length, for a 304 to HEAD, which then
+/// asks for (and the inner caches' [`CACHE_FIELDS`]), and no body. `head_length`: the 200's length, for a 304 to HEAD, which then
 /// carries it (RFC 9110 §8.6; without it a server may frame the 304 as `Content-Length: 0`).
 fn not_modified<B: Body>(parts: Parts, head_length: Option<u64>) -> Response<ResponseBody<B>> {
     let mut res = status_response(StatusCode::NOT_MODIFIED);
@@ -233,8 +241,11 @@ fn not_modified<B: Body>(parts: Parts, head_length: Option<u64>) -> Response<Res
         header::VARY,
         header::CACHE_CONTROL,
         header::EXPIRES,
-    ] {
-        for value in parts.headers.get_all(&name) {
+    ]
+    .iter()
+    .chain(&CACHE_FIELDS)
+    {
+        for value in parts.headers.get_all(name) {
             headers.append(name.clone(), value.clone());
         }
     }

@@ -337,3 +337,35 @@ async fn a_head_response_with_a_stripped_body_gets_no_empty_body_tag() {
         .unwrap();
     assert!(!res.headers().contains_key(header::ETAG));
 }
+
+#[tokio::test]
+async fn a_304_keeps_the_cache_status_of_a_cache_inside_rfc9211_2() {
+    let svc = ServiceBuilder::new()
+        .layer(ConditionalLayer::new())
+        .service(service_fn(|_req: Request<()>| async {
+            let mut res = Response::new(Full::new(Bytes::from_static(b"stored body")));
+            let h = res.headers_mut();
+            h.insert(
+                "cache-status",
+                HeaderValue::from_static("turret; hit; ttl=50"),
+            );
+            h.insert("x-cache", HeaderValue::from_static("HIT"));
+            h.insert("x-other", HeaderValue::from_static("dropped"));
+            Ok::<_, Infallible>(res)
+        }));
+    let res = svc
+        .clone()
+        .oneshot(Request::get("/").body(()).unwrap())
+        .await
+        .unwrap();
+    let etag = res.headers()[header::ETAG].clone();
+    let req = Request::get("/")
+        .header(header::IF_NONE_MATCH, etag)
+        .body(())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(res.headers()["cache-status"], "turret; hit; ttl=50");
+    assert_eq!(res.headers()["x-cache"], "HIT");
+    assert!(res.headers().get("x-other").is_none());
+}
