@@ -1342,6 +1342,14 @@ fn tags(ctx: &Ctx, headers: &HeaderMap) -> Vec<String> {
     tags
 }
 
+/// Sets `Date` to `at` (since the Unix epoch).
+fn insert_date(headers: &mut HeaderMap, at: Duration) {
+    let date = httpdate::fmt_http_date(std::time::UNIX_EPOCH + at);
+    if let Ok(date) = HeaderValue::from_str(&date) {
+        headers.insert(header::DATE, date);
+    }
+}
+
 /// What a fill left in storage.
 enum Stored {
     Entry(Arc<CachedResponse>),
@@ -1365,6 +1373,11 @@ async fn store<B: Body>(
     let response_time = config.clock.now();
     let (mut parts, body) = res.into_parts();
     let tags = tags(ctx, &parts.headers);
+    if !parts.headers.contains_key(header::DATE) {
+        // RFC 9110 §6.6.1: a recipient that caches a response without `Date` adds the time
+        // it received it, so that every reuse carries when it was made, not when it is sent.
+        insert_date(&mut parts.headers, response_time);
+    }
     if !config.expose_tags {
         for name in &config.tag_fields {
             parts.headers.remove(name);
@@ -1508,6 +1521,10 @@ async fn store_revalidated(
 ) -> Arc<CachedResponse> {
     let response_time = ctx.config.clock.now();
     let mut headers = validate::updated_headers(stale.headers(), not_modified);
+    if !not_modified.contains_key(header::DATE) {
+        // RFC 9110 §6.6.1, as for a fill: the 304 was made when it was received.
+        insert_date(&mut headers, response_time);
+    }
     // The merged fields obey the storing rules like a fill's (§3.1): no Connection-listed or
     // proxy-authentication fields, none named by a qualified private / no-cache, and no
     // Set-Cookie unless stored without it — otherwise one client's fields reach others.

@@ -1073,3 +1073,18 @@ async fn a_write_with_an_absolute_target_invalidates_it_whatever_its_host_field_
     assert_eq!(field(&res, "x-cache"), "MISS");
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn a_response_without_date_is_stored_with_the_time_it_was_received_rfc9110_6_6_1() {
+    let clock = FakeClock::new(T0);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).layer(origin(calls, 200, &[("cache-control", "max-age=60")]));
+    let received = httpdate::fmt_http_date(std::time::UNIX_EPOCH + T0);
+    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "date"), received);
+    clock.advance(Duration::from_secs(10));
+    let res = svc.oneshot(get("/a")).await.unwrap();
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    assert_eq!(field(&res, "date"), received);
+    assert_eq!(field(&res, "age"), "10");
+}
