@@ -59,7 +59,7 @@ impl QueryKey {
 /// use std::time::Duration;
 /// use turret_cache::{Policy, QueryKey};
 ///
-/// let products = Policy::named("products")
+/// let products = Policy::new("products")
 ///     .ttl(Duration::from_secs(300))
 ///     .query(QueryKey::Only(vec!["skip".into(), "limit".into(), "category".into()]))
 ///     .tags(["products"])
@@ -142,7 +142,7 @@ impl Policy {
     }
 
     /// A policy with a name (a label of the cache's metrics and debug events).
-    pub fn named(name: &str) -> Self {
+    pub fn new(name: &str) -> Self {
         Self {
             name: Arc::from(name),
             ..Self::default()
@@ -347,11 +347,11 @@ mod tests {
             routes: vec![
                 (
                     Pattern::new("/products/top-selling"),
-                    Arc::new(Policy::named("top")),
+                    Arc::new(Policy::new("top")),
                 ),
                 (
                     Pattern::new("/products/*"),
-                    Arc::new(Policy::named("products")),
+                    Arc::new(Policy::new("products")),
                 ),
             ],
             ..Policies::default()

@@ -82,7 +82,7 @@ fn eager_layers_on(
         ("default_ttl", base().default_ttl(Duration::from_secs(300))),
         (
             "policy ttl",
-            base().route("/*", Policy::named("all").ttl(Duration::from_secs(300))),
+            base().route("/*", Policy::new("all").ttl(Duration::from_secs(300))),
         ),
         ("heuristic", base().heuristic_freshness(true)),
         (
@@ -361,7 +361,7 @@ async fn an_unkeyed_field_cannot_poison_the_entry_once_it_is_keyed_or_varied() {
     };
     let keyed = ResponseCacheLayer::new().clock(clock.clone()).route(
         "/*",
-        Policy::named("pages").key_headers([http::HeaderName::from_static("x-forwarded-host")]),
+        Policy::new("pages").key_headers([http::HeaderName::from_static("x-forwarded-host")]),
     );
     for (how, svc) in [
         ("Policy::key_headers", cached(keyed, links(false)).0),
@@ -517,7 +517,7 @@ async fn escaped_parameter_names_cannot_poison_a_query_policy() {
     let products = || {
         ResponseCacheLayer::new().route(
             "/products",
-            Policy::named("products")
+            Policy::new("products")
                 .ttl(Duration::from_secs(300))
                 .query(QueryKey::Only(vec![
                     "skip".into(),
@@ -665,7 +665,7 @@ async fn a_keyed_or_varied_field_spelled_otherwise_selects_its_own_variant_rfc91
     for attack in attacks {
         let keyed = ResponseCacheLayer::new().route(
             "/*",
-            Policy::named("pages").key_headers([http::HeaderName::from_static("x-tenant")]),
+            Policy::new("pages").key_headers([http::HeaderName::from_static("x-tenant")]),
         );
         for (how, layer, vary) in [
             ("Policy::key_headers", keyed, false),

@@ -93,7 +93,7 @@ impl ShopCache {
         let layer = layer
             .route(
                 "/products/*",
-                Policy::named("products")
+                Policy::new("products")
                     .ttl(product_ttl)
                     .query(QueryKey::Only(vec![
                         "skip".into(),
@@ -105,7 +105,7 @@ impl ShopCache {
             )
             .route(
                 "/categories/*",
-                Policy::named("categories")
+                Policy::new("categories")
                     .ttl(CATEGORY_TTL)
                     .query(QueryKey::None)
                     .tags(["categories"])

@@ -948,7 +948,7 @@ async fn tag_fields_never_leave_the_layer_unless_exposed() {
     for expose in [false, true] {
         let calls = Arc::new(AtomicUsize::new(0));
         let svc = layer(&FakeClock::new(T0))
-            .route("/admin/*", crate::Policy::named("admin").bypass())
+            .route("/admin/*", crate::Policy::new("admin").bypass())
             .expose_tags(expose)
             .layer(origin(calls, 200, tagged));
         for (name, req) in requests() {

@@ -10,16 +10,16 @@ fn shop_layer(clock: &FakeClock) -> ResponseCacheLayer {
     layer(clock)
         .route(
             "/products/*",
-            Policy::named("products")
+            Policy::new("products")
                 .ttl(Duration::from_secs(300))
                 .query(QueryKey::Only(vec!["skip".into(), "limit".into()]))
                 .tags(["products"]),
         )
         .route(
             "/categories/*",
-            Policy::named("categories").ttl(Duration::from_secs(3600)),
+            Policy::new("categories").ttl(Duration::from_secs(3600)),
         )
-        .route("/admin/*", Policy::named("admin").bypass())
+        .route("/admin/*", Policy::new("admin").bypass())
         .invalidate_on_write("/products/*", ["products"])
 }
 
@@ -172,7 +172,7 @@ async fn key_headers_select_variants_like_vary() {
     let svc = layer(&clock)
         .route(
             "*",
-            Policy::named("i18n")
+            Policy::new("i18n")
                 .ttl(Duration::from_secs(60))
                 .key_headers([header::ACCEPT_LANGUAGE]),
         )

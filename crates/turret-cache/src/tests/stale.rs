@@ -171,7 +171,7 @@ async fn the_policy_gives_a_stale_if_error_window_when_the_response_has_none() {
     let svc = layer(&clock)
         .route(
             "*",
-            crate::Policy::named("all").stale_if_error(Duration::from_secs(60)),
+            crate::Policy::new("all").stale_if_error(Duration::from_secs(60)),
         )
         .layer(then(calls.clone(), "max-age=10", |_| {
             Ok(respond(502, "", &[]))
