@@ -5,7 +5,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard, atomic::Ordering},
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -22,7 +22,7 @@ use crate::{
     cache_control::{CacheControl, Delta},
     freshness::{self, AgeValue, StoreRules},
     key,
-    layer::Config,
+    layer::Shared,
     lease::LeaseOutcome,
     policy::Outcome,
     validate,
@@ -50,7 +50,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What one GET or HEAD needs for its decisions.
 pub(crate) struct Ctx {
-    pub(crate) config: Arc<Config>,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) policy: Arc<Policy>,
     pub(crate) key: String,
     /// The request's `Cache-Control`.
@@ -61,7 +61,7 @@ pub(crate) struct Ctx {
 /// What to invalidate after a successful unsafe request (RFC 9111 §4.4, and the layer's
 /// write rules).
 pub(crate) struct Invalidate {
-    pub(crate) config: Arc<Config>,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) key: Option<String>,
     pub(crate) origin: (String, String),
     pub(crate) tags: Vec<String>,
@@ -88,13 +88,13 @@ pin_project! {
             #[pin]
             fut: F,
             member: &'static str,
-            config: Arc<Config>,
+            shared: Arc<Shared>,
             invalidate: Option<Invalidate>,
         },
         Invalidating {
             pending: Vec<StorageFuture<()>>,
             res: Option<Response<ResponseBody<B>>>,
-            config: Arc<Config>,
+            shared: Arc<Shared>,
         },
         // Anything that waits for storage or fills it.
         Boxed {
@@ -127,14 +127,14 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
     pub(crate) fn forward(
         fut: F,
         member: &'static str,
-        config: Arc<Config>,
+        shared: Arc<Shared>,
         invalidate: Option<Invalidate>,
     ) -> Self {
         Self {
             kind: Kind::Forward {
                 fut,
                 member,
-                config,
+                shared,
                 invalidate,
             },
         }
@@ -167,11 +167,11 @@ where
                 KindProj::Forward {
                     fut,
                     member,
-                    config,
+                    shared,
                     invalidate,
                 } => {
                     let mut res = ready!(fut.poll(cx))?.map(ResponseBody::inner);
-                    annotate(config, &mut res, member, "MISS");
+                    annotate(shared, &mut res, member, "MISS");
                     let status = res.status();
                     match invalidate.take() {
                         Some(inv) if status.is_success() || status.is_redirection() => {
@@ -179,7 +179,7 @@ where
                             Kind::Invalidating {
                                 pending,
                                 res: Some(res),
-                                config: inv.config,
+                                shared: inv.shared,
                             }
                         }
                         _ => Kind::Ready { res: Some(res) },
@@ -188,7 +188,7 @@ where
                 KindProj::Invalidating {
                     pending,
                     res,
-                    config,
+                    shared,
                 } => {
                     let mut i = 0;
                     while i < pending.len() {
@@ -196,7 +196,7 @@ where
                             Poll::Pending => i += 1,
                             Poll::Ready(result) => {
                                 if let Err(e) = result {
-                                    storage_error(config, "invalidate", &e);
+                                    shared.storage_error("invalidate", &e);
                                 }
                                 drop(pending.swap_remove(i));
                             }
@@ -216,7 +216,7 @@ where
 /// Starts invalidating the target URI, same-origin `Location` / `Content-Location`, and the
 /// tags of the layer's write rules.
 fn invalidations(inv: &Invalidate, headers: &HeaderMap) -> Vec<StorageFuture<()>> {
-    let policies = &inv.config.policies;
+    let policies = &inv.shared.policies;
     let origin = (inv.origin.0.as_str(), inv.origin.1.as_str());
     let mut keys: Vec<String> = inv.key.iter().cloned().collect();
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
@@ -236,7 +236,7 @@ fn invalidations(inv: &Invalidate, headers: &HeaderMap) -> Vec<StorageFuture<()>
         "invalidating after an unsafe request (RFC 9111 §4.4)"
     );
     metrics::counter!("turret_cache_invalidations_total").increment(keys.len() as u64);
-    let storage = &inv.config.storage;
+    let storage = &inv.shared.storage;
     keys.iter()
         .map(|k| storage.invalidate(k, Purge::Remove))
         .chain(
@@ -247,36 +247,13 @@ fn invalidations(inv: &Invalidate, headers: &HeaderMap) -> Vec<StorageFuture<()>
         .collect()
 }
 
-/// Counts a storage error; logs once when the storage starts failing (then every request
-/// is a miss, answered by the origin), not once per request.
-fn storage_error(config: &Config, op: &'static str, e: &StorageError) {
-    metrics::counter!("turret_cache_backend_errors_total", "op" => op).increment(1);
-    if !config.storage_failing.swap(true, Ordering::Relaxed) {
-        tracing::warn!(op, error = %e, "cache storage failing; requests go to the origin");
-    } else {
-        tracing::debug!(op, error = %e, "cache storage error");
-    }
-}
-
-/// Notes a storage success; logs once when the storage recovers. Only an answer that had
-/// to reach the storage counts: a synchronous one (memory, a two-tier storage's L1) and a
-/// write (a two-tier storage takes it into its L1 when Redis is down) say nothing about a
-/// storage that was failing, and counting them made the log flap.
-fn storage_ok(config: &Config) {
-    if config.storage_failing.load(Ordering::Relaxed)
-        && config.storage_failing.swap(false, Ordering::Relaxed)
-    {
-        tracing::info!("cache storage recovered");
-    }
-}
-
 /// Appends this cache's member to `Cache-Status` (RFC 9211 §2: keep the upstream members)
 /// and sets `X-Cache`; removes the tag fields unless they are exposed (every response that
 /// leaves the layer goes through here, or is built from storage, which never holds them).
-fn annotate<B>(config: &Config, res: &mut Response<B>, member: &str, x_cache: &'static str) {
+fn annotate<B>(shared: &Shared, res: &mut Response<B>, member: &str, x_cache: &'static str) {
     let headers = res.headers_mut();
-    if !config.expose_tags {
-        for name in &config.tag_fields {
+    if !shared.expose_tags {
+        for name in &shared.tag_fields {
             headers.remove(name);
         }
     }
@@ -308,9 +285,9 @@ enum Lookup {
 /// invalid values are ignored (request directives are advisory). A request `no-cache`
 /// (`force`) makes any match need validation. A fresh hit-for-miss marker applies when no
 /// stored response matches, or only a stale one older than the marker. `remote`: the answer
-/// came from the storage asynchronously (see [`storage_ok`]).
+/// came from the storage asynchronously (see [`Shared::storage_ok`]).
 fn select(
-    config: &Config,
+    shared: &Shared,
     result: Result<Variants, StorageError>,
     remote: bool,
     req: &HeaderMap,
@@ -321,12 +298,12 @@ fn select(
     let variants = match result {
         Ok(v) => {
             if remote {
-                storage_ok(config);
+                shared.storage_ok();
             }
             v
         }
         Err(e) => {
-            storage_error(config, "get", &e);
+            shared.storage_error("get", &e);
             return Lookup::Miss("fwd=miss");
         }
     };
@@ -534,7 +511,7 @@ fn serve_stale<B: Body>(
     tracing::debug!(key = %ctx.key, detail, "serving stale");
     let mut res = reuse(entry, now, ctx.head, request);
     let member = format!("{detail}; ttl=-{}", staleness(entry, now).as_secs());
-    annotate(&ctx.config, &mut res, &member, "STALE");
+    annotate(&ctx.shared, &mut res, &member, "STALE");
     res
 }
 
@@ -555,7 +532,7 @@ fn cannot_revalidate<B: Body>(ctx: &Ctx) -> Response<ResponseBody<B>> {
     let mut res = Response::new(ResponseBody::full(Bytes::new()));
     *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     annotate(
-        &ctx.config,
+        &ctx.shared,
         &mut res,
         "fwd=stale; detail=must-revalidate",
         "MISS",
@@ -565,8 +542,8 @@ fn cannot_revalidate<B: Body>(ctx: &Ctx) -> Response<ResponseBody<B>> {
 
 /// The directives that govern a response: a valid targeted field (RFC 9213), else
 /// `Cache-Control`. `true` when a targeted field was used (then `Expires` is ignored too).
-pub(crate) fn response_directives(config: &Config, headers: &HeaderMap) -> (CacheControl, bool) {
-    for name in &config.targeted {
+pub(crate) fn response_directives(shared: &Shared, headers: &HeaderMap) -> (CacheControl, bool) {
+    for name in &shared.targeted {
         let mut lines = headers.get_all(name).iter().peekable();
         if lines.peek().is_none() {
             continue;
@@ -591,7 +568,7 @@ struct Windows {
 }
 
 fn windows(ctx: &Ctx, headers: &HeaderMap) -> Windows {
-    let (cc, _) = response_directives(&ctx.config, headers);
+    let (cc, _) = response_directives(&ctx.shared, headers);
     let secs = |d: Delta, default: Option<Duration>| match d {
         Delta::Seconds(s) => Duration::from_secs(s),
         Delta::Invalid => Duration::ZERO,
@@ -634,9 +611,9 @@ where
 {
     match pending.take_ready() {
         Some(result) => {
-            let now = ctx.config.clock.now();
+            let now = ctx.shared.clock.now();
             let found = select(
-                &ctx.config,
+                &ctx.shared,
                 result,
                 false,
                 req.headers(),
@@ -648,9 +625,9 @@ where
         }
         None => ResponseFuture::boxed(Box::pin(async move {
             let result = pending.await;
-            let now = ctx.config.clock.now();
+            let now = ctx.shared.clock.now();
             let found = select(
-                &ctx.config,
+                &ctx.shared,
                 result,
                 true,
                 req.headers(),
@@ -666,7 +643,7 @@ where
 /// The fast path of a synchronous storage: a fresh hit answered inside `call`, with the key
 /// still borrowed (no allocation for it). `Err` gives the look-up back for the slow path.
 pub(crate) fn fresh_hit<B: Body>(
-    config: &Config,
+    shared: &Shared,
     policy: &Policy,
     key: &str,
     head: bool,
@@ -679,9 +656,9 @@ pub(crate) fn fresh_hit<B: Body>(
         Some(Ok(variants)) => variants,
         Some(Err(e)) => return Err(StorageFuture::ready(Err(e))),
     };
-    let now = config.clock.now();
+    let now = shared.clock.now();
     match select(
-        config,
+        shared,
         Ok(variants.clone()),
         false,
         request,
@@ -717,7 +694,7 @@ where
     B: Body + Send + 'static,
     B::Error: Send + 'static,
 {
-    let now = ctx.config.clock.now();
+    let now = ctx.shared.clock.now();
     match found {
         Lookup::Fresh(entry, ttl) => Ok(hit(
             &ctx.policy,
@@ -807,7 +784,7 @@ where
 {
     ctx.policy.count(Outcome::Miss);
     let mut res = inner.call(req).await?.map(ResponseBody::inner);
-    annotate(&ctx.config, &mut res, member, "MISS");
+    annotate(&ctx.shared, &mut res, member, "MISS");
     Ok(res)
 }
 
@@ -834,8 +811,8 @@ where
             });
         if differs {
             tracing::debug!(key = %ctx.key, "a HEAD shows the stored GET is outdated");
-            if let Err(e) = ctx.config.storage.invalidate(&ctx.key, Purge::Remove).await {
-                storage_error(&ctx.config, "invalidate", &e);
+            if let Err(e) = ctx.shared.storage.invalidate(&ctx.key, Purge::Remove).await {
+                ctx.shared.storage_error("invalidate", &e);
             }
         }
     }
@@ -869,17 +846,17 @@ fn refresh_in_background<S, ReqBody, B>(
     B: Body + Send + 'static,
     B::Error: Send + 'static,
 {
-    if !lock(&ctx.config.refreshing).insert(ctx.key.clone()) {
+    if !lock(&ctx.shared.refreshing).insert(ctx.key.clone()) {
         return;
     }
     let guard = Refreshing {
-        set: ctx.config.refreshing.clone(),
+        set: ctx.shared.refreshing.clone(),
         key: ctx.key.clone(),
     };
     validate::add_validators(req.headers_mut(), entry.headers());
     tokio::spawn(async move {
         let _guard = guard;
-        let held = match &ctx.config.lease {
+        let held = match &ctx.shared.lease {
             Some(lease) => match lease.try_lead(format!("refresh:{}", ctx.key)).await {
                 Some(held) => Some(held),
                 None => {
@@ -958,7 +935,7 @@ where
         _ => validate::strip_client_conditionals(req.headers_mut()),
     }
     let ctx = Arc::new(ctx);
-    let Some(flights) = ctx.config.flights.clone() else {
+    let Some(flights) = ctx.shared.flights.clone() else {
         let done = exchange(&ctx, inner, req, stale.clone(), Fill::Client).await;
         return finish(&ctx, done, member, stale.as_deref(), &client);
     };
@@ -995,7 +972,7 @@ where
             }
         }
         Some((inner, req)) => {
-            let now = ctx.config.clock.now();
+            let now = ctx.shared.clock.now();
             match &shared {
                 // The fill was uncacheable: every waiter goes to the origin at once, in
                 // parallel, without taking the fill lease in turn.
@@ -1008,7 +985,7 @@ where
                     tracing::debug!(key = %ctx.key, "served from a coalesced exchange");
                     let mut res = reuse(entry, now, false, &client);
                     annotate(
-                        &ctx.config,
+                        &ctx.shared,
                         &mut res,
                         &format!("{member}; collapsed"),
                         "MISS",
@@ -1033,7 +1010,7 @@ fn finish<B: Body, E>(
     stale: Option<&CachedResponse>,
     client: &HeaderMap,
 ) -> Result<Response<ResponseBody<B>>, E> {
-    let now = ctx.config.clock.now();
+    let now = ctx.shared.clock.now();
     let failed = match &done.res {
         Err(_) => true,
         Ok(res) => matches!(res.status().as_u16(), 500 | 502 | 503 | 504),
@@ -1074,7 +1051,7 @@ fn finish<B: Body, E>(
             _ => res,
         };
         annotate(
-            &ctx.config,
+            &ctx.shared,
             &mut res,
             &format!("{member}; collapsed"),
             "MISS",
@@ -1097,10 +1074,10 @@ fn finish<B: Body, E>(
     }
     if revalidated {
         ctx.policy.count(Outcome::Revalidated);
-        annotate(&ctx.config, &mut res, &member, "REVALIDATED");
+        annotate(&ctx.shared, &mut res, &member, "REVALIDATED");
     } else {
         ctx.policy.count(Outcome::Miss);
-        annotate(&ctx.config, &mut res, &member, "MISS");
+        annotate(&ctx.shared, &mut res, &member, "MISS");
     }
     Ok(res)
 }
@@ -1120,13 +1097,13 @@ where
     ReqBody: Default,
     B: Body,
 {
-    let config = &ctx.config;
+    let shared = &ctx.shared;
     let mut held = None;
     if fill == Fill::Client
         && stale.is_none()
-        && let Some(lease) = &config.lease
+        && let Some(lease) = &shared.lease
     {
-        let deadline = tokio::time::Instant::now() + config.lease_wait;
+        let deadline = tokio::time::Instant::now() + shared.lease_wait;
         let lease_key = format!("fill:{}", ctx.key);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -1142,10 +1119,10 @@ where
             };
             // Another instance may have filled meanwhile (before we took the lease, or
             // while we waited): read what it stored.
-            let result = config.storage.get(&ctx.key).await;
-            let now = config.clock.now();
+            let result = shared.storage.get(&ctx.key).await;
+            let now = shared.clock.now();
             match select(
-                config,
+                shared,
                 result,
                 true,
                 req.headers(),
@@ -1176,7 +1153,7 @@ where
         revalidated: false,
         marker: None,
     };
-    let mut request_time = config.clock.now();
+    let mut request_time = shared.clock.now();
     let mut request_headers = req.headers().clone();
     // A revalidation keeps its head (a GET has no content to consume): a 304 that selects no
     // stored response cannot answer it (RFC 9111 §4.3.4), so it is sent again without the
@@ -1197,7 +1174,7 @@ where
         );
         drop(res);
         validate::strip_client_conditionals(&mut parts.headers);
-        request_time = config.clock.now();
+        request_time = shared.clock.now();
         request_headers = parts.headers.clone();
         if let Err(e) = std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
             return failed(e);
@@ -1220,7 +1197,7 @@ where
             let entry =
                 store_revalidated(ctx, &stale, &parts.headers, &request_headers, request_time)
                     .await;
-            let now = config.clock.now();
+            let now = shared.clock.now();
             let res = from_storage(&entry, now, false);
             Exchange {
                 entry: Some(entry),
@@ -1259,7 +1236,7 @@ struct Admission {
 }
 
 fn rules(ctx: &Ctx) -> StoreRules {
-    let mut rules = ctx.config.rules;
+    let mut rules = ctx.shared.rules;
     if ctx.policy.only_headers {
         rules.default_ttl = None;
     } else if let Some(ttl) = ctx.policy.ttl {
@@ -1279,7 +1256,7 @@ fn admit(
     request_time: Duration,
     response_time: Duration,
 ) -> Result<Admission, &'static str> {
-    let (cc, targeted) = response_directives(&ctx.config, headers);
+    let (cc, targeted) = response_directives(&ctx.shared, headers);
     let without_expires;
     let freshness_headers = if targeted && headers.contains_key(header::EXPIRES) {
         // RFC 9213 §2.1: a valid targeted field replaces Cache-Control and Expires.
@@ -1311,7 +1288,7 @@ fn admit(
     let windows = windows(ctx, headers);
     let mut keep = windows.while_revalidate.max(windows.if_error);
     if validate::has_validator(headers) {
-        keep = keep.max(ctx.config.keep_for_revalidation);
+        keep = keep.max(ctx.shared.keep_for_revalidation);
     }
     let ttl = lifetime.saturating_sub(initial_age).saturating_add(keep);
     if ttl.is_zero() {
@@ -1329,7 +1306,7 @@ fn admit(
 /// comma-separated).
 fn tags(ctx: &Ctx, headers: &HeaderMap) -> Vec<String> {
     let mut tags: Vec<String> = ctx.policy.tags.clone();
-    for name in &ctx.config.tag_fields {
+    for name in &ctx.shared.tag_fields {
         for value in headers.get_all(name) {
             let Ok(value) = value.to_str() else { continue };
             for tag in value.split([' ', ',', '\t']).filter(|t| !t.is_empty()) {
@@ -1368,9 +1345,9 @@ async fn store<B: Body>(
     res: Response<B>,
     fill: Fill,
 ) -> (Stored, Response<ResponseBody<B>>) {
-    let config = &ctx.config;
+    let shared = &ctx.shared;
     let key = &ctx.key;
-    let response_time = config.clock.now();
+    let response_time = shared.clock.now();
     let (mut parts, body) = res.into_parts();
     let tags = tags(ctx, &parts.headers);
     if !parts.headers.contains_key(header::DATE) {
@@ -1378,8 +1355,8 @@ async fn store<B: Body>(
         // it received it, so that every reuse carries when it was made, not when it is sent.
         insert_date(&mut parts.headers, response_time);
     }
-    if !config.expose_tags {
-        for name in &config.tag_fields {
+    if !shared.expose_tags {
+        for name in &shared.tag_fields {
             parts.headers.remove(name);
         }
     }
@@ -1392,7 +1369,7 @@ async fn store<B: Body>(
         response_time,
     )
     .and_then(|admission| match body.size_hint().exact() {
-        Some(size) if size <= config.max_entry_size => Ok(admission),
+        Some(size) if size <= shared.max_entry_size => Ok(admission),
         Some(_) => Err("too-large"),
         None => Err("unknown-size"),
     });
@@ -1413,7 +1390,7 @@ async fn store<B: Body>(
             );
         }
     };
-    let collected = collect(body, config.max_entry_size).await;
+    let collected = collect(body, shared.max_entry_size).await;
     let Some(bytes) = collected.storable_bytes() else {
         tracing::debug!(%key, "response not stored: body error or trailers");
         return (
@@ -1421,7 +1398,7 @@ async fn store<B: Body>(
             Response::from_parts(parts, collected.into_body()),
         );
     };
-    let mut stored_headers = stored_headers(&parts.headers, &admission.cc, config.rules.set_cookie);
+    let mut stored_headers = stored_headers(&parts.headers, &admission.cc, shared.rules.set_cookie);
     for name in &ctx.policy.key_headers {
         stored_headers.append(
             header::VARY,
@@ -1459,7 +1436,7 @@ async fn mark_uncacheable(
     request_headers: &HeaderMap,
     response_time: Duration,
 ) -> Stored {
-    let lifetime = ctx.config.hit_for_miss;
+    let lifetime = ctx.shared.hit_for_miss;
     if lifetime.is_zero() || status.is_server_error() || why == "status" || why == "method" {
         return Stored::Nothing;
     }
@@ -1479,7 +1456,7 @@ async fn mark_uncacheable(
         .with_tags(tags),
     );
     match ctx
-        .config
+        .shared
         .storage
         .put(&ctx.key, marker.clone(), lifetime)
         .await
@@ -1489,21 +1466,21 @@ async fn mark_uncacheable(
             Stored::Marker(marker)
         }
         Err(e) => {
-            storage_error(&ctx.config, "put", &e);
+            ctx.shared.storage_error("put", &e);
             Stored::Nothing
         }
     }
 }
 
 async fn put(ctx: &Ctx, entry: Arc<CachedResponse>, ttl: Duration) -> Option<Arc<CachedResponse>> {
-    match ctx.config.storage.put(&ctx.key, entry.clone(), ttl).await {
+    match ctx.shared.storage.put(&ctx.key, entry.clone(), ttl).await {
         Ok(()) => {
             tracing::debug!(key = %ctx.key, lifetime = ?entry.freshness_lifetime(), ?ttl, "response stored");
             ctx.policy.stored(entry.body().len());
             Some(entry)
         }
         Err(e) => {
-            storage_error(&ctx.config, "put", &e);
+            ctx.shared.storage_error("put", &e);
             None
         }
     }
@@ -1519,7 +1496,7 @@ async fn store_revalidated(
     request_headers: &HeaderMap,
     request_time: Duration,
 ) -> Arc<CachedResponse> {
-    let response_time = ctx.config.clock.now();
+    let response_time = ctx.shared.clock.now();
     let mut headers = validate::updated_headers(stale.headers(), not_modified);
     if !not_modified.contains_key(header::DATE) {
         // RFC 9110 §6.6.1, as for a fill: the 304 was made when it was received.
@@ -1528,10 +1505,10 @@ async fn store_revalidated(
     // The merged fields obey the storing rules like a fill's (§3.1): no Connection-listed or
     // proxy-authentication fields, none named by a qualified private / no-cache, and no
     // Set-Cookie unless stored without it — otherwise one client's fields reach others.
-    let (cc, _) = response_directives(&ctx.config, &headers);
-    headers = stored_headers(&headers, &cc, ctx.config.rules.set_cookie);
-    if !ctx.config.expose_tags {
-        for name in &ctx.config.tag_fields {
+    let (cc, _) = response_directives(&ctx.shared, &headers);
+    headers = stored_headers(&headers, &cc, ctx.shared.rules.set_cookie);
+    if !ctx.shared.expose_tags {
+        for name in &ctx.shared.tag_fields {
             headers.remove(name);
         }
     }
@@ -1556,8 +1533,8 @@ async fn store_revalidated(
         }
         Err(why) => {
             tracing::debug!(key = %ctx.key, why, "revalidated response no longer storable");
-            if let Err(e) = ctx.config.storage.invalidate(&ctx.key, Purge::Remove).await {
-                storage_error(&ctx.config, "invalidate", &e);
+            if let Err(e) = ctx.shared.storage.invalidate(&ctx.key, Purge::Remove).await {
+                ctx.shared.storage_error("invalidate", &e);
             }
             Arc::new(stale.revalidated(
                 headers,

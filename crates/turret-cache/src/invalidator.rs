@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc};
 
 use http::{HeaderMap, Uri};
 
-use crate::{Purge, StorageFuture, layer::Config};
+use crate::{Purge, StorageFuture, layer::Shared};
 
 /// Invalidates stored responses by URI, tag or application event, from handler code, a job
 /// or a queue consumer. Get one from [`ResponseCacheLayer::invalidator`]; clones are cheap
@@ -31,7 +31,7 @@ use crate::{Purge, StorageFuture, layer::Config};
 /// [`ResponseCacheLayer::invalidator`]: crate::ResponseCacheLayer::invalidator
 #[derive(Clone)]
 pub struct CacheInvalidator {
-    pub(crate) config: Arc<Config>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl fmt::Debug for CacheInvalidator {
@@ -49,23 +49,23 @@ impl CacheInvalidator {
 
     /// Marks every stored response for `uri` stale (a soft purge).
     pub fn soft_purge(&self, uri: &Uri) -> StorageFuture<()> {
-        self.by_uri(uri, Purge::MarkStale(self.config.clock.now()))
+        self.by_uri(uri, Purge::MarkStale(self.shared.clock.now()))
     }
 
     /// Removes every stored response tagged `tag`.
     pub fn invalidate_tag(&self, tag: &str) -> StorageFuture<()> {
         tracing::debug!(tag, "invalidating a tag");
         metrics::counter!("turret_cache_tag_invalidations_total").increment(1);
-        self.config.storage.invalidate_tag(tag, Purge::Remove)
+        self.shared.storage.invalidate_tag(tag, Purge::Remove)
     }
 
     /// Marks every stored response tagged `tag` stale (a soft purge).
     pub fn soft_purge_tag(&self, tag: &str) -> StorageFuture<()> {
         tracing::debug!(tag, "soft-purging a tag");
         metrics::counter!("turret_cache_tag_invalidations_total").increment(1);
-        self.config
+        self.shared
             .storage
-            .invalidate_tag(tag, Purge::MarkStale(self.config.clock.now()))
+            .invalidate_tag(tag, Purge::MarkStale(self.shared.clock.now()))
     }
 
     /// Removes every stored response carrying any of `tags`.
@@ -85,7 +85,7 @@ impl CacheInvalidator {
     /// [`ResponseCacheLayer::on_event`](crate::ResponseCacheLayer::on_event); nothing for an
     /// unknown event.
     pub fn emit(&self, event: &str) -> StorageFuture<()> {
-        match self.config.events.get(event) {
+        match self.shared.events.get(event) {
             Some(tags) => self.invalidate_tags(tags),
             None => {
                 tracing::debug!(event, "no cache tags registered for this event");
@@ -95,12 +95,12 @@ impl CacheInvalidator {
     }
 
     fn by_uri(&self, uri: &Uri, purge: Purge) -> StorageFuture<()> {
-        let policies = &self.config.policies;
+        let policies = &self.shared.policies;
         let policy = policies.for_path(uri.path());
         match policies.key(policy, uri, &HeaderMap::new()) {
             Some(key) => {
                 tracing::debug!(%key, ?purge, "invalidating on request of the application");
-                self.config.storage.invalidate(&key, purge)
+                self.shared.storage.invalidate(&key, purge)
             }
             None => StorageFuture::ready(Ok(())),
         }

@@ -1,9 +1,12 @@
-//! [`ResponseCacheLayer`]: the cache's configuration.
+//! [`ResponseCacheLayer`]: the cache's configuration, and [`Shared`], what its services share.
 
 use std::{
     collections::{HashMap, HashSet},
     fmt,
-    sync::{Arc, Mutex, atomic::AtomicBool},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -13,7 +16,7 @@ use turret_stampede::{Clock, LeaseLock, LockBackend, SingleFlight, SystemClock};
 
 use crate::{
     CacheInvalidator, CacheStorage, CachedResponse, MakeCacheKey, MemoryStorage, Policy,
-    ResponseCache, StorageFuture,
+    ResponseCache, StorageError, StorageFuture,
     freshness::StoreRules,
     lease::FillLease,
     policy::{Pattern, Policies},
@@ -46,14 +49,23 @@ pub enum SetCookie {
     StoreWithout,
 }
 
-/// Shared by every clone of the layer and its services.
+/// What every clone of the layer and its services shares: the settings the builder wrote,
+/// the backends they talk to, and the live state of the requests in flight.
+///
+/// One type rather than a `Config` beside a state struct: every decision reads both through
+/// one `Arc`, the builder writes settings through `Arc::make_mut` before any service exists,
+/// and the live parts are `Arc`s of their own, so every clone shares them (ARCHITECTURE.md,
+/// "Where the cache departs from the tower-http shape").
 #[derive(Clone)]
-pub(crate) struct Config {
+pub(crate) struct Shared {
+    // Backends.
     pub(crate) storage: Arc<dyn CacheStorage>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) lease: Option<Arc<dyn FillLease>>,
+
+    // Settings.
     pub(crate) rules: StoreRules,
     pub(crate) max_entry_size: u64,
-    pub(crate) flights: Option<SingleFlight<String, Option<Arc<CachedResponse>>>>,
     pub(crate) policies: Policies,
     /// How long a response with a validator is kept after it goes stale, to be revalidated
     /// with a conditional request instead of fetched again.
@@ -63,16 +75,44 @@ pub(crate) struct Config {
     /// Response fields that carry tags.
     pub(crate) tag_fields: Vec<HeaderName>,
     pub(crate) expose_tags: bool,
-    /// Keys whose stale-while-revalidate refresh runs in this process.
-    pub(crate) refreshing: Arc<Mutex<HashSet<String>>>,
-    pub(crate) lease: Option<Arc<dyn FillLease>>,
     pub(crate) lease_wait: Duration,
     /// Tags to invalidate per application event ([`CacheInvalidator::emit`]).
     pub(crate) events: Arc<HashMap<String, Vec<String>>>,
-    /// Whether the last storage operation failed (to log state changes, not every error).
-    pub(crate) storage_failing: Arc<AtomicBool>,
     /// How long a hit-for-miss marker lives (zero: none are stored).
     pub(crate) hit_for_miss: Duration,
+
+    // Live state.
+    /// The misses in flight in this process (`None`: not coalesced).
+    pub(crate) flights: Option<SingleFlight<String, Option<Arc<CachedResponse>>>>,
+    /// Keys whose stale-while-revalidate refresh runs in this process.
+    pub(crate) refreshing: Arc<Mutex<HashSet<String>>>,
+    /// Whether the last storage operation failed (to log state changes, not every error).
+    pub(crate) storage_failing: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// Counts a storage error; logs once when the storage starts failing (then every
+    /// request is a miss, answered by the origin), not once per request.
+    pub(crate) fn storage_error(&self, op: &'static str, e: &StorageError) {
+        metrics::counter!("turret_cache_backend_errors_total", "op" => op).increment(1);
+        if !self.storage_failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(op, error = %e, "cache storage failing; requests go to the origin");
+        } else {
+            tracing::debug!(op, error = %e, "cache storage error");
+        }
+    }
+
+    /// Notes a storage success; logs once when the storage recovers. Only an answer that had
+    /// to reach the storage counts: a synchronous one (memory, a two-tier storage's L1) and
+    /// a write (a two-tier storage takes it into its L1 when Redis is down) say nothing about
+    /// a storage that was failing, and counting them made the log flap.
+    pub(crate) fn storage_ok(&self) {
+        if self.storage_failing.load(Ordering::Relaxed)
+            && self.storage_failing.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!("cache storage recovered");
+        }
+    }
 }
 
 /// RFC 9213 `CDN-Cache-Control`.
@@ -83,16 +123,16 @@ pub(crate) const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-ca
 /// Cloning is cheap; clones share the storage and the in-flight misses.
 #[derive(Clone)]
 pub struct ResponseCacheLayer {
-    pub(crate) config: Arc<Config>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl fmt::Debug for ResponseCacheLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseCacheLayer")
-            .field("max_entry_size", &self.config.max_entry_size)
-            .field("default_ttl", &self.config.rules.default_ttl)
-            .field("heuristic_freshness", &self.config.rules.heuristics)
-            .field("coalesce", &self.config.flights.is_some())
+            .field("max_entry_size", &self.shared.max_entry_size)
+            .field("default_ttl", &self.shared.rules.default_ttl)
+            .field("heuristic_freshness", &self.shared.rules.heuristics)
+            .field("coalesce", &self.shared.flights.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -118,7 +158,7 @@ impl ResponseCacheLayer {
     /// A cache kept in `storage`.
     pub fn with_storage(storage: impl CacheStorage) -> Self {
         Self {
-            config: Arc::new(Config {
+            shared: Arc::new(Shared {
                 storage: Arc::new(storage),
                 clock: Arc::new(SystemClock),
                 rules: StoreRules {
@@ -146,14 +186,14 @@ impl ResponseCacheLayer {
         }
     }
 
-    fn config(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.config)
+    fn settings(&mut self) -> &mut Shared {
+        Arc::make_mut(&mut self.shared)
     }
 
     /// Largest body that is buffered and stored (default [`DEFAULT_MAX_ENTRY_SIZE`]); larger
     /// responses, and responses whose size is not known in advance, stream through.
     pub fn max_entry_size(mut self, bytes: u64) -> Self {
-        self.config().max_entry_size = bytes;
+        self.settings().max_entry_size = bytes;
         self
     }
 
@@ -161,14 +201,14 @@ impl ResponseCacheLayer {
     /// `max-age`, `s-maxage` or `Expires`) and whose status is heuristically cacheable
     /// (RFC 9110 §15.1) or that is `public`. Every other RFC 9111 §3 rule still applies.
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
-        self.config().rules.default_ttl = Some(ttl);
+        self.settings().rules.default_ttl = Some(ttl);
         self
     }
 
     /// RFC 9111 §4.2.2 heuristic freshness (10% of `Date − Last-Modified`, at most a day)
     /// for responses without explicit freshness. Off by default.
     pub fn heuristic_freshness(mut self, enabled: bool) -> Self {
-        self.config().rules.heuristics = enabled;
+        self.settings().rules.heuristics = enabled;
         self
     }
 
@@ -176,7 +216,7 @@ impl ResponseCacheLayer {
     /// shared call runs on a spawned Tokio task, so it completes even when the requests
     /// that wait for it are dropped.
     pub fn coalesce(mut self, enabled: bool) -> Self {
-        self.config().flights = enabled.then(SingleFlight::new);
+        self.settings().flights = enabled.then(SingleFlight::new);
         self
     }
 
@@ -198,7 +238,7 @@ impl ResponseCacheLayer {
     /// tag or application event, hard or soft.
     pub fn invalidator(&self) -> CacheInvalidator {
         CacheInvalidator {
-            config: self.config.clone(),
+            shared: self.shared.clone(),
         }
     }
 
@@ -206,7 +246,7 @@ impl ResponseCacheLayer {
     /// `/products/*` (`/products` and anything below it) or `*`. The first matching route
     /// wins; requests matching none get the default policy (the layer's own settings).
     pub fn route(mut self, pattern: &str, policy: Policy) -> Self {
-        self.config()
+        self.settings()
             .policies
             .routes
             .push((Pattern::new(pattern), Arc::new(policy)));
@@ -215,7 +255,7 @@ impl ResponseCacheLayer {
 
     /// Replaces the default key (`scheme://host/path?sorted-query`, see [`MakeCacheKey`]).
     pub fn make_key(mut self, make_key: impl MakeCacheKey) -> Self {
-        self.config().policies.make_key = Some(Arc::new(make_key));
+        self.settings().policies.make_key = Some(Arc::new(make_key));
         self
     }
 
@@ -228,7 +268,7 @@ impl ResponseCacheLayer {
         T: Into<String>,
     {
         let tags = tags.into_iter().map(Into::into).collect();
-        self.config()
+        self.settings()
             .policies
             .write_rules
             .push((Pattern::new(pattern), tags));
@@ -243,7 +283,7 @@ impl ResponseCacheLayer {
         T: Into<String>,
     {
         let tags = tags.into_iter().map(Into::into).collect();
-        Arc::make_mut(&mut self.config().events).insert(event.to_owned(), tags);
+        Arc::make_mut(&mut self.settings().events).insert(event.to_owned(), tags);
         self
     }
 
@@ -251,25 +291,25 @@ impl ResponseCacheLayer {
     /// goes stale so that it can be revalidated with a conditional request (default
     /// [`DEFAULT_KEEP_FOR_REVALIDATION`]). Stored `no-cache` responses live this long.
     pub fn keep_for_revalidation(mut self, keep: Duration) -> Self {
-        self.config().keep_for_revalidation = keep;
+        self.settings().keep_for_revalidation = keep;
         self
     }
 
     /// The cache's own targeted cache-control field (RFC 9213 §2), e.g. `turret-cache-control`:
     /// when present and valid it overrides `CDN-Cache-Control` and `Cache-Control`.
     pub fn targeted_field(mut self, name: HeaderName) -> Self {
-        let config = self.config();
-        config.targeted.retain(|n| *n != name);
-        config.targeted.insert(0, name);
+        let settings = self.settings();
+        settings.targeted.retain(|n| *n != name);
+        settings.targeted.insert(0, name);
         self
     }
 
     /// Whether `CDN-Cache-Control` (RFC 9213) overrides `Cache-Control` (default `true`).
     pub fn cdn_cache_control(mut self, enabled: bool) -> Self {
-        let config = self.config();
-        config.targeted.retain(|n| *n != CDN_CACHE_CONTROL);
+        let settings = self.settings();
+        settings.targeted.retain(|n| *n != CDN_CACHE_CONTROL);
         if enabled {
-            config.targeted.push(CDN_CACHE_CONTROL);
+            settings.targeted.push(CDN_CACHE_CONTROL);
         }
         self
     }
@@ -277,14 +317,14 @@ impl ResponseCacheLayer {
     /// Response fields whose space- or comma-separated values tag the stored response
     /// (default `Surrogate-Key` and `Cache-Tag`).
     pub fn tag_fields<I: IntoIterator<Item = HeaderName>>(mut self, names: I) -> Self {
-        self.config().tag_fields = names.into_iter().collect();
+        self.settings().tag_fields = names.into_iter().collect();
         self
     }
 
     /// Whether the tag fields reach the client (default `false`: they are removed, as a CDN
     /// does).
     pub fn expose_tags(mut self, expose: bool) -> Self {
-        self.config().expose_tags = expose;
+        self.settings().expose_tags = expose;
         self
     }
 
@@ -301,13 +341,13 @@ impl ResponseCacheLayer {
     /// coalescing is what protects a struggling origin). Invalidating the URL or one of its
     /// tags removes the marker too.
     pub fn hit_for_miss(mut self, lifetime: Duration) -> Self {
-        self.config().hit_for_miss = lifetime;
+        self.settings().hit_for_miss = lifetime;
         self
     }
 
     /// What to do with responses that set cookies (default [`SetCookie::Bypass`]).
     pub fn set_cookie(mut self, policy: SetCookie) -> Self {
-        self.config().rules.set_cookie = policy;
+        self.settings().rules.set_cookie = policy;
         self
     }
 
@@ -318,15 +358,15 @@ impl ResponseCacheLayer {
     /// `stale-while-revalidate` refresh run once in the fleet. If the lock's backend is
     /// unreachable, each instance fills on its own.
     pub fn fill_lease<L: LockBackend>(mut self, lock: LeaseLock<L>, max_wait: Duration) -> Self {
-        let config = self.config();
-        config.lease = Some(Arc::new(lock));
-        config.lease_wait = max_wait;
+        let settings = self.settings();
+        settings.lease = Some(Arc::new(lock));
+        settings.lease_wait = max_wait;
         self
     }
 
     /// The clock used for ages and freshness (default [`SystemClock`]).
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.config().clock = Arc::new(clock);
+        self.settings().clock = Arc::new(clock);
         self
     }
 }
@@ -337,7 +377,7 @@ impl<S> Layer<S> for ResponseCacheLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ResponseCache {
             inner,
-            config: self.config.clone(),
+            shared: self.shared.clone(),
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::{
     cache_control::{CacheControl, Qualified},
     future::{self, Ctx, Invalidate, ResponseFuture},
     key,
-    layer::Config,
+    layer::Shared,
     policy::Outcome,
     validate,
 };
@@ -37,7 +37,7 @@ thread_local! {
 #[derive(Clone)]
 pub struct ResponseCache<S> {
     pub(crate) inner: S,
-    pub(crate) config: Arc<Config>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for ResponseCache<S> {
@@ -126,9 +126,9 @@ where
         // The clone-and-swap of `tower-service`: `inner` is the service that was polled ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let config = self.config.clone();
+        let shared = self.shared.clone();
         let method = req.method();
-        let policy = config.policies.for_path(req.uri().path()).clone();
+        let policy = shared.policies.for_path(req.uri().path()).clone();
 
         if method != Method::GET && method != Method::HEAD {
             // RFC 9111 §4.4: a 2xx/3xx to an unsafe or unknown method invalidates the target.
@@ -139,49 +139,49 @@ where
                 // The target is absolute now: the default key needs no `Host` (one that
                 // disagrees with the target would name its own `#host=` key, not the
                 // target's entry); a custom key may read any field.
-                let fields = if config.policies.make_key.is_some() {
+                let fields = if shared.policies.make_key.is_some() {
                     req.headers()
                 } else {
                     &http::HeaderMap::new()
                 };
-                let key = target.and_then(|t| config.policies.key(&policy, &t, fields));
+                let key = target.and_then(|t| shared.policies.key(&policy, &t, fields));
                 Invalidate {
-                    tags: config.policies.write_tags(req.uri().path()),
+                    tags: shared.policies.write_tags(req.uri().path()),
                     key,
                     origin: (scheme.to_owned(), host.to_owned()),
-                    config: config.clone(),
+                    shared: shared.clone(),
                 }
             });
             policy.count(Outcome::Method);
             return ResponseFuture::forward(
                 inner.call(req),
                 "fwd=method",
-                config.clone(),
+                shared.clone(),
                 invalidate,
             );
         }
         if policy.bypass {
             policy.count(Outcome::Bypass);
-            return ResponseFuture::forward(inner.call(req), "fwd=bypass", config.clone(), None);
+            return ResponseFuture::forward(inner.call(req), "fwd=bypass", shared.clone(), None);
         }
         let directives = CacheControl::from_headers(req.headers());
         if directives.no_store || validate::has_foreign_precondition(req.headers()) {
             // RFC 9111 §5.2.1.5: store nothing of this exchange. Preconditions other than
             // If-None-Match / If-Modified-Since are the origin's to evaluate.
             policy.count(Outcome::Bypass);
-            return ResponseFuture::forward(inner.call(req), "fwd=request", config.clone(), None);
+            return ResponseFuture::forward(inner.call(req), "fwd=request", shared.clone(), None);
         }
         // RFC 9111 §5.2.1.4: `no-cache` reuses nothing without validating it first.
         let force = directives.no_cache != Qualified::Absent;
         let head = req.method() == Method::HEAD;
-        let (key, pending) = if config.policies.make_key.is_none() && !force {
+        let (key, pending) = if shared.policies.make_key.is_none() && !force {
             // The default key, built in a reused buffer: a fresh hit never allocates it.
             let looked_up = KEY.with_borrow_mut(|buf| {
                 buf.clear();
                 key::push_primary_key(buf, req.uri(), req.headers(), &policy.query);
-                let pending = config.storage.get(buf);
+                let pending = shared.storage.get(buf);
                 match future::fresh_hit(
-                    &config,
+                    &shared,
                     &policy,
                     buf,
                     head,
@@ -198,21 +198,21 @@ where
                 Err(slow) => slow,
             }
         } else {
-            let Some(key) = config.policies.key(&policy, req.uri(), req.headers()) else {
+            let Some(key) = shared.policies.key(&policy, req.uri(), req.headers()) else {
                 policy.count(Outcome::Bypass);
                 return ResponseFuture::forward(
                     inner.call(req),
                     "fwd=bypass",
-                    config.clone(),
+                    shared.clone(),
                     None,
                 );
             };
-            let pending = config.storage.get(&key);
+            let pending = shared.storage.get(&key);
             (key, pending)
         };
         let ctx = Ctx {
             head,
-            config,
+            shared,
             policy,
             key,
             directives,
