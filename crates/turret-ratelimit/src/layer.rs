@@ -1,127 +1,15 @@
-use std::{
-    collections::HashMap,
-    fmt,
-    sync::{Arc, Mutex, atomic::AtomicBool},
-    time::Instant,
-};
+//! The rate-limit layer: its builder.
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use std::{fmt, sync::Arc};
+
 use tower_layer::Layer;
 
 use crate::{
-    Backend, Decision, HeaderMode, MemoryBackend, PeerIp, Policy, Quota, service::RateLimit,
+    Backend, HeaderMode, MemoryBackend, PeerIp, Policy, Quota,
+    on_limited::{DefaultOnLimited, OnLimited},
+    service::RateLimit,
+    state::{FailureMode, MissingKeyAction, Shared},
 };
-
-/// What a refusal looks like: implemented for closures `Fn(&Limited) -> Response<Bytes>`.
-/// The layer adds `Retry-After` and the rate-limit fields afterwards.
-pub trait OnLimited: Clone + Send + Sync + 'static {
-    /// Builds the refusal.
-    fn on_limited(&self, limited: &Limited<'_>) -> Response<Bytes>;
-}
-
-impl<F> OnLimited for F
-where
-    F: Fn(&Limited<'_>) -> Response<Bytes> + Clone + Send + Sync + 'static,
-{
-    fn on_limited(&self, limited: &Limited<'_>) -> Response<Bytes> {
-        self(limited)
-    }
-}
-
-/// What the [`OnLimited`] hook knows about a refusal.
-#[derive(Debug)]
-pub struct Limited<'a> {
-    /// The policy that refused.
-    pub policy: &'a Policy,
-    /// The client's key.
-    pub key: &'a str,
-    /// The decision.
-    pub decision: &'a Decision,
-}
-
-/// The default refusal: `429 Too Many Requests`, `text/plain`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DefaultOnLimited;
-
-impl OnLimited for DefaultOnLimited {
-    fn on_limited(&self, _: &Limited<'_>) -> Response<Bytes> {
-        let mut res = Response::new(Bytes::from_static(b"Too Many Requests\n"));
-        *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        res.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        res
-    }
-}
-
-/// What to do when the backend (Redis) cannot decide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailureMode {
-    /// Let the request through (the default): an outage of Redis is not an outage of the
-    /// service. Counted in `turret_ratelimit_backend_errors_total`.
-    #[default]
-    Open,
-    /// Answer `503 Service Unavailable`.
-    Closed,
-}
-
-/// What to do when a request has no key (no peer address, no API-key header, …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MissingKeyAction {
-    /// Answer `500` and log what is missing (the default): a misconfiguration is loud.
-    #[default]
-    Reject,
-    /// Count every such request against one shared key.
-    SharedKey,
-}
-
-/// Local memory of clients refused until a known time, so that a flood from one client is
-/// refused without asking Redis (bounded; never refuses past the time Redis gave).
-#[derive(Debug, Default)]
-pub(crate) struct Offenders {
-    map: Mutex<HashMap<(Arc<str>, String), Instant>>,
-}
-
-const MAX_OFFENDERS: usize = 100_000;
-
-impl Offenders {
-    pub(crate) fn blocked_until(&self, policy: &Arc<str>, key: &str) -> Option<Instant> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let until = *map.get(&(policy.clone(), key.to_owned()))?;
-        (until > Instant::now()).then_some(until)
-    }
-
-    pub(crate) fn block(&self, policy: &Arc<str>, key: &str, until: Instant) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_OFFENDERS {
-            let now = Instant::now();
-            map.retain(|_, t| *t > now);
-            if map.len() >= MAX_OFFENDERS {
-                return;
-            }
-        }
-        map.insert((policy.clone(), key.to_owned()), until);
-    }
-}
-
-/// Settings shared by every clone of the layer and its services.
-#[derive(Clone)]
-pub(crate) struct Shared<K, Bk, L> {
-    pub(crate) policies: Vec<Policy>,
-    pub(crate) exempt: Vec<String>,
-    pub(crate) allow: Vec<String>,
-    pub(crate) key: K,
-    pub(crate) backend: Bk,
-    pub(crate) on_limited: L,
-    pub(crate) header_mode: HeaderMode,
-    pub(crate) failure: FailureMode,
-    pub(crate) fallback: Option<MemoryBackend>,
-    pub(crate) missing: MissingKeyAction,
-    pub(crate) offenders: Arc<Offenders>,
-    pub(crate) degraded: Arc<AtomicBool>,
-}
 
 /// Limits requests per key; refuses with `429` and the standard header fields.
 ///
@@ -265,6 +153,18 @@ struct Generic<K, Bk, L> {
     key: K,
     backend: Bk,
     on_limited: L,
+}
+
+impl<S, K, Bk, L> RateLimit<S, K, Bk, L> {
+    /// Wraps `inner` in the rate limiter configured by `layer`.
+    pub fn new(inner: S, layer: &RateLimitLayer<K, Bk, L>) -> Self
+    where
+        K: Clone,
+        Bk: Clone,
+        L: Clone,
+    {
+        layer.layer(inner)
+    }
 }
 
 impl<S, K: Clone, Bk: Clone, L: Clone> Layer<S> for RateLimitLayer<K, Bk, L> {

@@ -86,14 +86,18 @@ mod backend;
 mod body;
 mod clock;
 mod concurrency;
+mod future;
 mod headers;
 mod key;
 mod layer;
+mod on_limited;
 mod policy;
 mod quota;
 mod service;
+mod state;
 #[cfg(test)]
 mod tests;
+mod verdict;
 
 pub use algorithm::Decision;
 #[cfg(feature = "redis")]
@@ -108,11 +112,12 @@ pub use concurrency::{
     Acquire, AcquireFuture, ConcurrencyBackend, ConcurrencyFuture, ConcurrencyLimit,
     ConcurrencyLimitLayer, MemoryConcurrency, Permit, PermitBody,
 };
+pub use future::ResponseFuture;
 pub use headers::HeaderMode;
 pub use key::{ClientIp, ForwardingHeader, GlobalKey, HeaderKey, KeyExtractor, MissingKey, PeerIp};
-pub use layer::{
-    DefaultOnLimited, FailureMode, Limited, MissingKeyAction, OnLimited, RateLimitLayer,
-};
+pub use layer::RateLimitLayer;
+pub use on_limited::{DefaultOnLimited, Limited, OnLimited};
 pub use policy::{Policy, RequestHead};
 pub use quota::{Algorithm, Quota};
-pub use service::{RateLimit, ResponseFuture};
+pub use service::RateLimit;
+pub use state::{FailureMode, MissingKeyAction};
