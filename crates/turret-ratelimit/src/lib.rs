@@ -118,6 +118,6 @@ pub use key::{ClientIp, ForwardingHeader, GlobalKey, HeaderKey, KeyExtractor, Mi
 pub use layer::RateLimitLayer;
 pub use on_limited::{DefaultOnLimited, Limited, OnLimited};
 pub use policy::{Policy, RequestHead};
-pub use quota::{Algorithm, Quota};
+pub use quota::{Algorithm, ParseQuotaError, Quota};
 pub use service::RateLimit;
 pub use state::{FailureMode, MissingKeyAction};

@@ -1,6 +1,6 @@
 //! Flags of the two binaries, each with an environment fallback (`--help` lists them).
 
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 
@@ -26,7 +26,7 @@ pub struct ServerConfig {
 
     /// Calls per API key: `COUNT/PERIOD`, e.g. `10/60s`, `5/s`, `1000/1h`. `Stats` is exempt.
     #[arg(long, env = "RATE_LIMIT", default_value = "10/60s")]
-    pub rate_limit: RateLimitSpec,
+    pub rate_limit: turret_ratelimit::Quota,
 
     /// How long ListProducts' read takes (`500ms`, `2s`): the expensive query being saved.
     #[arg(long, env = "SLOW_READ", default_value = "500ms", value_parser = parse_duration)]
@@ -59,40 +59,6 @@ pub struct ClientConfig {
     pub max_calls: u32,
 }
 
-/// `COUNT/PERIOD` as given to `--rate-limit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimitSpec {
-    /// Calls per period (at least 1).
-    pub count: u32,
-    /// The period.
-    pub period: Duration,
-}
-
-impl FromStr for RateLimitSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (count, period) = s
-            .split_once('/')
-            .ok_or_else(|| format!("`{s}`: expected COUNT/PERIOD, e.g. 10/60s"))?;
-        let count: u32 = count
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{count}`: COUNT must be a whole number"))?;
-        if count == 0 {
-            return Err("COUNT must be at least 1".into());
-        }
-        let period = period.trim();
-        // `10/s`, `10/min`: a unit alone means one of it.
-        let period = if period.starts_with(|c: char| c.is_ascii_digit()) {
-            parse_duration(period)?
-        } else {
-            parse_duration(&format!("1{period}"))?
-        };
-        Ok(Self { count, period })
-    }
-}
-
 /// Parses `300`, `300s`, `500ms`, `5m`, `5min`, `1h` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -120,13 +86,13 @@ mod tests {
 
     #[test]
     fn rate_limit_specs_parse() {
-        let spec: RateLimitSpec = "10/60s".parse().unwrap();
-        assert_eq!((spec.count, spec.period), (10, Duration::from_secs(60)));
-        let spec: RateLimitSpec = "5/s".parse().unwrap();
-        assert_eq!((spec.count, spec.period), (5, Duration::from_secs(1)));
-        assert!("0/60s".parse::<RateLimitSpec>().is_err());
-        assert!("10".parse::<RateLimitSpec>().is_err());
-        assert!("10/60y".parse::<RateLimitSpec>().is_err());
+        let spec: turret_ratelimit::Quota = "10/60s".parse().unwrap();
+        assert_eq!((spec.count(), spec.period()), (10, Duration::from_secs(60)));
+        let spec: turret_ratelimit::Quota = "5/s".parse().unwrap();
+        assert_eq!((spec.count(), spec.period()), (5, Duration::from_secs(1)));
+        assert!("0/60s".parse::<turret_ratelimit::Quota>().is_err());
+        assert!("10".parse::<turret_ratelimit::Quota>().is_err());
+        assert!("10/60y".parse::<turret_ratelimit::Quota>().is_err());
     }
 
     #[test]
@@ -143,7 +109,7 @@ mod tests {
     fn flags_have_the_documented_defaults() {
         let c = ServerConfig::try_parse_from(["server"]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
-        assert_eq!(c.rate_limit.count, 10);
+        assert_eq!(c.rate_limit.count(), 10);
         assert_eq!(c.slow_read, Duration::from_millis(500));
         let c = ClientConfig::try_parse_from(["client"]).unwrap();
         assert_eq!(c.api_key, "demo");

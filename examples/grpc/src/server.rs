@@ -46,7 +46,7 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 use tonic_prost::ProstCodec;
-use turret_ratelimit::{HeaderKey, Quota, RateLimitLayer, RedisBackend};
+use turret_ratelimit::{HeaderKey, RateLimitLayer, RedisBackend};
 use turret_redis::{Redis, RedisConfig};
 use turret_stampede::{CacheKey, RedisLock, RedisStore, StampedeCache};
 
@@ -96,8 +96,7 @@ pub async fn serve(
         None => None,
     };
     let service = CatalogService::new(config.slow_read, config.list_ttl, redis.clone());
-    let quota = Quota::per(config.rate_limit.period, config.rate_limit.count);
-    let limit = RateLimitLayer::new(quota)
+    let limit = RateLimitLayer::new(config.rate_limit)
         .key(HeaderKey::new(API_KEY))
         .exempt(STATS);
     let server = Server::builder().layer(InterceptorLayer::new(require_api_key));

@@ -1,6 +1,6 @@
 //! Command-line flags, each with an environment fallback (`--help` lists them).
 
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -32,7 +32,7 @@ pub(crate) struct Config {
 
     /// Requests per client IP: `COUNT/PERIOD`, e.g. `100/60s`, `10/s`, `1000/1h`.
     #[arg(long, env = "RATE_LIMIT", default_value = "100/60s")]
-    pub(crate) rate_limit: RateLimitSpec,
+    pub(crate) rate_limit: turret_ratelimit::Quota,
 
     /// How requests are counted against `--rate-limit`. `sliding-log` is exact: at most
     /// COUNT requests in any window of PERIOD.
@@ -93,40 +93,6 @@ impl From<RateAlgorithm> for turret_ratelimit::Algorithm {
     }
 }
 
-/// `COUNT/PERIOD` as given to `--rate-limit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RateLimitSpec {
-    /// Requests per period (at least 1).
-    pub(crate) count: u32,
-    /// The period.
-    pub(crate) period: Duration,
-}
-
-impl FromStr for RateLimitSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (count, period) = s
-            .split_once('/')
-            .ok_or_else(|| format!("`{s}`: expected COUNT/PERIOD, e.g. 100/60s"))?;
-        let count: u32 = count
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{count}`: COUNT must be a whole number"))?;
-        if count == 0 {
-            return Err("COUNT must be at least 1 (use --no-rate-limit to turn it off)".into());
-        }
-        let period = period.trim();
-        // `100/s`, `100/min`: a unit alone means one of it.
-        let period = if period.starts_with(|c: char| c.is_ascii_digit()) {
-            parse_duration(period)?
-        } else {
-            parse_duration(&format!("1{period}"))?
-        };
-        Ok(Self { count, period })
-    }
-}
-
 /// Parses `300`, `300s`, `500ms`, `5m`, `5min`, `1h` (a bare number is seconds).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -154,18 +120,21 @@ mod tests {
 
     #[test]
     fn rate_limit_specs_parse() {
-        let spec: RateLimitSpec = "100/60s".parse().unwrap();
-        assert_eq!((spec.count, spec.period), (100, Duration::from_secs(60)));
-        let spec: RateLimitSpec = "10/s".parse().unwrap();
-        assert_eq!((spec.count, spec.period), (10, Duration::from_secs(1)));
-        let spec: RateLimitSpec = "1000/1h".parse().unwrap();
-        assert_eq!(spec.period, Duration::from_secs(3600));
-        let spec: RateLimitSpec = "5/min".parse().unwrap();
-        assert_eq!(spec.period, Duration::from_secs(60));
-        assert!("0/60s".parse::<RateLimitSpec>().is_err());
-        assert!("100".parse::<RateLimitSpec>().is_err());
-        assert!("x/60s".parse::<RateLimitSpec>().is_err());
-        assert!("100/60y".parse::<RateLimitSpec>().is_err());
+        let spec: turret_ratelimit::Quota = "100/60s".parse().unwrap();
+        assert_eq!(
+            (spec.count(), spec.period()),
+            (100, Duration::from_secs(60))
+        );
+        let spec: turret_ratelimit::Quota = "10/s".parse().unwrap();
+        assert_eq!((spec.count(), spec.period()), (10, Duration::from_secs(1)));
+        let spec: turret_ratelimit::Quota = "1000/1h".parse().unwrap();
+        assert_eq!(spec.period(), Duration::from_secs(3600));
+        let spec: turret_ratelimit::Quota = "5/min".parse().unwrap();
+        assert_eq!(spec.period(), Duration::from_secs(60));
+        assert!("0/60s".parse::<turret_ratelimit::Quota>().is_err());
+        assert!("100".parse::<turret_ratelimit::Quota>().is_err());
+        assert!("x/60s".parse::<turret_ratelimit::Quota>().is_err());
+        assert!("100/60y".parse::<turret_ratelimit::Quota>().is_err());
     }
 
     #[test]
@@ -183,7 +152,7 @@ mod tests {
     fn flags_have_the_documented_defaults() {
         let c = Config::try_parse_from(["shop"]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:3000");
-        assert_eq!(c.rate_limit.count, 100);
+        assert_eq!(c.rate_limit.count(), 100);
         assert_eq!(c.cache_ttl, Duration::from_secs(300));
         assert!(c.trusted_proxies.is_empty());
         let c =

@@ -11,7 +11,7 @@ use axum::{
 };
 use serde_json::json;
 use turret_conditional::{BoxError, ConditionalLayer, ResourceState, Target, Validators};
-use turret_ratelimit::{ClientIp, Limited, Quota, RateLimitLayer, RedisBackend};
+use turret_ratelimit::{ClientIp, Limited, RateLimitLayer, RedisBackend};
 use turret_redis::Redis;
 
 use crate::{
@@ -32,7 +32,8 @@ pub(crate) fn rate_limit<S>(
 where
     S: Clone + Send + Sync + 'static,
 {
-    let quota = Quota::per(config.rate_limit.period, config.rate_limit.count)
+    let quota = config
+        .rate_limit
         .algorithm(config.rate_limit_algorithm.into());
     let layer = RateLimitLayer::new(quota)
         .key(ClientIp::trusting(&config.trusted_proxies)?)

@@ -32,7 +32,7 @@ async fn run(config: ServerConfig) -> Result<(), String> {
     println!("grpc server listening on http://{addr}");
     tracing::info!(
         %addr,
-        rate_limit = format!("{}/{:?}", config.rate_limit.count, config.rate_limit.period),
+        rate_limit = format!("{}/{:?}", config.rate_limit.count(), config.rate_limit.period()),
         slow_read = ?config.slow_read,
         redis = config.redis_url.is_some(),
         "serving catalog.v1.Catalog"
