@@ -48,6 +48,11 @@ impl Eq for CachedResponse {}
 pub(crate) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
+/// The field that makes a stored entry a hit-for-miss marker: "this URL answered
+/// uncacheably" (its value says why). Never sent: markers are never served, and the field is
+/// removed from origin responses before they are stored, so an origin cannot forge one.
+pub(crate) const HIT_FOR_MISS: HeaderName = HeaderName::from_static("turret-hit-for-miss");
+
 /// The hit template of [`CachedResponse::hit_headers`].
 fn hit_template(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len() + 3);
@@ -178,6 +183,12 @@ impl CachedResponse {
     /// cache sent one, `Cache-Status`, with placeholder values to replace.
     pub(crate) fn hit_headers(&self) -> &HeaderMap {
         self.hit_headers.get_or_init(|| hit_template(&self.headers))
+    }
+
+    /// Whether this is a hit-for-miss marker, not a response (an empty body is checked
+    /// first: it is free, and real entries almost always have a body).
+    pub(crate) fn is_marker(&self) -> bool {
+        self.body.is_empty() && self.headers.contains_key(HIT_FOR_MISS)
     }
 
     /// The body.

@@ -1,10 +1,11 @@
-//! [`CacheInvalidator`]: invalidation from application code.
+//! Invalidation: [`CacheInvalidator`] from application code, and `Invalidate`, what a
+//! successful unsafe request invalidates (RFC 9111 §4.4).
 
 use std::{fmt, sync::Arc};
 
-use http::{HeaderMap, Uri};
+use http::{HeaderMap, Uri, header};
 
-use crate::{Purge, StorageFuture, layer::Shared};
+use crate::{Purge, StorageFuture, key, layer::Shared};
 
 /// Invalidates stored responses by URI, tag or application event, from handler code, a job
 /// or a queue consumer. Get one from [`ResponseCacheLayer::invalidator`]; clones are cheap
@@ -129,4 +130,47 @@ pub(crate) fn join(mut pending: Vec<StorageFuture<()>>) -> StorageFuture<()> {
         }
         first_error.map_or(Ok(()), Err)
     })
+}
+
+/// What to invalidate after a successful unsafe request (RFC 9111 §4.4, and the layer's
+/// write rules).
+pub(crate) struct Invalidate {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) key: Option<String>,
+    pub(crate) origin: (String, String),
+    pub(crate) tags: Vec<String>,
+}
+
+/// Starts invalidating the target URI, same-origin `Location` / `Content-Location`, and the
+/// tags of the layer's write rules.
+pub(crate) fn invalidations(inv: &Invalidate, headers: &HeaderMap) -> Vec<StorageFuture<()>> {
+    let policies = &inv.shared.policies;
+    let origin = (inv.origin.0.as_str(), inv.origin.1.as_str());
+    let mut keys: Vec<String> = inv.key.iter().cloned().collect();
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let location = headers.get(&name).and_then(|v| v.to_str().ok());
+        if let Some(target) = location.and_then(|l| key::same_origin_target(origin, l)) {
+            let policy = policies.for_path(target.path());
+            if let Some(k) = policies.key(policy, &target, &HeaderMap::new())
+                && !keys.contains(&k)
+            {
+                keys.push(k);
+            }
+        }
+    }
+    tracing::debug!(
+        ?keys,
+        tags = ?inv.tags,
+        "invalidating after an unsafe request (RFC 9111 §4.4)"
+    );
+    metrics::counter!("turret_cache_invalidations_total").increment(keys.len() as u64);
+    let storage = &inv.shared.storage;
+    keys.iter()
+        .map(|k| storage.invalidate(k, Purge::Remove))
+        .chain(
+            inv.tags
+                .iter()
+                .map(|t| storage.invalidate_tag(t, Purge::Remove)),
+        )
+        .collect()
 }

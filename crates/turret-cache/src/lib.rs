@@ -139,18 +139,23 @@
 //! compact binary form; corrupt bytes read back are a miss. A storage error is a miss
 //! (logged and counted), never an error to the client.
 
+mod admit;
 mod body;
 mod cache_control;
 mod entry;
+mod fill;
 mod freshness;
 mod future;
 mod invalidator;
 mod key;
 mod layer;
 mod lease;
+mod lookup;
+mod miss;
 mod policy;
 #[cfg(feature = "redis")]
 mod redis_storage;
+mod respond;
 mod service;
 mod storage;
 #[cfg(test)]

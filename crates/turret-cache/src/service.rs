@@ -14,10 +14,14 @@ use tower_service::Service;
 use crate::{
     ResponseBody, ResponseCacheLayer,
     cache_control::{CacheControl, Qualified},
-    future::{self, Ctx, Invalidate, ResponseFuture},
+    future::ResponseFuture,
+    invalidator::Invalidate,
     key,
     layer::Shared,
+    lookup::Ctx,
+    miss,
     policy::Outcome,
+    respond::{self, FastPath},
     validate,
 };
 
@@ -176,11 +180,11 @@ where
         let head = req.method() == Method::HEAD;
         let (key, pending) = if shared.policies.make_key.is_none() && !force {
             // The default key, built in a reused buffer: a fresh hit never allocates it.
-            let looked_up = KEY.with_borrow_mut(|buf| {
+            let fast = KEY.with_borrow_mut(|buf| {
                 buf.clear();
                 key::push_primary_key(buf, req.uri(), req.headers(), &policy.query);
                 let pending = shared.storage.get(buf);
-                match future::fresh_hit(
+                match respond::fresh_hit(
                     &shared,
                     &policy,
                     buf,
@@ -189,13 +193,13 @@ where
                     req.headers(),
                     pending,
                 ) {
-                    Ok(res) => Ok(res),
-                    Err(pending) => Err((buf.clone(), pending)),
+                    FastPath::Hit(res) => FastPath::Hit(res),
+                    FastPath::Slow(pending) => FastPath::Slow((buf.clone(), pending)),
                 }
             });
-            match looked_up {
-                Ok(res) => return ResponseFuture::hit(res),
-                Err(slow) => slow,
+            match fast {
+                FastPath::Hit(res) => return ResponseFuture::ready(res),
+                FastPath::Slow(slow) => slow,
             }
         } else {
             let Some(key) = shared.policies.key(&policy, req.uri(), req.headers()) else {
@@ -217,6 +221,6 @@ where
             key,
             directives,
         };
-        future::looked_up(ctx, inner, req, force, pending)
+        miss::looked_up(ctx, inner, req, force, pending)
     }
 }
