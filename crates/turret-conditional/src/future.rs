@@ -9,7 +9,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header, response::Parts};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use crate::{
     MakeEtag,
-    body::ResponseBody,
+    body::{CollectBounded, Collected, ResponseBody, collect_bounded},
     etag::field_value,
     headers::{Conditions, Current, EntityTag},
     layer::{Backend, Config},
@@ -308,9 +308,7 @@ pin_project! {
         },
         // Hashing the body of that GET's answer.
         LearnCollecting {
-            body: Option<Pin<Box<ResBody>>>,
-            chunks: Vec<Bytes>,
-            len: u64,
+            collect: CollectBounded<ResBody>,
             service: Option<S>,
             request: Option<Request<ReqBody>>,
         },
@@ -322,10 +320,7 @@ pin_project! {
         // Buffering a known-size body to compute its ETag.
         Collecting {
             parts: Option<Parts>,
-            body: Option<Pin<Box<ResBody>>>,
-            chunks: VecDeque<Bytes>,
-            len: u64,
-            trailers: Option<HeaderMap>,
+            collect: CollectBounded<ResBody>,
         },
         // Recording a write's outcome in the store before answering.
         Finishing {
@@ -438,7 +433,8 @@ impl<E: MakeEtag> Ctx<E> {
             }
             Route::Safe | Route::Write => {
                 if parts.status.is_success() && self.wants_etag(&parts, &body) {
-                    Next::Collect(parts, body)
+                    let collect = collect_bounded(body, self.config.max_body_size);
+                    Next::Collect(parts, collect)
                 } else {
                     self.finish(parts, ResponseBody::inner(body))
                 }
@@ -579,7 +575,7 @@ impl<E: MakeEtag> Ctx<E> {
 
 enum Next<B: Body> {
     Ready(Response<ResponseBody<B>>),
-    Collect(Parts, B),
+    Collect(Parts, CollectBounded<B>),
     Finish(BoxFuture<()>, Response<ResponseBody<B>>),
 }
 
@@ -592,12 +588,9 @@ impl<B: Body> Next<B> {
             Next::Ready(response) => State::Ready {
                 response: Some(response),
             },
-            Next::Collect(parts, body) => State::Collecting {
+            Next::Collect(parts, collect) => State::Collecting {
                 parts: Some(parts),
-                body: Some(Box::pin(body)),
-                chunks: VecDeque::new(),
-                len: 0,
-                trailers: None,
+                collect,
             },
             Next::Finish(fut, response) => State::Finishing {
                 fut,
@@ -692,9 +685,7 @@ where
                             });
                         }
                         Err(body) => this.state.set(State::LearnCollecting {
-                            body: Some(Box::pin(body)),
-                            chunks: Vec::new(),
-                            len: 0,
+                            collect: collect_bounded(body, this.ctx.config.max_body_size),
                             service,
                             request,
                         }),
@@ -702,29 +693,18 @@ where
                     continue;
                 }
                 StateProj::LearnCollecting {
-                    body,
-                    chunks,
-                    len,
+                    collect,
                     service,
                     request,
                 } => {
-                    let inner = body.as_mut().expect(POLLED_AFTER_COMPLETION);
-                    let learned = match ready!(inner.as_mut().poll_frame(cx)) {
-                        Some(Ok(frame)) => match frame.into_data() {
-                            Ok(mut data) => {
-                                let bytes = data.copy_to_bytes(data.remaining());
-                                *len += bytes.len() as u64;
-                                chunks.push(bytes);
-                                if *len <= this.ctx.config.max_body_size {
-                                    continue;
-                                }
-                                // It lied about its size: it exists, its tag is unknown.
-                                Learned::Current(Current::default())
-                            }
-                            Err(_trailers) => continue,
-                        },
-                        Some(Err(_)) => Learned::Current(Current::default()),
-                        None => this.ctx.learned_from_chunks(chunks),
+                    let learned = match ready!(Pin::new(collect).poll(cx)) {
+                        Collected::Whole { mut chunks, .. } => {
+                            this.ctx.learned_from_chunks(chunks.make_contiguous())
+                        }
+                        // It lied about its size, or failed: it exists, its tag is unknown.
+                        Collected::Over { .. } | Collected::Failed { .. } => {
+                            Learned::Current(Current::default())
+                        }
                     };
                     let (service, request) = (service.take(), request.take());
                     this.state.set(State::Check {
@@ -739,62 +719,15 @@ where
                     let res = ready!(future.poll(cx))?;
                     this.ctx.on_response(res)
                 }
-                StateProj::Collecting {
-                    parts,
-                    body,
-                    chunks,
-                    len,
-                    trailers,
-                } => {
-                    let inner = body.as_mut().expect(POLLED_AFTER_COMPLETION);
-                    let limit = this.ctx.config.max_body_size;
-                    let frame = ready!(inner.as_mut().poll_frame(cx));
-                    match frame {
-                        Some(Ok(frame)) => match frame.into_data() {
-                            Ok(mut data) => {
-                                let bytes = data.copy_to_bytes(data.remaining());
-                                *len += bytes.len() as u64;
-                                chunks.push_back(bytes);
-                                if *len > limit {
-                                    // The body lied about its size: stop buffering and
-                                    // stream the rest, without an ETag.
-                                    let parts = parts.take().expect(POLLED_AFTER_COMPLETION);
-                                    let body = ResponseBody::buffered(
-                                        std::mem::take(chunks),
-                                        None,
-                                        body.take(),
-                                        None,
-                                    );
-                                    this.ctx.finish(parts, body)
-                                } else {
-                                    continue;
-                                }
-                            }
-                            Err(frame) => {
-                                if let Ok(t) = frame.into_trailers() {
-                                    trailers.get_or_insert_with(HeaderMap::new).extend(t);
-                                }
-                                continue;
-                            }
-                        },
-                        Some(Err(e)) => {
-                            let parts = parts.take().expect(POLLED_AFTER_COMPLETION);
-                            let body =
-                                ResponseBody::buffered(std::mem::take(chunks), Some(e), None, None);
-                            this.ctx.finish(parts, body)
-                        }
-                        None => {
-                            let mut parts = parts.take().expect(POLLED_AFTER_COMPLETION);
-                            this.ctx.add_etag(&mut parts, chunks);
-                            let body = ResponseBody::buffered(
-                                std::mem::take(chunks),
-                                None,
-                                None,
-                                trailers.take(),
-                            );
-                            this.ctx.finish(parts, body)
-                        }
+                StateProj::Collecting { parts, collect } => {
+                    let collected = ready!(Pin::new(collect).poll(cx));
+                    let mut parts = parts.take().expect(POLLED_AFTER_COMPLETION);
+                    if let Collected::Whole { chunks, .. } = &collected {
+                        this.ctx.add_etag(&mut parts, chunks);
                     }
+                    // Cut short (the body lied about its size, or failed): what was read, then
+                    // the rest or the error, without an ETag.
+                    this.ctx.finish(parts, collected.into_body())
                 }
                 StateProj::Finishing { fut, response } => {
                     ready!(fut.as_mut().poll(cx));

@@ -41,20 +41,7 @@ impl<S> Conditional<S> {
 }
 
 impl<S, K, E> Conditional<S, K, E> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    turret_body::inner_service_accessors!();
 }
 
 impl<S, K, E, ReqBody, ResBody> Service<Request<ReqBody>> for Conditional<S, K, E>
