@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn fixed_window_counts_per_aligned_window_and_bursts_at_the_boundary() {
-        let q = Quota::per_second(3).algorithm(Algorithm::FixedWindow);
+        let q = Quota::per_second(3).with_algorithm(Algorithm::FixedWindow);
         let mut st = None;
         let end_of_window = 7 * S + 900_000;
         for _ in 0..3 {
@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn sliding_log_is_exact() {
-        let q = Quota::per_second(3).algorithm(Algorithm::SlidingLog);
+        let q = Quota::per_second(3).with_algorithm(Algorithm::SlidingLog);
         let mut log = VecDeque::new();
         for t in [0, 300_000, 600_000] {
             assert!(sliding_log(&mut log, 5 * S + t, &q, 1).allowed);
@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn sliding_window_weights_the_previous_window() {
-        let q = Quota::per_second(10).algorithm(Algorithm::SlidingWindow);
+        let q = Quota::per_second(10).with_algorithm(Algorithm::SlidingWindow);
         let mut st = None;
         for _ in 0..10 {
             let (d, s) = sliding_window(st, 3 * S + 500_000, &q, 1);
@@ -342,7 +342,7 @@ mod tests {
             Algorithm::SlidingLog,
             Algorithm::SlidingWindow,
         ] {
-            let q = Quota::per(Duration::from_millis(700), 4).algorithm(alg);
+            let q = Quota::per(Duration::from_millis(700), 4).with_algorithm(alg);
             let mut mem = crate::backend::memory::KeyState::new(alg);
             let mut now = 9 * S + 123_457;
             let mut refusals = 0;

@@ -82,8 +82,9 @@ impl<K, Bk, L> RateLimitLayer<K, Bk, L> {
         self.map(|s| s.allow.push(key.to_owned()))
     }
 
-    /// Which responses carry the rate-limit fields (default: all).
-    pub fn headers(self, mode: HeaderMode) -> Self {
+    /// Which responses carry the rate-limit fields (default: all; [`HeaderMode::Never`]
+    /// leaves only `Retry-After` on refusals).
+    pub fn header_mode(self, mode: HeaderMode) -> Self {
         self.map(|s| s.header_mode = mode)
     }
 

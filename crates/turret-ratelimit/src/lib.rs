@@ -105,7 +105,7 @@ pub use backend::RedisBackend;
 pub use backend::memory::DEFAULT_MAX_KEYS;
 pub use backend::{Backend, BackendError, Decide, DecisionFuture, MemoryBackend};
 pub use body::ResponseBody;
-pub use clock::{Clock, FakeClock, MonotonicClock};
+pub use clock::{FakeMicrosClock, MicrosClock, MonotonicClock};
 #[cfg(feature = "redis")]
 pub use concurrency::RedisConcurrency;
 pub use concurrency::{

@@ -126,7 +126,7 @@ impl Quota {
     }
 
     /// The counting algorithm (default [`Algorithm::Gcra`]).
-    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+    pub fn with_algorithm(mut self, algorithm: Algorithm) -> Self {
         self.algorithm = algorithm;
         self
     }
@@ -150,7 +150,7 @@ impl Quota {
     }
 
     /// The algorithm.
-    pub fn get_algorithm(&self) -> Algorithm {
+    pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
 
@@ -185,7 +185,9 @@ impl FromStr for Quota {
             input: clip(s),
             kind,
         };
-        let (count, period) = s.split_once('/').ok_or_else(|| error(ParseErrorKind::NoSlash))?;
+        let (count, period) = s
+            .split_once('/')
+            .ok_or_else(|| error(ParseErrorKind::NoSlash))?;
         let count = count.trim();
         let count: u32 = count
             .parse()
@@ -332,8 +334,11 @@ mod tests {
         ] {
             let q = parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
             assert_eq!(q, Quota::per(period, count), "{s}");
-            assert_eq!((q.count(), q.period(), q.burst_size()), (count, period, count));
-            assert_eq!(q.get_algorithm(), Algorithm::Gcra);
+            assert_eq!(
+                (q.count(), q.period(), q.burst_size()),
+                (count, period, count)
+            );
+            assert_eq!(q.algorithm(), Algorithm::Gcra);
         }
         // Huge periods saturate rather than overflow.
         let q = parse("1/18446744073709551615h").unwrap();
@@ -390,7 +395,9 @@ mod tests {
         ] {
             assert_eq!(parse(s).unwrap_err().to_string(), message, "{s}");
         }
-        for s in ["", "/", "/s", "10/60s/2", "10/6 0s", "10/S", "1e3/s", "10/1.5s"] {
+        for s in [
+            "", "/", "/s", "10/60s/2", "10/6 0s", "10/S", "1e3/s", "10/1.5s",
+        ] {
             assert!(parse(s).is_err(), "{s:?}");
         }
     }

@@ -48,7 +48,7 @@ async fn status(svc: &Svc, r: Request<String>) -> StatusCode {
 
 #[tokio::test]
 async fn requests_beyond_the_quota_get_429_with_exact_fields() {
-    let clock = FakeClock::default();
+    let clock = FakeMicrosClock::default();
     let svc = stack(
         RateLimitLayer::new(Quota::per_minute(3)).backend(MemoryBackend::with_clock(clock.clone())),
     );
@@ -274,7 +274,7 @@ async fn grpc_refusal_is_trailers_only_resource_exhausted() {
 #[tokio::test]
 async fn on_limited_hook_and_header_modes() {
     let layer = RateLimitLayer::new(Quota::per_minute(1))
-        .headers(HeaderMode::OnRefusal)
+        .header_mode(HeaderMode::OnRefusal)
         .on_limited(|l: &Limited<'_>| {
             let mut r = Response::new(Bytes::from(format!("slow down, {}", l.key)));
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

@@ -76,7 +76,7 @@ async fn every_algorithm_admits_exactly_the_quota_then_refuses_with_a_retry_time
     backend.preload().await.unwrap();
     for alg in ALGORITHMS {
         // A long period: the whole test happens "at once" for the quota.
-        let quota = Quota::per_hour(5).algorithm(alg);
+        let quota = Quota::per_hour(5).with_algorithm(alg);
         let key = format!("k-{alg:?}");
         for i in 0..5u32 {
             let d = decide(&backend, &key, &quota).await;
@@ -204,7 +204,7 @@ async fn a_hot_keys_concurrent_decisions_go_in_one_call_and_stay_exact() {
     let backend = RedisBackend::new(redis(&server.url()).await);
     backend.preload().await.unwrap();
     for alg in ALGORITHMS {
-        let quota = Quota::per_hour(100).algorithm(alg);
+        let quota = Quota::per_hour(100).with_algorithm(alg);
         let key = format!("hot-{alg:?}");
         let before = script_calls(&server);
         // The first request's call is on its way when the other 128 arrive: they wait for
@@ -355,7 +355,7 @@ async fn four_instances_share_one_quota_on_one_node() {
     fleet_admits_exactly_the_quota(&server.url(), Quota::per_hour(100)).await;
     fleet_admits_exactly_the_quota(
         &server.url(),
-        Quota::per_hour(150).algorithm(Algorithm::FixedWindow),
+        Quota::per_hour(150).with_algorithm(Algorithm::FixedWindow),
     )
     .await;
 }
@@ -366,7 +366,7 @@ async fn four_instances_share_one_quota_on_a_cluster() {
     fleet_admits_exactly_the_quota(&cluster.url(), Quota::per_hour(100)).await;
     fleet_admits_exactly_the_quota(
         &cluster.url(),
-        Quota::per_hour(120).algorithm(Algorithm::SlidingLog),
+        Quota::per_hour(120).with_algorithm(Algorithm::SlidingLog),
     )
     .await;
 }

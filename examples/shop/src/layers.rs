@@ -34,7 +34,7 @@ where
 {
     let quota = config
         .rate_limit
-        .algorithm(config.rate_limit_algorithm.into());
+        .with_algorithm(config.rate_limit_algorithm.into());
     let layer = RateLimitLayer::new(quota)
         .key(ClientIp::trusting(&config.trusted_proxies)?)
         .exempt("/health")

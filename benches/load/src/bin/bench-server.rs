@@ -235,9 +235,8 @@ async fn main() {
         "raw-plus-5-headers" => routes.layer(middleware::map_response(add_five_headers)),
         "raw-plus-cache-headers" => routes.layer(middleware::map_response(add_cache_headers)),
         "turret-memory" => routes.layer(RateLimitLayer::new(Quota::per_second(HUGE))),
-        "turret-memory-no-fields" => {
-            routes.layer(RateLimitLayer::new(Quota::per_second(HUGE)).headers(HeaderMode::Never))
-        }
+        "turret-memory-no-fields" => routes
+            .layer(RateLimitLayer::new(Quota::per_second(HUGE)).header_mode(HeaderMode::Never)),
         "turret-conditional" => routes.layer(turret_conditional::ConditionalLayer::new()),
         "turret-redis-gcra" => routes.layer(
             RateLimitLayer::new(Quota::per_second(HUGE))
@@ -251,7 +250,7 @@ async fn main() {
                 .backend(RedisBackend::new(redis_handle(&redis_url).await)),
         ),
         "turret-redis-fixed" => routes.layer(
-            RateLimitLayer::new(Quota::per_second(HUGE).algorithm(Algorithm::FixedWindow))
+            RateLimitLayer::new(Quota::per_second(HUGE).with_algorithm(Algorithm::FixedWindow))
                 .backend(RedisBackend::new(redis_handle(&redis_url).await)),
         ),
         "tower-governor" => {

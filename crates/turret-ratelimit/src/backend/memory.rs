@@ -17,7 +17,7 @@ use std::{
 
 use super::{Backend, Decide};
 use crate::{
-    Algorithm, Clock, Decision, MonotonicClock, Quota,
+    Algorithm, Decision, MicrosClock, MonotonicClock, Quota,
     algorithm::{fixed_window, gcra, sliding_log, sliding_window},
 };
 
@@ -160,7 +160,7 @@ impl KeyState {
     }
 
     pub(crate) fn decide(&mut self, now: u64, quota: &Quota, cost: u32) -> Decision {
-        let algorithm = quota.get_algorithm();
+        let algorithm = quota.algorithm();
         if matches!(self, KeyState::Log(_)) != (algorithm == Algorithm::SlidingLog) {
             // A state of another algorithm: never kept by the backend, which starts a key over
             // when its quota changes; do the same here.
@@ -176,7 +176,7 @@ impl KeyState {
     fn is_idle(&self, now: u64, quota: &Quota) -> bool {
         let w = quota.period_micros();
         match self {
-            KeyState::Counters(c) => c.is_idle(quota.get_algorithm(), now, w),
+            KeyState::Counters(c) => c.is_idle(quota.algorithm(), now, w),
             KeyState::Log(log) => log.back().is_none_or(|&t| t + w <= now),
         }
     }
@@ -340,7 +340,7 @@ pub struct MemoryBackend {
     shards: Arc<[Shard]>,
     hasher: RandomState,
     max_per_shard: usize,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn MicrosClock>,
 }
 
 impl fmt::Debug for MemoryBackend {
@@ -364,8 +364,8 @@ impl MemoryBackend {
         Self::with_clock(MonotonicClock::default())
     }
 
-    /// A backend on the given clock (a [`crate::FakeClock`] in tests).
-    pub fn with_clock(clock: impl Clock) -> Self {
+    /// A backend on the given clock (a [`crate::FakeMicrosClock`] in tests).
+    pub fn with_clock(clock: impl MicrosClock) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
@@ -425,7 +425,7 @@ impl MemoryBackend {
                 // if refused.
                 if let Some((mut kept, _)) = map.remove_entry(lookup) {
                     kept.policy = policy_for(policies, policy, quota, &self.hasher);
-                    let mut state = KeyState::new(quota.get_algorithm());
+                    let mut state = KeyState::new(quota.algorithm());
                     let decision = state.decide(now, quota, cost);
                     map.insert(kept, Cell::new(state));
                     return decision;
@@ -436,7 +436,7 @@ impl MemoryBackend {
         if map.len() >= self.max_per_shard {
             make_room(map, now, self.max_per_shard);
         }
-        let mut state = KeyState::new(quota.get_algorithm());
+        let mut state = KeyState::new(quota.algorithm());
         let decision = state.decide(now, quota, cost);
         if decision.allowed {
             let kept = MapKey {
@@ -573,7 +573,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::FakeClock;
+    use crate::FakeMicrosClock;
 
     #[test]
     fn long_keys_are_kept_as_digests_with_their_own_quota() {
@@ -602,7 +602,7 @@ mod tests {
 
     #[test]
     fn keys_and_policies_are_independent() {
-        let b = MemoryBackend::with_clock(FakeClock::default());
+        let b = MemoryBackend::with_clock(FakeMicrosClock::default());
         let q = Quota::per_minute(1);
         assert!(b.decide_now("p", "a", &q, 1).allowed);
         assert!(!b.decide_now("p", "a", &q, 1).allowed);
@@ -612,14 +612,14 @@ mod tests {
 
     #[test]
     fn refusal_of_a_new_key_stores_nothing() {
-        let b = MemoryBackend::with_clock(FakeClock::default());
+        let b = MemoryBackend::with_clock(FakeMicrosClock::default());
         assert!(!b.decide_now("p", "a", &Quota::per_minute(0), 1).allowed);
         assert!(b.is_empty());
     }
 
     #[test]
     fn stays_bounded_when_flooded_and_keeps_active_keys_it_can() {
-        let clock = FakeClock::default();
+        let clock = FakeMicrosClock::default();
         let b = MemoryBackend::with_clock(clock.clone()).max_keys(6400);
         let q = Quota::per_second(1);
         for i in 0..100_000u32 {
@@ -633,7 +633,7 @@ mod tests {
 
     #[test]
     fn idle_keys_are_swept_first() {
-        let clock = FakeClock::default();
+        let clock = FakeMicrosClock::default();
         let b = MemoryBackend::with_clock(clock.clone()).max_keys(64 * 4);
         let q = Quota::per_second(1);
         for i in 0..10_000u32 {
@@ -667,7 +667,7 @@ mod tests {
         for key in ["", "a", "a\0", &under, &at, &over, &max] {
             assert_eq!(KeyBytes::new(key.as_bytes()).as_bytes(), key.as_bytes());
         }
-        let b = MemoryBackend::with_clock(FakeClock::default());
+        let b = MemoryBackend::with_clock(FakeMicrosClock::default());
         let q = Quota::per_hour(1);
         let keys = ["", "\0", &under, &at, &over, &max];
         for key in keys {
@@ -681,7 +681,7 @@ mod tests {
 
     #[test]
     fn a_changed_quota_starts_the_key_over() {
-        let b = MemoryBackend::with_clock(FakeClock::default());
+        let b = MemoryBackend::with_clock(FakeMicrosClock::default());
         let (one, two) = (Quota::per_minute(1), Quota::per_minute(2));
         assert!(b.decide_now("p", "a", &one, 1).allowed);
         assert!(!b.decide_now("p", "a", &one, 1).allowed);
@@ -697,7 +697,7 @@ mod tests {
 
     #[test]
     fn keys_share_their_policy() {
-        let b = MemoryBackend::with_clock(FakeClock::default());
+        let b = MemoryBackend::with_clock(FakeMicrosClock::default());
         let q = Quota::per_minute(10);
         for i in 0..1000u32 {
             b.decide_now("p", &i.to_string(), &q, 1);
@@ -787,7 +787,7 @@ mod tests {
             use proptest::prelude::*;
             let q = Quota::per(Duration::from_millis(period_ms), count)
                 .burst(burst)
-                .algorithm(alg);
+                .with_algorithm(alg);
             let (mut packed, mut plain) = (KeyState::new(alg), Plain::new(alg));
             let mut now = start;
             for (dt, cost) in steps {
@@ -817,7 +817,7 @@ mod tests {
             Algorithm::FixedWindow,
             Algorithm::SlidingWindow,
         ] {
-            let q = Quota::per(Duration::from_secs(u64::MAX / 4), u32::MAX).algorithm(alg);
+            let q = Quota::per(Duration::from_secs(u64::MAX / 4), u32::MAX).with_algorithm(alg);
             let (mut packed, mut plain) = (KeyState::new(alg), Plain::new(alg));
             for now in [1_000_000_000, 2_000_000_000, u64::MAX / 2] {
                 assert_eq!(

@@ -309,14 +309,14 @@ async fn call(
     quota: &Quota,
     costs: impl Iterator<Item = u32>,
 ) -> Result<Vec<Decision>, BackendError> {
-    let script = match quota.get_algorithm() {
+    let script = match quota.algorithm() {
         Algorithm::Gcra => &*GCRA,
         Algorithm::FixedWindow => &*FIXED,
         Algorithm::SlidingWindow => &*SLIDING,
         Algorithm::SlidingLog => &*LOG,
     };
     let mut call = script.key(redis_key);
-    call = match quota.get_algorithm() {
+    call = match quota.algorithm() {
         Algorithm::Gcra => call
             .arg(quota.emission_interval_micros())
             .arg(quota.tolerance_micros())
@@ -501,7 +501,7 @@ impl Drop for InFlight<'_> {
 
 impl Backend for RedisBackend {
     fn decide(&self, policy: &str, key: &str, quota: &Quota, cost: u32) -> Decide {
-        let redis_key = self.redis_key(policy, key, quota.get_algorithm());
+        let redis_key = self.redis_key(policy, key, quota.algorithm());
         let redis = self.redis.clone();
         let quota = *quota;
         if self.max_batch > 1
