@@ -135,16 +135,16 @@ async fn uncacheable_responses_are_not_serialised_behind_the_coalescing_lock() {
 
 #[tokio::test]
 async fn a_marker_is_never_served_and_gives_way_to_a_storable_response() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(scripted(calls.clone(), |n, _| {
-        let cc = if n <= 2 { "private" } else { "max-age=60" };
-        Ok(respond(200, &format!("v{n}"), &[("cache-control", cc)]))
-    }));
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::serving(|calls| {
+        scripted(calls, |n, _| {
+            let cc = if n <= 2 { "private" } else { "max-age=60" };
+            Ok(respond(200, &format!("v{n}"), &[("cache-control", cc)]))
+        })
+    });
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "cache-status"), "turret; fwd=miss");
     assert_eq!(text(res).await, "v1");
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(
         field(&res, "cache-status"),
         "turret; fwd=miss; detail=hit-for-miss"
@@ -152,71 +152,69 @@ async fn a_marker_is_never_served_and_gives_way_to_a_storable_response() {
     assert!(res.headers().get("turret-hit-for-miss").is_none());
     assert_eq!(text(res).await, "v2");
     // Cacheable now: the pass stores it, replacing the marker, and the next is a hit.
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(
         field(&res, "cache-status"),
         "turret; fwd=miss; detail=hit-for-miss; stored"
     );
     assert_eq!(text(res).await, "v3");
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
     assert_eq!(text(res).await, "v3");
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(cache.calls(), 3);
 }
 
 #[tokio::test]
 async fn a_marker_lives_for_its_lifetime_and_can_be_turned_off() {
     for (lifetime, passes) in [(Duration::from_secs(5), true), (Duration::ZERO, false)] {
-        let clock = FakeClock::new(T0);
-        let calls = Arc::new(AtomicUsize::new(0));
-        let svc = layer(&clock).hit_for_miss(lifetime).layer(origin(
-            calls.clone(),
+        let cache = Fixture::configured(
+            |layer| layer.hit_for_miss(lifetime),
             200,
             &[("cache-control", "no-store")],
-        ));
-        svc.clone().oneshot(get("/a")).await.unwrap();
-        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        );
+        cache.get("/a").await;
+        let res = cache.get("/a").await;
         let expected = if passes {
             "turret; fwd=miss; detail=hit-for-miss"
         } else {
             "turret; fwd=miss"
         };
         assert_eq!(field(&res, "cache-status"), expected, "{lifetime:?}");
-        clock.advance(Duration::from_secs(6));
-        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        cache.clock.advance(Duration::from_secs(6));
+        let res = cache.get("/a").await;
         assert_eq!(
             field(&res, "cache-status"),
             "turret; fwd=miss",
             "{lifetime:?}"
         );
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(cache.calls(), 3);
     }
 }
 
 #[tokio::test]
 async fn failures_and_unstorable_statuses_leave_no_marker() {
     for status in [500, 503, 429, 206] {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let svc = layer(&FakeClock::new(T0)).layer(origin(calls.clone(), status, &[]));
-        svc.clone().oneshot(get("/a")).await.unwrap();
-        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        let cache = Fixture::new(status, &[]);
+        cache.get("/a").await;
+        let res = cache.get("/a").await;
         assert_eq!(field(&res, "cache-status"), "turret; fwd=miss", "{status}");
     }
 }
 
 #[tokio::test]
 async fn an_origin_cannot_forge_a_marker() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).layer(scripted(calls.clone(), |_, _| {
-        let mut res = respond(200, "", &[("cache-control", "max-age=60")]);
-        res.headers_mut()
-            .insert("turret-hit-for-miss", HeaderValue::from_static("no-store"));
-        Ok(res)
-    }));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    let res = svc.oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::serving(|calls| {
+        scripted(calls, |_, _| {
+            let mut res = respond(200, "", &[("cache-control", "max-age=60")]);
+            res.headers_mut()
+                .insert("turret-hit-for-miss", HeaderValue::from_static("no-store"));
+            Ok(res)
+        })
+    });
+    cache.get("/a").await;
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.calls(), 1);
 }
 
 #[tokio::test]
@@ -244,21 +242,15 @@ async fn invalidating_the_url_or_its_tag_removes_the_marker() {
 
 #[tokio::test]
 async fn only_if_cached_with_a_marker_is_a_504() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).layer(origin(
-        calls.clone(),
-        200,
-        &[("cache-control", "private")],
-    ));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    let res = svc
-        .oneshot(with(
+    let cache = Fixture::new(200, &[("cache-control", "private")]);
+    cache.get("/a").await;
+    let res = cache
+        .send(with(
             Method::GET,
             "/a",
             &[("cache-control", "only-if-cached")],
         ))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.calls(), 1);
 }

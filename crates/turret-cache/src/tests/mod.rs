@@ -18,42 +18,118 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
 use crate::{
-    CacheStorage, CachedResponse, FakeClock, Purge, ResponseBody, ResponseCacheLayer, StorageError,
-    StorageFuture, Variants,
+    CacheStorage, CachedResponse, FakeClock, Purge, ResponseBody, ResponseCache,
+    ResponseCacheLayer, StorageError, StorageFuture, Variants,
 };
 
 const T0: Duration = Duration::from_secs(1_700_000_000);
 
 type Headers = &'static [(&'static str, &'static str)];
 
-/// An origin answering `200` with `headers` and a body naming the call number.
-fn origin(
+/// An origin answering `status` with `headers` and a body naming the call number.
+#[derive(Clone)]
+struct Origin {
     calls: Arc<AtomicUsize>,
-    status: u16,
+    status: StatusCode,
     headers: Headers,
-) -> impl Service<
-    Request<()>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
-> + Clone
-+ Send
-+ 'static {
-    service_fn(move |_req: Request<()>| {
-        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-        async move {
-            let mut res = Response::new(Full::from(format!("body {n}")));
-            *res.status_mut() = StatusCode::from_u16(status).unwrap();
-            for (k, v) in headers {
-                res.headers_mut().append(*k, HeaderValue::from_static(v));
-            }
-            Ok::<_, Infallible>(res)
+}
+
+fn origin(calls: Arc<AtomicUsize>, status: u16, headers: Headers) -> Origin {
+    Origin {
+        calls,
+        status: StatusCode::from_u16(status).unwrap(),
+        headers,
+    }
+}
+
+impl Service<Request<()>> for Origin {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<()>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut res = Response::new(Full::from(format!("body {n}")));
+        *res.status_mut() = self.status;
+        for (k, v) in self.headers {
+            res.headers_mut().append(*k, HeaderValue::from_static(v));
         }
-    })
+        std::future::ready(Ok(res))
+    }
 }
 
 fn layer(clock: &FakeClock) -> ResponseCacheLayer {
     ResponseCacheLayer::new().clock(clock.clone())
+}
+
+/// One test's cache: a fake clock at `T0`, the origin's call count, and the test layer in
+/// front of the origin.
+struct Fixture<S> {
+    clock: FakeClock,
+    calls: Arc<AtomicUsize>,
+    svc: ResponseCache<S>,
+}
+
+impl Fixture<Origin> {
+    /// The test layer in front of an [`Origin`] answering `status` with `headers`.
+    fn new(status: u16, headers: Headers) -> Self {
+        Self::configured(|layer| layer, status, headers)
+    }
+
+    /// [`Fixture::new`] with the layer set up by `configure`.
+    fn configured(
+        configure: impl FnOnce(ResponseCacheLayer) -> ResponseCacheLayer,
+        status: u16,
+        headers: Headers,
+    ) -> Self {
+        Fixture::with(configure, |calls| origin(calls, status, headers))
+    }
+}
+
+impl<S> Fixture<S> {
+    /// The test layer in front of the origin `make` builds on the call counter.
+    fn serving(make: impl FnOnce(Arc<AtomicUsize>) -> S) -> Self {
+        Self::with(|layer| layer, make)
+    }
+
+    /// The test layer, set up by `configure`, in front of the origin `make` builds.
+    fn with(
+        configure: impl FnOnce(ResponseCacheLayer) -> ResponseCacheLayer,
+        make: impl FnOnce(Arc<AtomicUsize>) -> S,
+    ) -> Self {
+        let clock = FakeClock::new(T0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = configure(layer(&clock)).layer(make(calls.clone()));
+        Self { clock, calls, svc }
+    }
+
+    /// How many times the origin was called.
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl<S, B> Fixture<S>
+where
+    S: Service<Request<()>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Debug + Send + 'static,
+    B: Body + Send + 'static,
+    B::Error: Send + 'static,
+{
+    /// Sends `req` through a clone of the cache.
+    async fn send(&self, req: Request<()>) -> Response<ResponseBody<B>> {
+        self.svc.clone().oneshot(req).await.unwrap()
+    }
+
+    /// A GET for `uri` on `shop.example`.
+    async fn get(&self, uri: &str) -> Response<ResponseBody<B>> {
+        self.send(get(uri)).await
+    }
 }
 
 fn get(uri: &str) -> Request<()> {
@@ -120,24 +196,18 @@ async fn second_get_is_served_from_cache_with_age_and_cache_status() {
 
 #[tokio::test]
 async fn upstream_age_counts_toward_freshness_rfc9111_4_2_3() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(origin(
-        calls.clone(),
-        200,
-        &[("cache-control", "max-age=60"), ("age", "50")],
-    ));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::new(200, &[("cache-control", "max-age=60"), ("age", "50")]);
+    cache.get("/a").await;
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "age"), "50");
     assert_eq!(field(&res, "cache-status"), "turret; hit; ttl=10");
-    clock.advance(Duration::from_secs(10));
-    let res = svc.oneshot(get("/a")).await.unwrap();
+    cache.clock.advance(Duration::from_secs(10));
+    let res = cache.get("/a").await;
     assert_eq!(
         field(&res, "cache-status"),
         "turret; fwd=stale; fwd-status=200; stored"
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.calls(), 2);
 }
 
 #[tokio::test]
@@ -152,43 +222,35 @@ async fn an_age_list_uses_its_first_member_and_an_invalid_age_is_ignored_rfc9111
         ("7200.0", "0"),
     ];
     for (age, expected) in cases {
-        let clock = FakeClock::new(T0);
-        let calls = Arc::new(AtomicUsize::new(0));
         let headers: Headers = Box::leak(Box::new([("cache-control", "max-age=60"), ("age", age)]));
-        let svc = layer(&clock).layer(origin(calls.clone(), 200, headers));
-        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        let cache = Fixture::new(200, headers);
+        let res = cache.get("/a").await;
         assert_eq!(
             field(&res, "cache-status"),
             "turret; fwd=miss; stored",
             "{age}"
         );
-        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        let res = cache.get("/a").await;
         assert_eq!(field(&res, "x-cache"), "HIT", "{age}");
         assert_eq!(field(&res, "age"), expected, "{age}");
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "{age}");
+        assert_eq!(cache.calls(), 1, "{age}");
     }
 }
 
 #[tokio::test]
 async fn stale_entry_is_a_miss_rfc9111_4_2() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(origin(
-        calls.clone(),
-        200,
-        &[("cache-control", "max-age=60")],
-    ));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    clock.advance(Duration::from_secs(60));
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::new(200, &[("cache-control", "max-age=60")]);
+    cache.get("/a").await;
+    cache.clock.advance(Duration::from_secs(60));
+    let res = cache.get("/a").await;
     assert_eq!(
         field(&res, "cache-status"),
         "turret; fwd=stale; fwd-status=200; stored"
     );
     assert_eq!(text(res).await, "body 2");
-    let res = svc.oneshot(get("/a")).await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(text(res).await, "body 2");
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.calls(), 2);
 }
 
 #[tokio::test]
@@ -220,14 +282,13 @@ async fn forbidden_responses_are_never_stored_rfc9111_3() {
         ),
     ];
     for (name, status, headers) in cases {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let svc = layer(&FakeClock::new(T0)).layer(origin(calls.clone(), status, headers));
-        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        let cache = Fixture::new(status, headers);
+        let res = cache.get("/a").await;
         assert_eq!(res.status().as_u16(), status, "{name}");
         assert_eq!(field(&res, "cache-status"), "turret; fwd=miss", "{name}");
-        let res = svc.oneshot(get("/a")).await.unwrap();
+        let res = cache.get("/a").await;
         assert_eq!(field(&res, "x-cache"), "MISS", "{name}");
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "{name}");
+        assert_eq!(cache.calls(), 2, "{name}");
     }
 }
 
@@ -238,32 +299,25 @@ async fn authorization_requests_are_reused_only_when_allowed_rfc9111_3_5() {
         ("public, max-age=60", true),
         ("s-maxage=60", true),
     ] {
-        let calls = Arc::new(AtomicUsize::new(0));
         let headers: Headers = match cc {
             "max-age=60" => &[("cache-control", "max-age=60")],
             "public, max-age=60" => &[("cache-control", "public, max-age=60")],
             _ => &[("cache-control", "s-maxage=60")],
         };
-        let svc = layer(&FakeClock::new(T0)).layer(origin(calls.clone(), 200, headers));
+        let cache = Fixture::new(200, headers);
         let authed = || with(Method::GET, "/me", &[("authorization", "Bearer x")]);
-        svc.clone().oneshot(authed()).await.unwrap();
-        svc.oneshot(authed()).await.unwrap();
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            if stored { 1 } else { 2 },
-            "{cc}"
-        );
+        cache.send(authed()).await;
+        cache.send(authed()).await;
+        assert_eq!(cache.calls(), if stored { 1 } else { 2 }, "{cc}");
     }
 }
 
 #[tokio::test]
 async fn vary_mismatch_is_a_miss_and_each_variant_is_kept_rfc9111_4_1() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).layer(origin(
-        calls.clone(),
+    let cache = Fixture::new(
         200,
         &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
-    ));
+    );
     let lang = |l: &'static str| {
         with(
             Method::GET,
@@ -275,41 +329,30 @@ async fn vary_mismatch_is_a_miss_and_each_variant_is_kept_rfc9111_4_1() {
             },
         )
     };
-    assert_eq!(
-        text(svc.clone().oneshot(lang("en")).await.unwrap()).await,
-        "body 1"
-    );
-    let res = svc.clone().oneshot(lang("fr")).await.unwrap();
+    assert_eq!(text(cache.send(lang("en")).await).await, "body 1");
+    let res = cache.send(lang("fr")).await;
     assert_eq!(field(&res, "cache-status"), "turret; fwd=vary-miss; stored");
     assert_eq!(text(res).await, "body 2");
     // An absent field matches only an absent field.
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(text(res).await, "body 3");
-    assert_eq!(
-        text(svc.clone().oneshot(lang("en")).await.unwrap()).await,
-        "body 1"
-    );
-    assert_eq!(
-        text(svc.clone().oneshot(lang("fr")).await.unwrap()).await,
-        "body 2"
-    );
-    assert_eq!(text(svc.oneshot(get("/a")).await.unwrap()).await, "body 3");
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(text(cache.send(lang("en")).await).await, "body 1");
+    assert_eq!(text(cache.send(lang("fr")).await).await, "body 2");
+    assert_eq!(text(cache.get("/a").await).await, "body 3");
+    assert_eq!(cache.calls(), 3);
 }
 
 #[tokio::test]
 async fn vary_star_never_hits_rfc9111_4_1() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).layer(origin(
-        calls.clone(),
+    let cache = Fixture::new(
         200,
         &[("cache-control", "max-age=60"), ("vary", "accept, *")],
-    ));
+    );
     for _ in 0..3 {
-        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        let res = cache.get("/a").await;
         assert_eq!(field(&res, "x-cache"), "MISS");
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(cache.calls(), 3);
 }
 
 #[tokio::test]
@@ -322,28 +365,21 @@ async fn successful_unsafe_methods_invalidate_the_target_rfc9111_4_4() {
         Method::PATCH,
         unknown,
     ] {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let svc = layer(&FakeClock::new(T0)).layer(origin(
-            calls.clone(),
-            200,
-            &[("cache-control", "max-age=60")],
-        ));
-        svc.clone().oneshot(get("/products?b=2&a=1")).await.unwrap();
-        svc.clone().oneshot(get("/products?a=1&b=2")).await.unwrap();
+        let cache = Fixture::new(200, &[("cache-control", "max-age=60")]);
+        cache.get("/products?b=2&a=1").await;
+        cache.get("/products?a=1&b=2").await;
         assert_eq!(
-            calls.load(Ordering::SeqCst),
+            cache.calls(),
             1,
             "{method}: normalised query shares the key"
         );
-        let res = svc
-            .clone()
-            .oneshot(with(method.clone(), "/products?a=1&b=2", &[]))
-            .await
-            .unwrap();
+        let res = cache
+            .send(with(method.clone(), "/products?a=1&b=2", &[]))
+            .await;
         assert_eq!(field(&res, "cache-status"), "turret; fwd=method");
-        let res = svc.oneshot(get("/products?a=1&b=2")).await.unwrap();
+        let res = cache.get("/products?a=1&b=2").await;
         assert_eq!(field(&res, "x-cache"), "MISS", "{method}");
-        assert_eq!(calls.load(Ordering::SeqCst), 3, "{method}");
+        assert_eq!(cache.calls(), 3, "{method}");
     }
 }
 
@@ -381,95 +417,71 @@ async fn failed_unsafe_methods_and_other_hosts_do_not_invalidate() {
 
 #[tokio::test]
 async fn same_origin_location_is_invalidated_too_rfc9111_4_4() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).layer(origin(
-        calls.clone(),
+    let cache = Fixture::new(
         201,
         &[
             ("cache-control", "max-age=60"),
             ("location", "/products/7"),
             ("content-location", "http://evil.example/products"),
         ],
-    ));
-    svc.clone().oneshot(get("/products/7")).await.unwrap();
-    svc.clone()
-        .oneshot(with(Method::POST, "/products", &[]))
-        .await
-        .unwrap();
-    let res = svc.oneshot(get("/products/7")).await.unwrap();
+    );
+    cache.get("/products/7").await;
+    cache.send(with(Method::POST, "/products", &[])).await;
+    let res = cache.get("/products/7").await;
     assert_eq!(field(&res, "x-cache"), "MISS");
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(cache.calls(), 3);
 }
 
 #[tokio::test]
 async fn head_is_answered_from_a_stored_get_without_body() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).layer(origin(
-        calls.clone(),
-        200,
-        &[("cache-control", "max-age=60")],
-    ));
+    let cache = Fixture::new(200, &[("cache-control", "max-age=60")]);
     // A HEAD miss does not fill: it has no body.
-    svc.clone()
-        .oneshot(with(Method::HEAD, "/a", &[]))
-        .await
-        .unwrap();
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    let res = svc.oneshot(with(Method::HEAD, "/a", &[])).await.unwrap();
+    cache.send(with(Method::HEAD, "/a", &[])).await;
+    cache.get("/a").await;
+    let res = cache.send(with(Method::HEAD, "/a", &[])).await;
     assert_eq!(field(&res, "x-cache"), "HIT");
     assert_eq!(field(&res, "content-length"), "6");
     assert_eq!(text(res).await, "");
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.calls(), 2);
 }
 
 #[tokio::test]
 async fn request_no_store_bypasses_and_no_cache_refreshes_rfc9111_5_2_1() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).layer(origin(
-        calls.clone(),
-        200,
-        &[("cache-control", "max-age=60")],
-    ));
-    let res = svc
-        .clone()
-        .oneshot(with(Method::GET, "/a", &[("cache-control", "no-store")]))
-        .await
-        .unwrap();
+    let cache = Fixture::new(200, &[("cache-control", "max-age=60")]);
+    let res = cache
+        .send(with(Method::GET, "/a", &[("cache-control", "no-store")]))
+        .await;
     assert_eq!(field(&res, "cache-status"), "turret; fwd=request");
     // Nothing was stored.
-    let res = svc
-        .clone()
-        .oneshot(with(Method::GET, "/a", &[("cache-control", "no-cache")]))
-        .await
-        .unwrap();
+    let res = cache
+        .send(with(Method::GET, "/a", &[("cache-control", "no-cache")]))
+        .await;
     assert_eq!(field(&res, "cache-status"), "turret; fwd=miss; stored");
     assert_eq!(text(res).await, "body 2");
-    let res = svc.oneshot(get("/a")).await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(text(res).await, "body 2");
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.calls(), 2);
 }
 
 #[tokio::test]
 async fn default_ttl_stores_responses_without_caching_headers() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let clock = FakeClock::new(T0);
-    let svc = layer(&clock)
-        .default_ttl(Duration::from_secs(300))
-        .layer(origin(calls.clone(), 200, &[]));
-    svc.clone().oneshot(get("/categories")).await.unwrap();
-    clock.advance(Duration::from_secs(299));
-    let res = svc.clone().oneshot(get("/categories")).await.unwrap();
+    let cache = Fixture::configured(
+        |layer| layer.default_ttl(Duration::from_secs(300)),
+        200,
+        &[],
+    );
+    cache.get("/categories").await;
+    cache.clock.advance(Duration::from_secs(299));
+    let res = cache.get("/categories").await;
     assert_eq!(field(&res, "cache-status"), "turret; hit; ttl=1");
-    clock.advance(Duration::from_secs(1));
-    svc.oneshot(get("/categories")).await.unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    cache.clock.advance(Duration::from_secs(1));
+    cache.get("/categories").await;
+    assert_eq!(cache.calls(), 2);
 }
 
 #[tokio::test]
 async fn qualified_private_field_is_stripped_from_storage_only_rfc9111_5_2_2_7() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).layer(origin(
-        calls.clone(),
+    let cache = Fixture::new(
         200,
         &[
             ("cache-control", "max-age=60, private=\"x-user\""),
@@ -477,10 +489,10 @@ async fn qualified_private_field_is_stripped_from_storage_only_rfc9111_5_2_2_7()
             ("connection", "x-hop"),
             ("x-hop", "1"),
         ],
-    ));
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    );
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-user"), "alice");
-    let res = svc.oneshot(get("/a")).await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
     assert!(!res.headers().contains_key("x-user"));
     // RFC 9111 §3.1: Connection and the fields it lists are not stored.
@@ -490,21 +502,22 @@ async fn qualified_private_field_is_stripped_from_storage_only_rfc9111_5_2_2_7()
 
 #[tokio::test]
 async fn upstream_cache_status_is_kept_rfc9211_2() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).layer(origin(
-        calls,
-        200,
-        &[
-            ("cache-control", "max-age=60"),
-            ("cache-status", "origin-cdn; hit"),
-        ],
-    ));
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::serving(|calls| {
+        origin(
+            calls,
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("cache-status", "origin-cdn; hit"),
+            ],
+        )
+    });
+    let res = cache.get("/a").await;
     assert_eq!(
         field(&res, "cache-status"),
         "origin-cdn; hit, turret; fwd=miss; stored"
     );
-    let res = svc.oneshot(get("/a")).await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(
         field(&res, "cache-status"),
         "origin-cdn; hit, turret; hit; ttl=60"
@@ -513,17 +526,13 @@ async fn upstream_cache_status_is_kept_rfc9211_2() {
 
 #[tokio::test]
 async fn over_size_response_passes_through_and_is_not_stored() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).max_entry_size(5).layer(origin(
-        calls.clone(),
+    let cache = Fixture::configured(
+        |layer| layer.max_entry_size(5),
         200,
         &[("cache-control", "max-age=60")],
-    ));
-    assert_eq!(
-        text(svc.clone().oneshot(get("/a")).await.unwrap()).await,
-        "body 1"
     );
-    assert_eq!(text(svc.oneshot(get("/a")).await.unwrap()).await, "body 2");
+    assert_eq!(text(cache.get("/a").await).await, "body 1");
+    assert_eq!(text(cache.get("/a").await).await, "body 2");
 }
 
 /// A body whose chunks arrive on a channel: unknown size, like SSE.
@@ -694,84 +703,66 @@ async fn a_failing_storage_means_misses_not_errors() {
 
 #[tokio::test]
 async fn without_coalescing_misses_still_fill() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).coalesce(false).layer(origin(
-        calls.clone(),
+    let cache = Fixture::configured(
+        |layer| layer.coalesce(false),
         200,
         &[("cache-control", "max-age=60")],
-    ));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    let res = svc.oneshot(get("/a")).await.unwrap();
+    );
+    cache.get("/a").await;
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.calls(), 1);
 }
 
 #[tokio::test]
 async fn request_max_age_and_min_fresh_narrow_reuse_rfc9111_5_2_1() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(origin(
-        calls.clone(),
-        200,
-        &[("cache-control", "max-age=60")],
-    ));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    clock.advance(Duration::from_secs(30));
+    let cache = Fixture::new(200, &[("cache-control", "max-age=60")]);
+    cache.get("/a").await;
+    cache.clock.advance(Duration::from_secs(30));
     // Age 30 is within max-age=30; 30 s of freshness left satisfies min-fresh=30.
-    let res = svc
-        .clone()
-        .oneshot(with(
+    let res = cache
+        .send(with(
             Method::GET,
             "/a",
             &[("cache-control", "max-age=30, min-fresh=30")],
         ))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(field(&res, "x-cache"), "HIT");
-    let res = svc
-        .clone()
-        .oneshot(with(Method::GET, "/a", &[("cache-control", "max-age=29")]))
-        .await
-        .unwrap();
+    let res = cache
+        .send(with(Method::GET, "/a", &[("cache-control", "max-age=29")]))
+        .await;
     assert_eq!(
         field(&res, "cache-status"),
         "turret; fwd=request; fwd-status=200; stored"
     );
-    clock.advance(Duration::from_secs(1));
-    let res = svc
-        .clone()
-        .oneshot(with(
+    cache.clock.advance(Duration::from_secs(1));
+    let res = cache
+        .send(with(
             Method::GET,
             "/a",
             &[("cache-control", "min-fresh=60")],
         ))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         field(&res, "cache-status"),
         "turret; fwd=request; fwd-status=200; stored"
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(cache.calls(), 3);
 }
 
 #[tokio::test]
 async fn only_if_cached_gets_504_when_nothing_fits_rfc9111_5_2_1_7() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).layer(origin(
-        calls.clone(),
-        200,
-        &[("cache-control", "max-age=60")],
-    ));
+    let cache = Fixture::new(200, &[("cache-control", "max-age=60")]);
     let only = || with(Method::GET, "/a", &[("cache-control", "only-if-cached")]);
-    let res = svc.clone().oneshot(only()).await.unwrap();
+    let res = cache.send(only()).await;
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
     assert!(!res.headers().contains_key("cache-status"));
-    assert_eq!(calls.load(Ordering::SeqCst), 0);
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    let res = svc.oneshot(only()).await.unwrap();
+    assert_eq!(cache.calls(), 0);
+    cache.get("/a").await;
+    let res = cache.send(only()).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(field(&res, "x-cache"), "HIT");
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.calls(), 1);
 }
 
 #[tokio::test]
@@ -946,13 +937,16 @@ async fn tag_fields_never_leave_the_layer_unless_exposed() {
         ]
     };
     for expose in [false, true] {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let svc = layer(&FakeClock::new(T0))
-            .route("/admin/*", crate::Policy::new("admin").bypass())
-            .expose_tags(expose)
-            .layer(origin(calls, 200, tagged));
+        let cache = Fixture::with(
+            |layer| {
+                layer
+                    .route("/admin/*", crate::Policy::new("admin").bypass())
+                    .expose_tags(expose)
+            },
+            |calls| origin(calls, 200, tagged),
+        );
         for (name, req) in requests() {
-            let res = svc.clone().oneshot(req).await.unwrap();
+            let res = cache.send(req).await;
             for tag_field in ["surrogate-key", "cache-tag"] {
                 if expose && name != "a hit" && name != "a conditional hit" {
                     assert!(res.headers().contains_key(tag_field), "{name}: {tag_field}");
@@ -1055,35 +1049,28 @@ async fn a_storage_failing_behind_a_local_tier_logs_one_line_per_change_of_state
 
 #[tokio::test]
 async fn a_write_with_an_absolute_target_invalidates_it_whatever_its_host_field_rfc9111_4_4() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).layer(origin(
-        calls.clone(),
-        200,
-        &[("cache-control", "max-age=60")],
-    ));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::new(200, &[("cache-control", "max-age=60")]);
+    cache.get("/a").await;
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
     let write = Request::post("http://shop.example/a")
         .header(header::HOST, "other.example")
         .body(())
         .unwrap();
-    svc.clone().oneshot(write).await.unwrap();
-    let res = svc.oneshot(get("/a")).await.unwrap();
+    cache.send(write).await;
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "MISS");
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(cache.calls(), 3);
 }
 
 #[tokio::test]
 async fn a_response_without_date_is_stored_with_the_time_it_was_received_rfc9110_6_6_1() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(origin(calls, 200, &[("cache-control", "max-age=60")]));
+    let cache = Fixture::serving(|calls| origin(calls, 200, &[("cache-control", "max-age=60")]));
     let received = httpdate::fmt_http_date(std::time::UNIX_EPOCH + T0);
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "date"), received);
-    clock.advance(Duration::from_secs(10));
-    let res = svc.oneshot(get("/a")).await.unwrap();
+    cache.clock.advance(Duration::from_secs(10));
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
     assert_eq!(field(&res, "date"), received);
     assert_eq!(field(&res, "age"), "10");

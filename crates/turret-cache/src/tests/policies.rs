@@ -146,47 +146,47 @@ async fn events_invalidate_their_tags() {
 
 #[tokio::test]
 async fn a_custom_key_can_bypass_and_the_host_is_in_the_default_key() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock)
-        .make_key(|_: &Method, uri: &http::Uri, _: &http::HeaderMap| {
-            (!uri.path().starts_with("/private")).then(|| uri.path().to_owned())
-        })
-        .layer(origin(
-            calls.clone(),
-            200,
-            &[("cache-control", "max-age=60")],
-        ));
-    svc.clone().oneshot(get("/private/a")).await.unwrap();
-    let res = svc.clone().oneshot(get("/private/a")).await.unwrap();
+    let cache = Fixture::configured(
+        |layer| {
+            layer.make_key(|_: &Method, uri: &http::Uri, _: &http::HeaderMap| {
+                (!uri.path().starts_with("/private")).then(|| uri.path().to_owned())
+            })
+        },
+        200,
+        &[("cache-control", "max-age=60")],
+    );
+    cache.get("/private/a").await;
+    let res = cache.get("/private/a").await;
     assert_eq!(field(&res, "cache-status"), "turret; fwd=bypass");
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    cache.get("/a").await;
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
 }
 
 #[tokio::test]
 async fn key_headers_select_variants_like_vary() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock)
-        .route(
-            "*",
-            Policy::new("i18n")
-                .ttl(Duration::from_secs(60))
-                .key_headers([header::ACCEPT_LANGUAGE]),
-        )
-        .layer(origin(calls.clone(), 200, &[]));
+    let cache = Fixture::configured(
+        |layer| {
+            layer.route(
+                "*",
+                Policy::new("i18n")
+                    .ttl(Duration::from_secs(60))
+                    .key_headers([header::ACCEPT_LANGUAGE]),
+            )
+        },
+        200,
+        &[],
+    );
     let lang = |l: &'static str| {
         let mut req = get("/a");
         req.headers_mut()
             .insert("accept-language", HeaderValue::from_static(l));
         req
     };
-    svc.clone().oneshot(lang("en")).await.unwrap();
-    let res = svc.clone().oneshot(lang("fr")).await.unwrap();
+    cache.send(lang("en")).await;
+    let res = cache.send(lang("fr")).await;
     assert_eq!(field(&res, "x-cache"), "MISS");
-    let res = svc.clone().oneshot(lang("en")).await.unwrap();
+    let res = cache.send(lang("en")).await;
     assert_eq!(field(&res, "x-cache"), "HIT");
     assert_eq!(text(res).await, "body 1");
 }
@@ -235,13 +235,12 @@ async fn cdn_cache_control_overrides_cache_control_rfc9213_2_1() {
         ),
     ];
     for (headers, expected) in cases {
-        let clock = FakeClock::new(T0);
-        let calls = Arc::new(AtomicUsize::new(0));
-        let svc = layer(&clock)
-            .targeted_field(HeaderName::from_static("turret-cache-control"))
-            .layer(origin(calls, 200, headers));
-        svc.clone().oneshot(get("/a")).await.unwrap();
-        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        let cache = Fixture::with(
+            |layer| layer.targeted_field(HeaderName::from_static("turret-cache-control")),
+            |calls| origin(calls, 200, headers),
+        );
+        cache.get("/a").await;
+        let res = cache.get("/a").await;
         assert_eq!(field(&res, "x-cache"), expected, "{headers:?}");
     }
 }
@@ -260,17 +259,16 @@ async fn a_targeted_field_with_a_wrong_typed_directive_is_ignored_so_no_store_ap
         ],
     ];
     for headers in cases {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let svc = layer(&FakeClock::new(T0)).layer(origin(calls.clone(), 200, headers));
-        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        let cache = Fixture::new(200, headers);
+        let res = cache.get("/a").await;
         assert_eq!(
             field(&res, "cache-status"),
             "turret; fwd=miss",
             "{headers:?}"
         );
-        let res = svc.oneshot(get("/a")).await.unwrap();
+        let res = cache.get("/a").await;
         assert_eq!(field(&res, "x-cache"), "MISS", "{headers:?}");
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "{headers:?}");
+        assert_eq!(cache.calls(), 2, "{headers:?}");
     }
 }
 

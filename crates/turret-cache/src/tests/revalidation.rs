@@ -47,13 +47,11 @@ fn validating(
 
 #[tokio::test]
 async fn no_cache_responses_are_stored_and_revalidated_on_every_reuse_rfc9111_5_2_2_4() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(validating(calls.clone(), "no-cache"));
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::serving(|calls| validating(calls, "no-cache"));
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "cache-status"), "turret; fwd=miss; stored");
     for n in 2..=3 {
-        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        let res = cache.get("/a").await;
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(field(&res, "x-cache"), "REVALIDATED");
         assert_eq!(
@@ -64,26 +62,24 @@ async fn no_cache_responses_are_stored_and_revalidated_on_every_reuse_rfc9111_5_
         assert_eq!(field(&res, "x-version"), n.to_string());
         assert_eq!(text(res).await, "v1");
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(cache.calls(), 3);
 }
 
 #[tokio::test]
 async fn a_304_refreshes_the_stored_response_rfc9111_4_3_4() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(validating(calls.clone(), "max-age=10"));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    clock.advance(Duration::from_secs(11));
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::serving(|calls| validating(calls, "max-age=10"));
+    cache.get("/a").await;
+    cache.clock.advance(Duration::from_secs(11));
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "REVALIDATED");
     // Content-Length is never taken from the 304 (§3.2): the stored body is whole.
     assert_eq!(text(res).await, "v1");
     // Fresh again for 10 s from the revalidation.
-    clock.advance(Duration::from_secs(5));
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    cache.clock.advance(Duration::from_secs(5));
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "cache-status"), "turret; hit; ttl=5");
     assert_eq!(field(&res, "x-version"), "2");
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.calls(), 2);
 }
 
 #[tokio::test]
@@ -123,21 +119,21 @@ async fn revalidation_sends_the_stored_validators_rfc9111_4_3_1() {
 
 #[tokio::test]
 async fn conditional_requests_are_answered_from_storage_rfc9110_13_2_2() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(scripted(calls.clone(), |_, _| {
-        Ok(respond(
-            200,
-            "body",
-            &[
-                ("etag", "\"v1\""),
-                ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
-                ("cache-control", "max-age=60"),
-                ("content-type", "text/plain"),
-            ],
-        ))
-    }));
-    svc.clone().oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::serving(|calls| {
+        scripted(calls, |_, _| {
+            Ok(respond(
+                200,
+                "body",
+                &[
+                    ("etag", "\"v1\""),
+                    ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+                    ("cache-control", "max-age=60"),
+                    ("content-type", "text/plain"),
+                ],
+            ))
+        })
+    });
+    cache.get("/a").await;
     let cases: [(Headers, u16); 5] = [
         (&[("if-none-match", "\"v1\"")], 304),
         (&[("if-none-match", "W/\"v1\", \"x\"")], 304),
@@ -152,11 +148,7 @@ async fn conditional_requests_are_answered_from_storage_rfc9110_13_2_2() {
         ),
     ];
     for (headers, status) in cases {
-        let res = svc
-            .clone()
-            .oneshot(with(Method::GET, "/a", headers))
-            .await
-            .unwrap();
+        let res = cache.send(with(Method::GET, "/a", headers)).await;
         assert_eq!(res.status().as_u16(), status, "{headers:?}");
         assert_eq!(field(&res, "x-cache"), "HIT");
         if status == 304 {
@@ -167,112 +159,100 @@ async fn conditional_requests_are_answered_from_storage_rfc9110_13_2_2() {
             assert_eq!(text(res).await, "");
         }
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(cache.calls(), 1, "the handler ran once");
 }
 
 #[tokio::test]
 async fn other_preconditions_go_to_the_origin_as_sent() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(origin(
-        calls.clone(),
-        200,
-        &[("cache-control", "max-age=60")],
-    ));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    let res = svc
-        .clone()
-        .oneshot(with(Method::GET, "/a", &[("if-match", "\"x\"")]))
-        .await
-        .unwrap();
+    let cache = Fixture::new(200, &[("cache-control", "max-age=60")]);
+    cache.get("/a").await;
+    let res = cache
+        .send(with(Method::GET, "/a", &[("if-match", "\"x\"")]))
+        .await;
     assert_eq!(field(&res, "cache-status"), "turret; fwd=request");
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.calls(), 2);
 }
 
 #[tokio::test]
 async fn a_304_with_another_etag_is_passed_on_not_merged_rfc9111_4_3_4() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(scripted(calls.clone(), |n, _| {
-        Ok(if n == 1 {
-            respond(
-                200,
-                "old",
-                &[("etag", "\"v1\""), ("cache-control", "max-age=1")],
-            )
-        } else {
-            respond(
-                304,
-                "",
-                &[("etag", "\"v9\""), ("cache-control", "max-age=60")],
-            )
+    let cache = Fixture::serving(|calls| {
+        scripted(calls, |n, _| {
+            Ok(if n == 1 {
+                respond(
+                    200,
+                    "old",
+                    &[("etag", "\"v1\""), ("cache-control", "max-age=1")],
+                )
+            } else {
+                respond(
+                    304,
+                    "",
+                    &[("etag", "\"v9\""), ("cache-control", "max-age=60")],
+                )
+            })
         })
-    }));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    clock.advance(Duration::from_secs(2));
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    });
+    cache.get("/a").await;
+    cache.clock.advance(Duration::from_secs(2));
+    let res = cache.get("/a").await;
     assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(field(&res, "x-cache"), "MISS");
 }
 
 #[tokio::test]
 async fn a_head_showing_a_new_validator_invalidates_the_stale_get_rfc9111_4_3_5() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(scripted(calls.clone(), |n, _| {
-        let etag = if n == 1 { "\"v1\"" } else { "\"v2\"" };
-        Ok(respond(
-            200,
-            &format!("v{n}"),
-            &[("etag", etag), ("cache-control", "max-age=10")],
-        ))
-    }));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    clock.advance(Duration::from_secs(20));
-    let res = svc
-        .clone()
-        .oneshot(with(Method::HEAD, "/a", &[]))
-        .await
-        .unwrap();
+    let cache = Fixture::serving(|calls| {
+        scripted(calls, |n, _| {
+            let etag = if n == 1 { "\"v1\"" } else { "\"v2\"" };
+            Ok(respond(
+                200,
+                &format!("v{n}"),
+                &[("etag", etag), ("cache-control", "max-age=10")],
+            ))
+        })
+    });
+    cache.get("/a").await;
+    cache.clock.advance(Duration::from_secs(20));
+    let res = cache.send(with(Method::HEAD, "/a", &[])).await;
     assert_eq!(res.status(), StatusCode::OK);
     // The stored v1 is gone: the next GET is a plain miss, not a revalidation of v1.
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "cache-status"), "turret; fwd=miss; stored");
     assert_eq!(text(res).await, "v3");
 }
 
 #[tokio::test]
 async fn a_304_that_selects_no_stored_response_is_asked_again_unconditionally_rfc9111_4_3_4() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     // 200 "a", then every conditional request gets a 304 for "b" (the representation
     // changed), every unconditional one the 200 of "b".
-    let svc = layer(&clock).layer(scripted(calls.clone(), move |n, req| {
-        let inm = req.headers().get("if-none-match").cloned();
-        log.lock().unwrap().push(inm.clone());
-        Ok(match (n, inm) {
-            (1, _) => respond(
-                200,
-                "a",
-                &[("etag", "\"a\""), ("cache-control", "max-age=1")],
-            ),
-            (_, Some(_)) => respond(
-                304,
-                "",
-                &[("etag", "\"b\""), ("cache-control", "max-age=1")],
-            ),
-            (_, None) => respond(
-                200,
-                "b",
-                &[("etag", "\"b\""), ("cache-control", "max-age=60")],
-            ),
+    let cache = Fixture::serving(|calls| {
+        scripted(calls, move |n, req| {
+            let inm = req.headers().get("if-none-match").cloned();
+            log.lock().unwrap().push(inm.clone());
+            Ok(match (n, inm) {
+                (1, _) => respond(
+                    200,
+                    "a",
+                    &[("etag", "\"a\""), ("cache-control", "max-age=1")],
+                ),
+                (_, Some(_)) => respond(
+                    304,
+                    "",
+                    &[("etag", "\"b\""), ("cache-control", "max-age=1")],
+                ),
+                (_, None) => respond(
+                    200,
+                    "b",
+                    &[("etag", "\"b\""), ("cache-control", "max-age=60")],
+                ),
+            })
         })
-    }));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    clock.advance(Duration::from_secs(2));
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    });
+    cache.get("/a").await;
+    cache.clock.advance(Duration::from_secs(2));
+    let res = cache.get("/a").await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(field(&res, "etag"), "\"b\"");
     assert_eq!(
@@ -286,16 +266,14 @@ async fn a_304_that_selects_no_stored_response_is_asked_again_unconditionally_rf
         [None, Some(HeaderValue::from_static("\"a\"")), None]
     );
     // "b" is stored: a hit, and a client holding "b" gets its 304.
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
     assert_eq!(text(res).await, "b");
-    let res = svc
-        .clone()
-        .oneshot(with(Method::GET, "/a", &[("if-none-match", "\"b\"")]))
-        .await
-        .unwrap();
+    let res = cache
+        .send(with(Method::GET, "/a", &[("if-none-match", "\"b\"")]))
+        .await;
     assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(cache.calls(), 3);
 }
 
 #[tokio::test]
@@ -336,15 +314,12 @@ async fn a_plain_get_never_gets_a_304_and_a_client_gets_its_own_rfc9110_15_4_5()
 
 #[tokio::test]
 async fn a_304_to_head_carries_the_200s_length_and_to_get_none_rfc9110_8_6() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&FakeClock::new(T0)).layer(validating(calls.clone(), "max-age=60"));
-    svc.clone().oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::serving(|calls| validating(calls, "max-age=60"));
+    cache.get("/a").await;
     for (method, length) in [(Method::HEAD, Some("2")), (Method::GET, None)] {
-        let res = svc
-            .clone()
-            .oneshot(with(method.clone(), "/a", &[("if-none-match", "\"v1\"")]))
-            .await
-            .unwrap();
+        let res = cache
+            .send(with(method.clone(), "/a", &[("if-none-match", "\"v1\"")]))
+            .await;
         assert_eq!(res.status(), StatusCode::NOT_MODIFIED, "{method}");
         assert_eq!(
             res.headers()
@@ -354,5 +329,5 @@ async fn a_304_to_head_carries_the_200s_length_and_to_get_none_rfc9110_8_6() {
             "{method}"
         );
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.calls(), 1);
 }

@@ -30,49 +30,43 @@ where
 
 #[tokio::test]
 async fn max_stale_lets_the_client_take_a_stale_response_rfc9111_5_2_1_2() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(then(calls.clone(), "max-age=10", |_| {
-        Ok(respond(200, "v2", &[("cache-control", "max-age=10")]))
-    }));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    clock.advance(Duration::from_secs(15));
-    let res = svc
-        .clone()
-        .oneshot(with(
+    let cache = Fixture::serving(|calls| {
+        then(calls, "max-age=10", |_| {
+            Ok(respond(200, "v2", &[("cache-control", "max-age=10")]))
+        })
+    });
+    cache.get("/a").await;
+    cache.clock.advance(Duration::from_secs(15));
+    let res = cache
+        .send(with(
             Method::GET,
             "/a",
             &[("cache-control", "max-stale=10")],
         ))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(field(&res, "x-cache"), "STALE");
     assert_eq!(field(&res, "cache-status"), "turret; hit; ttl=-5");
     assert_eq!(text(res).await, "v1");
     // Too stale for max-stale=4: forwarded.
-    let res = svc
-        .clone()
-        .oneshot(with(Method::GET, "/a", &[("cache-control", "max-stale=4")]))
-        .await
-        .unwrap();
+    let res = cache
+        .send(with(Method::GET, "/a", &[("cache-control", "max-stale=4")]))
+        .await;
     assert_eq!(text(res).await, "v2");
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.calls(), 2);
 }
 
 #[tokio::test]
 async fn must_revalidate_forbids_max_stale_rfc9111_5_2_2_2() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(then(calls.clone(), "max-age=10, must-revalidate", |_| {
-        Ok(respond(200, "v2", &[]))
-    }));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    clock.advance(Duration::from_secs(15));
-    let res = svc
-        .clone()
-        .oneshot(with(Method::GET, "/a", &[("cache-control", "max-stale")]))
-        .await
-        .unwrap();
+    let cache = Fixture::serving(|calls| {
+        then(calls, "max-age=10, must-revalidate", |_| {
+            Ok(respond(200, "v2", &[]))
+        })
+    });
+    cache.get("/a").await;
+    cache.clock.advance(Duration::from_secs(15));
+    let res = cache
+        .send(with(Method::GET, "/a", &[("cache-control", "max-stale")]))
+        .await;
     assert_eq!(text(res).await, "v2");
 }
 
@@ -116,16 +110,14 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_once_rfc5861_3() {
 
 #[tokio::test]
 async fn past_the_window_the_request_waits_for_the_origin_rfc5861_3() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(then(
-        calls.clone(),
-        "max-age=10, stale-while-revalidate=5",
-        |_| Ok(respond(200, "v2", &[])),
-    ));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    clock.advance(Duration::from_secs(16));
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::serving(|calls| {
+        then(calls, "max-age=10, stale-while-revalidate=5", |_| {
+            Ok(respond(200, "v2", &[]))
+        })
+    });
+    cache.get("/a").await;
+    cache.clock.advance(Duration::from_secs(16));
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "MISS");
     assert_eq!(text(res).await, "v2");
 }
@@ -166,19 +158,18 @@ async fn stale_if_error_serves_stale_on_5xx_and_errors_rfc5861_4() {
 
 #[tokio::test]
 async fn the_policy_gives_a_stale_if_error_window_when_the_response_has_none() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock)
-        .route(
-            "*",
-            crate::Policy::new("all").stale_if_error(Duration::from_secs(60)),
-        )
-        .layer(then(calls.clone(), "max-age=10", |_| {
-            Ok(respond(502, "", &[]))
-        }));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    clock.advance(Duration::from_secs(30));
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::with(
+        |layer| {
+            layer.route(
+                "*",
+                crate::Policy::new("all").stale_if_error(Duration::from_secs(60)),
+            )
+        },
+        |calls| then(calls, "max-age=10", |_| Ok(respond(502, "", &[]))),
+    );
+    cache.get("/a").await;
+    cache.clock.advance(Duration::from_secs(30));
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "STALE");
     assert_eq!(text(res).await, "v1");
 }
@@ -190,12 +181,10 @@ async fn must_revalidate_and_an_unreachable_origin_give_504_rfc9111_5_2_2_2() {
         "max-age=10, proxy-revalidate, stale-if-error=60",
         "s-maxage=10, stale-if-error=60",
     ] {
-        let clock = FakeClock::new(T0);
-        let calls = Arc::new(AtomicUsize::new(0));
-        let svc = layer(&clock).layer(then(calls.clone(), cc, |_| Err("origin down")));
-        svc.clone().oneshot(get("/a")).await.unwrap();
-        clock.advance(Duration::from_secs(30));
-        let res = svc.clone().oneshot(get("/a")).await.unwrap();
+        let cache = Fixture::serving(|calls| then(calls, cc, |_| Err("origin down")));
+        cache.get("/a").await;
+        cache.clock.advance(Duration::from_secs(30));
+        let res = cache.get("/a").await;
         assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT, "{cc}");
         // RFC 9211 §2: based on the stored response, which was forwarded for revalidation.
         assert_eq!(
@@ -208,34 +197,27 @@ async fn must_revalidate_and_an_unreachable_origin_give_504_rfc9111_5_2_2_2() {
 
 #[tokio::test]
 async fn only_if_cached_takes_a_stale_response_only_with_max_stale_rfc9111_5_2_1_7() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(then(calls.clone(), "max-age=10", |_| {
-        Ok(respond(200, "v2", &[]))
-    }));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    clock.advance(Duration::from_secs(20));
-    let res = svc
-        .clone()
-        .oneshot(with(
+    let cache =
+        Fixture::serving(|calls| then(calls, "max-age=10", |_| Ok(respond(200, "v2", &[]))));
+    cache.get("/a").await;
+    cache.clock.advance(Duration::from_secs(20));
+    let res = cache
+        .send(with(
             Method::GET,
             "/a",
             &[("cache-control", "only-if-cached")],
         ))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
-    let res = svc
-        .clone()
-        .oneshot(with(
+    let res = cache
+        .send(with(
             Method::GET,
             "/a",
             &[("cache-control", "only-if-cached, max-stale")],
         ))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(text(res).await, "v1");
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.calls(), 1);
 }
 
 #[tokio::test]
