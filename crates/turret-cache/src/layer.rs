@@ -53,9 +53,10 @@ pub enum SetCookie {
 /// the backends they talk to, and the live state of the requests in flight.
 ///
 /// One type rather than a `Config` beside a state struct: every decision reads both through
-/// one `Arc`, the builder writes settings through `Arc::make_mut` before any service exists,
-/// and the live parts are `Arc`s of their own, so every clone shares them (ARCHITECTURE.md,
-/// "Where the cache departs from the tower-http shape").
+/// one `Arc`, the builder writes settings through `Arc::make_mut` (copy on write), and the
+/// live parts are `Arc`s of their own, so every clone shares them, even one whose settings
+/// were changed after it was cloned (ARCHITECTURE.md, "Where the cache departs from the
+/// tower-http shape").
 #[derive(Clone)]
 pub(crate) struct Shared {
     // Backends.
