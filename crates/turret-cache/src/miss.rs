@@ -25,6 +25,26 @@ use crate::{
     validate,
 };
 
+/// The inner service as the slow path holds it: a coalesced fill and a background refresh
+/// run on spawned tasks, so the service, its future and its error are `Send + 'static`.
+pub(crate) trait Inner<ReqBody, B>:
+    Service<Request<ReqBody>, Response = Response<B>, Future: Send + 'static, Error: Send + 'static>
+    + Send
+    + 'static
+{
+}
+
+impl<S, ReqBody, B> Inner<ReqBody, B> for S where
+    S: Service<
+            Request<ReqBody>,
+            Response = Response<B>,
+            Future: Send + 'static,
+            Error: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
 /// The `Cache-Status` member of a request sent on by a hit-for-miss marker.
 const PASS_MEMBER: &str = "fwd=miss; detail=hit-for-miss";
 
@@ -38,12 +58,9 @@ pub(crate) fn looked_up<S, ReqBody, B>(
     mut pending: StorageFuture<Variants>,
 ) -> ResponseFuture<S::Future, B, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: Inner<ReqBody, B>,
     ReqBody: Default + Send + 'static,
-    B: Body + Send + 'static,
-    B::Error: Send + 'static,
+    B: Body<Error: Send + 'static> + Send + 'static,
 {
     let answered = pending.take_ready();
     ResponseFuture::boxed(Box::pin(async move {
@@ -76,12 +93,9 @@ async fn decide<S, ReqBody, B>(
     found: Lookup,
 ) -> Result<Response<ResponseBody<B>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: Inner<ReqBody, B>,
     ReqBody: Default + Send + 'static,
-    B: Body + Send + 'static,
-    B::Error: Send + 'static,
+    B: Body<Error: Send + 'static> + Send + 'static,
 {
     let now = ctx.shared.clock.now();
     match found {
@@ -228,12 +242,9 @@ fn refresh_in_background<S, ReqBody, B>(
     mut req: Request<ReqBody>,
     entry: Arc<CachedResponse>,
 ) where
-    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: Inner<ReqBody, B>,
     ReqBody: Default + Send + 'static,
-    B: Body + Send + 'static,
-    B::Error: Send + 'static,
+    B: Body<Error: Send + 'static> + Send + 'static,
 {
     if !lock(&ctx.shared.refreshing).insert(ctx.key.clone()) {
         return;
@@ -295,12 +306,9 @@ async fn forward_get<S, ReqBody, B>(
     stale: Option<Arc<CachedResponse>>,
 ) -> Result<Response<ResponseBody<B>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: Inner<ReqBody, B>,
     ReqBody: Default + Send + 'static,
-    B: Body + Send + 'static,
-    B::Error: Send + 'static,
+    B: Body<Error: Send + 'static> + Send + 'static,
 {
     let client = req.headers().clone();
     match &stale {
