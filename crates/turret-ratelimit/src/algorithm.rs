@@ -248,6 +248,21 @@ mod tests {
         }
         // Long-run rate: 5 burst + 5/s × 4 s.
         assert!(admitted.len() <= 5 + 20, "{}", admitted.len());
+
+        // And no fewer: the burst at once (the first five steps, 10 ms apart), then exactly
+        // one every 200 ms (the first at 200 ms, the last at 3.8 s). A limiter that refuses
+        // what the quota allows fails here.
+        let ms = |t: &u64| (t - 10 * S) / 1000;
+        let expected: Vec<u64> = [0, 10, 20, 30, 40]
+            .into_iter()
+            .chain((1..=19).map(|k| k * 200))
+            .collect();
+        assert_eq!(admitted.iter().map(ms).collect::<Vec<_>>(), expected);
+        // The bound is reached: burst + count (10) in the second from the first request,
+        // its end included (the 10th at exactly 1 s).
+        let first = admitted[0];
+        let reached = admitted.iter().filter(|&&t| t <= first + S).count();
+        assert_eq!(reached, 5 + 5);
     }
 
     #[test]

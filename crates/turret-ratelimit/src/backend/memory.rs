@@ -622,13 +622,49 @@ mod tests {
         let clock = FakeMicrosClock::default();
         let b = MemoryBackend::with_clock(clock.clone()).max_keys(6400);
         let q = Quota::per_second(1);
+        let start = clock.now_micros();
+        // Key `i` is decided at `start` + 100 ms × ⌈i / 1000⌉.
+        let decided_at = |i: u64| start + 100_000 * i.div_ceil(1000);
         for i in 0..100_000u32 {
-            b.decide_now("p", &i.to_string(), &q, 1);
+            assert!(b.decide_now("p", &i.to_string(), &q, 1).allowed, "key {i}");
             if i % 1000 == 0 {
                 clock.advance(Duration::from_millis(100));
             }
         }
         assert!(b.len() <= 6400, "{}", b.len());
+
+        // The last second's 10,000 keys are all in use and more than fit. A full shard sweeps
+        // only idle keys and then evicts an eighth, so at least 7/8 of what the backend can
+        // hold are keys in use, each with its own state: admitted once at its time, so its
+        // TAT is that time + 1 s, and it is refused until then. A backend that stores nothing,
+        // keeps the wrong state, or empties a full shard fails here.
+        let now = clock.now_micros();
+        let mut active = 0;
+        for shard in b.shards.iter() {
+            let mut shard = shard.lock().unwrap();
+            for (k, state) in shard.map.iter_mut() {
+                let i: u64 = std::str::from_utf8(k.key.as_bytes())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let state = state.get_mut();
+                let KeyState::Counters(c) = *state else {
+                    panic!("key {i}: not a GCRA state")
+                };
+                assert_eq!(c.tat(), decided_at(i) + 1_000_000, "key {i}");
+                if !state.is_idle(now, &q) {
+                    active += 1;
+                    let d = state.clone().decide(now, &q, 1);
+                    assert!(!d.allowed, "key {i} in use but admitted again");
+                    assert_eq!(d.remaining, 0, "key {i}");
+                }
+            }
+        }
+        assert!(active >= 6400 * 7 / 8, "{active} keys in use kept of 6,400");
+        // The last key is kept and refused, and the refusal writes nothing.
+        let len = b.len();
+        assert!(!b.decide_now("p", "99999", &q, 1).allowed);
+        assert_eq!(b.len(), len);
     }
 
     #[test]
