@@ -54,11 +54,12 @@
 //! use turret_redis::{Redis, RedisConfig};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // Per API key: 1,000 an hour, searches cost 5.
+//! // Per API key: 1,000 an hour.
 //! let per_key = RateLimitLayer::new(Quota::per_hour(1000))
 //!     .key(HeaderKey::new("x-api-key"));
 //!
-//! // Per client IP behind a load balancer at 10.0.0.0/8, stricter on writes.
+//! // Per client IP behind a load balancer at 10.0.0.0/8: stricter on writes, and a search
+//! // costs 5 of its policy's 100 a minute.
 //! let per_route = RateLimitLayer::new(Quota::per_minute(100))
 //!     .policy(Policy::new("writes", Quota::per_minute(10)).methods([Method::POST, Method::PUT]))
 //!     .policy(Policy::new("search", Quota::per_minute(100)).path("/search").cost(|_| 5))
