@@ -815,18 +815,25 @@ mod stale;
 
 type Scripted = Response<Full<Bytes>>;
 
+/// A scripted origin: answers [`Scripted`] responses or `&'static str` errors.
+trait ScriptedOrigin:
+    Service<Request<()>, Response = Scripted, Error = &'static str, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> ScriptedOrigin for S where
+    S: Service<Request<()>, Response = Scripted, Error = &'static str, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// An origin whose answer `f(call number, request)` decides; errors are `&'static str`.
-fn scripted<F>(
-    calls: Arc<AtomicUsize>,
-    f: F,
-) -> impl Service<
-    Request<()>,
-    Response = Scripted,
-    Error = &'static str,
-    Future = impl Future<Output = Result<Scripted, &'static str>> + Send,
-> + Clone
-+ Send
-+ 'static
+fn scripted<F>(calls: Arc<AtomicUsize>, f: F) -> impl ScriptedOrigin
 where
     F: Fn(usize, &Request<()>) -> Result<Scripted, &'static str> + Clone + Send + Sync + 'static,
 {

@@ -5,17 +5,7 @@ use super::*;
 
 /// An origin with a validator: answers 304 to a matching `If-None-Match`, else 200 with the
 /// body `v1` and `extra` fields.
-fn validating(
-    calls: Arc<AtomicUsize>,
-    cache_control: &'static str,
-) -> impl Service<
-    Request<()>,
-    Response = Scripted,
-    Error = &'static str,
-    Future = impl Future<Output = Result<Scripted, &'static str>> + Send,
-> + Clone
-+ Send
-+ 'static {
+fn validating(calls: Arc<AtomicUsize>, cache_control: &'static str) -> impl ScriptedOrigin {
     scripted(calls, move |n, req| {
         let current = req
             .headers()

@@ -4,18 +4,7 @@
 use super::*;
 
 /// First call: 200 `v1` with `cache_control`; later calls: `later(n)`.
-fn then<F>(
-    calls: Arc<AtomicUsize>,
-    cache_control: &'static str,
-    later: F,
-) -> impl Service<
-    Request<()>,
-    Response = Scripted,
-    Error = &'static str,
-    Future = impl Future<Output = Result<Scripted, &'static str>> + Send,
-> + Clone
-+ Send
-+ 'static
+fn then<F>(calls: Arc<AtomicUsize>, cache_control: &'static str, later: F) -> impl ScriptedOrigin
 where
     F: Fn(usize) -> Result<Scripted, &'static str> + Clone + Send + Sync + 'static,
 {
