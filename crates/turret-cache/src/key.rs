@@ -238,18 +238,17 @@ pub(crate) fn same_origin_target(request_origin: (&str, &str), location: &str) -
     if !same {
         return None;
     }
-    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-    Uri::builder()
-        .scheme(scheme)
-        .authority(host)
-        .path_and_query(path_and_query)
-        .build()
-        .ok()
+    at_origin(scheme, host, &uri)
 }
 
 /// The absolute URI of a request (for invalidating its target).
 pub(crate) fn absolute(uri: &Uri, headers: &HeaderMap) -> Option<Uri> {
     let (scheme, host) = origin(uri, headers);
+    at_origin(scheme, host, uri)
+}
+
+/// `uri`'s path and query at `scheme://host`.
+fn at_origin(scheme: &str, host: &str, uri: &Uri) -> Option<Uri> {
     let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
     Uri::builder()
         .scheme(scheme)

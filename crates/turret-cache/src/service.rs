@@ -58,20 +58,7 @@ impl<S> ResponseCache<S> {
         ResponseCacheLayer::new()
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the cache, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    turret_body::inner_service_accessors!();
 
     /// Fills the cache ahead of traffic: sends each request through the cache (as a client
     /// would, so every storing rule applies) and reads the responses to their end. Returns
