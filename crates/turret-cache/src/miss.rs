@@ -364,16 +364,8 @@ where
                     return finish(&ctx, done, PASS_MEMBER, None, &client);
                 }
                 Ok(Some(entry)) if entry.matches(&client) => {
-                    ctx.policy.count(Outcome::Collapsed);
                     tracing::debug!(key = %ctx.key, "served from a coalesced exchange");
-                    let mut res = reuse(entry, now, false, &client);
-                    annotate(
-                        &ctx.shared,
-                        &mut res,
-                        &format!("{member}; collapsed"),
-                        "MISS",
-                    );
-                    return Ok(res);
+                    return Ok(collapsed(&ctx, reuse(entry, now, false, &client), member));
                 }
                 _ => {}
             }
@@ -381,6 +373,18 @@ where
             finish(&ctx, done, member, stale.as_deref(), &client)
         }
     }
+}
+
+/// A response made from another request's exchange: counted and annotated `collapsed`.
+fn collapsed<B>(ctx: &Ctx, mut res: Response<B>, member: &str) -> Response<B> {
+    ctx.policy.count(Outcome::Collapsed);
+    annotate(
+        &ctx.shared,
+        &mut res,
+        &format!("{member}; collapsed"),
+        "MISS",
+    );
+    res
 }
 
 /// The answer to one request from its exchange: stale on error when allowed
@@ -428,18 +432,11 @@ fn finish<B: Body, E>(
     let Some(origin_status) = origin_status else {
         // Filled by another instance while this one waited for the lease: `res` is already
         // the stored response; only a client whose copy is current gets a 304 instead.
-        ctx.policy.count(Outcome::Collapsed);
-        let mut res = match &entry {
+        let res = match &entry {
             Some(entry) if validate::is_conditional(client) => reuse(entry, now, false, client),
             _ => res,
         };
-        annotate(
-            &ctx.shared,
-            &mut res,
-            &format!("{member}; collapsed"),
-            "MISS",
-        );
-        return Ok(res);
+        return Ok(collapsed(ctx, res, member));
     };
     if let Some(entry) = &entry
         && validate::is_conditional(client)

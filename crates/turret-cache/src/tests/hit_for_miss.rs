@@ -219,24 +219,20 @@ async fn an_origin_cannot_forge_a_marker() {
 
 #[tokio::test]
 async fn invalidating_the_url_or_its_tag_removes_the_marker() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let cache = layer(&clock);
-    let invalidator = cache.invalidator();
-    let svc = cache.layer(origin(
-        calls.clone(),
+    let cache = Fixture::new(
         200,
         &[("cache-control", "private"), ("surrogate-key", "me")],
-    ));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    invalidator.invalidate_tag("me").await.unwrap();
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    );
+    cache.get("/a").await;
+    cache.invalidator.invalidate_tag("me").await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "cache-status"), "turret; fwd=miss");
-    invalidator
+    cache
+        .invalidator
         .invalidate(&"http://shop.example/a".parse().unwrap())
         .await
         .unwrap();
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "cache-status"), "turret; fwd=miss");
 }
 

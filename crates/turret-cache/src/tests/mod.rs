@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
 use crate::{
-    CacheStorage, CachedResponse, FakeClock, Purge, ResponseBody, ResponseCache,
+    CacheInvalidator, CacheStorage, CachedResponse, FakeClock, Purge, ResponseBody, ResponseCache,
     ResponseCacheLayer, StorageError, StorageFuture, Variants,
 };
 
@@ -71,6 +71,8 @@ fn layer(clock: &FakeClock) -> ResponseCacheLayer {
 struct Fixture<S> {
     clock: FakeClock,
     calls: Arc<AtomicUsize>,
+    /// The layer's invalidator.
+    invalidator: CacheInvalidator,
     svc: ResponseCache<S>,
 }
 
@@ -103,13 +105,32 @@ impl<S> Fixture<S> {
     ) -> Self {
         let clock = FakeClock::new(T0);
         let calls = Arc::new(AtomicUsize::new(0));
-        let svc = configure(layer(&clock)).layer(make(calls.clone()));
-        Self { clock, calls, svc }
+        let layer = configure(layer(&clock));
+        let invalidator = layer.invalidator();
+        let svc = layer.layer(make(calls.clone()));
+        Self {
+            clock,
+            calls,
+            invalidator,
+            svc,
+        }
     }
 
     /// How many times the origin was called.
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Lets a refresh on a spawned task run: yields until the origin was called `calls`
+    /// times (at most 100 times), then once more for its fill.
+    async fn settle(&self, calls: usize) {
+        for _ in 0..100 {
+            if self.calls() == calls {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        tokio::task::yield_now().await;
     }
 }
 

@@ -6,8 +6,9 @@ use turret_stampede::LeaseLock;
 use super::*;
 use crate::{MemoryStorage, Policy, QueryKey, SetCookie};
 
-fn shop_layer(clock: &FakeClock) -> ResponseCacheLayer {
-    layer(clock)
+/// The shop's routes on `layer`.
+fn shop(layer: ResponseCacheLayer) -> ResponseCacheLayer {
+    layer
         .route(
             "/products/*",
             Policy::new("products")
@@ -25,19 +26,11 @@ fn shop_layer(clock: &FakeClock) -> ResponseCacheLayer {
 
 #[tokio::test]
 async fn each_route_gets_its_policy_ttl() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = shop_layer(&clock).layer(origin(calls.clone(), 200, &[]));
+    let cache = Fixture::configured(shop, 200, &[]);
     for path in ["/products/1", "/categories/1", "/admin/x", "/other"] {
-        svc.clone().oneshot(get(path)).await.unwrap();
+        cache.get(path).await;
     }
-    let ttl = |path: &'static str| {
-        let svc = svc.clone();
-        async move {
-            let res = svc.oneshot(get(path)).await.unwrap();
-            field(&res, "cache-status")
-        }
-    };
+    let ttl = async |path: &'static str| field(&cache.get(path).await, "cache-status");
     assert_eq!(ttl("/products/1").await, "turret; hit; ttl=300");
     assert_eq!(ttl("/categories/1").await, "turret; hit; ttl=3600");
     assert_eq!(ttl("/admin/x").await, "turret; fwd=bypass");
@@ -48,99 +41,77 @@ async fn each_route_gets_its_policy_ttl() {
 
 #[tokio::test]
 async fn only_the_listed_query_parameters_are_in_the_key() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = shop_layer(&clock).layer(origin(calls.clone(), 200, &[]));
-    svc.clone()
-        .oneshot(get("/products?limit=10&skip=0&utm_source=x"))
-        .await
-        .unwrap();
-    let res = svc
-        .clone()
-        .oneshot(get("/products?skip=0&limit=10"))
-        .await
-        .unwrap();
+    let cache = Fixture::configured(shop, 200, &[]);
+    cache.get("/products?limit=10&skip=0&utm_source=x").await;
+    let res = cache.get("/products?skip=0&limit=10").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
-    let res = svc
-        .clone()
-        .oneshot(get("/products?skip=10&limit=10"))
-        .await
-        .unwrap();
+    let res = cache.get("/products?skip=10&limit=10").await;
     assert_eq!(field(&res, "x-cache"), "MISS");
 }
 
 #[tokio::test]
 async fn tags_come_from_the_policy_and_surrogate_key_and_are_stripped() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let layer = shop_layer(&clock);
-    let invalidator = layer.invalidator();
-    let svc = layer.layer(scripted(calls.clone(), |n, req| {
-        let id = req.uri().path().rsplit('/').next().unwrap().to_owned();
-        Ok(respond(
-            200,
-            &format!("{id} v{n}"),
-            &[("surrogate-key", &format!("product:{id} catalogue"))],
-        ))
-    }));
-    let res = svc.clone().oneshot(get("/products/1")).await.unwrap();
+    let cache = Fixture::with(shop, |calls| {
+        scripted(calls, |n, req| {
+            let id = req.uri().path().rsplit('/').next().unwrap().to_owned();
+            Ok(respond(
+                200,
+                &format!("{id} v{n}"),
+                &[("surrogate-key", &format!("product:{id} catalogue"))],
+            ))
+        })
+    });
+    let res = cache.get("/products/1").await;
     assert!(res.headers().get("surrogate-key").is_none());
-    svc.clone().oneshot(get("/products/2")).await.unwrap();
-    let res = svc.clone().oneshot(get("/products/1")).await.unwrap();
+    cache.get("/products/2").await;
+    let res = cache.get("/products/1").await;
     assert!(res.headers().get("surrogate-key").is_none());
     assert_eq!(field(&res, "x-cache"), "HIT");
 
-    invalidator.invalidate_tag("product:1").await.unwrap();
-    let hit = |path: &'static str| {
-        let svc = svc.clone();
-        async move { field(&svc.oneshot(get(path)).await.unwrap(), "x-cache") }
-    };
+    cache.invalidator.invalidate_tag("product:1").await.unwrap();
+    let hit = async |path: &'static str| field(&cache.get(path).await, "x-cache");
     assert_eq!(hit("/products/1").await, "MISS");
     assert_eq!(hit("/products/2").await, "HIT");
     // The policy's tag covers every product.
-    invalidator.invalidate_tag("products").await.unwrap();
+    cache.invalidator.invalidate_tag("products").await.unwrap();
     assert_eq!(hit("/products/1").await, "MISS");
     assert_eq!(hit("/products/2").await, "MISS");
 }
 
 #[tokio::test]
 async fn a_successful_write_invalidates_the_tags_of_its_write_rule() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = shop_layer(&clock).layer(scripted(calls.clone(), |_, req| {
-        Ok(if req.method() == Method::POST {
-            respond(201, "", &[("location", "/products/99")])
-        } else {
-            respond(200, "list", &[])
+    let cache = Fixture::with(shop, |calls| {
+        scripted(calls, |_, req| {
+            Ok(if req.method() == Method::POST {
+                respond(201, "", &[("location", "/products/99")])
+            } else {
+                respond(200, "list", &[])
+            })
         })
-    }));
-    svc.clone().oneshot(get("/products?skip=0")).await.unwrap();
-    svc.clone().oneshot(get("/products/1")).await.unwrap();
-    let res = svc
-        .clone()
-        .oneshot(with(Method::POST, "/products", &[]))
-        .await
-        .unwrap();
+    });
+    cache.get("/products?skip=0").await;
+    cache.get("/products/1").await;
+    let res = cache.send(with(Method::POST, "/products", &[])).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     for path in ["/products?skip=0", "/products/1"] {
-        let res = svc.clone().oneshot(get(path)).await.unwrap();
+        let res = cache.send(get(path)).await;
         assert_eq!(field(&res, "x-cache"), "MISS", "{path}");
     }
 }
 
 #[tokio::test]
 async fn events_invalidate_their_tags() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let layer = shop_layer(&clock).on_event("catalogue-imported", ["products"]);
-    let invalidator = layer.invalidator();
-    let svc = layer.layer(origin(calls.clone(), 200, &[]));
-    svc.clone().oneshot(get("/products/1")).await.unwrap();
-    invalidator.emit("unknown-event").await.unwrap();
-    let res = svc.clone().oneshot(get("/products/1")).await.unwrap();
+    let cache = Fixture::configured(
+        |layer| shop(layer).on_event("catalogue-imported", ["products"]),
+        200,
+        &[],
+    );
+    cache.get("/products/1").await;
+    cache.invalidator.emit("unknown-event").await.unwrap();
+    let res = cache.get("/products/1").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
-    invalidator.emit("catalogue-imported").await.unwrap();
-    let res = svc.clone().oneshot(get("/products/1")).await.unwrap();
+    cache.invalidator.emit("catalogue-imported").await.unwrap();
+    let res = cache.get("/products/1").await;
     assert_eq!(field(&res, "x-cache"), "MISS");
 }
 
@@ -299,17 +270,16 @@ async fn set_cookie_is_never_replayed() {
 
 #[tokio::test]
 async fn warm_fills_the_cache_ahead_of_traffic() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = shop_layer(&clock).layer(origin(calls.clone(), 200, &[]));
-    let warmed = svc
+    let cache = Fixture::configured(shop, 200, &[]);
+    let warmed = cache
+        .svc
         .warm(["/products/1", "/products/2", "/other"].map(get))
         .await
         .unwrap();
     assert_eq!(warmed, 2, "/other is not cacheable");
-    let res = svc.clone().oneshot(get("/products/2")).await.unwrap();
+    let res = cache.get("/products/2").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(cache.calls(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

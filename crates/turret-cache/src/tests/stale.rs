@@ -61,19 +61,19 @@ async fn must_revalidate_forbids_max_stale_rfc9111_5_2_2_2() {
 
 #[tokio::test]
 async fn stale_while_revalidate_serves_at_once_and_refreshes_once_rfc5861_3() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let svc = layer(&clock).layer(scripted(calls.clone(), |n, _| {
-        Ok(respond(
-            200,
-            &format!("v{n}"),
-            &[("cache-control", "max-age=10, stale-while-revalidate=30")],
-        ))
-    }));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    clock.advance(Duration::from_secs(20));
+    let cache = Fixture::serving(|calls| {
+        scripted(calls, |n, _| {
+            Ok(respond(
+                200,
+                &format!("v{n}"),
+                &[("cache-control", "max-age=10, stale-while-revalidate=30")],
+            ))
+        })
+    });
+    cache.get("/a").await;
+    cache.clock.advance(Duration::from_secs(20));
     // Ten concurrent requests within the window: all get v1 at once, one refresh runs.
-    let responses = futures_join_all((0..10).map(|_| svc.clone().oneshot(get("/a")))).await;
+    let responses = futures_join_all((0..10).map(|_| cache.svc.clone().oneshot(get("/a")))).await;
     for res in responses {
         let res = res.unwrap();
         assert_eq!(field(&res, "x-cache"), "STALE");
@@ -84,15 +84,9 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_once_rfc5861_3() {
         assert_eq!(text(res).await, "v1");
     }
     // The refresh runs on a spawned task.
-    for _ in 0..100 {
-        if calls.load(Ordering::SeqCst) == 2 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    tokio::task::yield_now().await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "exactly one refresh");
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    cache.settle(2).await;
+    assert_eq!(cache.calls(), 2, "exactly one refresh");
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
     assert_eq!(text(res).await, "v2");
 }
@@ -211,34 +205,26 @@ async fn only_if_cached_takes_a_stale_response_only_with_max_stale_rfc9111_5_2_1
 
 #[tokio::test]
 async fn soft_purge_keeps_serving_stale_while_one_request_refreshes() {
-    let clock = FakeClock::new(T0);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let layer = layer(&clock);
-    let invalidator = layer.invalidator();
-    let svc = layer.layer(scripted(calls.clone(), |n, _| {
-        Ok(respond(
-            200,
-            &format!("v{n}"),
-            &[
-                ("cache-control", "max-age=300, stale-while-revalidate=60"),
-                ("surrogate-key", "products"),
-            ],
-        ))
-    }));
-    svc.clone().oneshot(get("/a")).await.unwrap();
-    invalidator.soft_purge_tag("products").await.unwrap();
-    clock.advance(Duration::from_secs(1));
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    let cache = Fixture::serving(|calls| {
+        scripted(calls, |n, _| {
+            Ok(respond(
+                200,
+                &format!("v{n}"),
+                &[
+                    ("cache-control", "max-age=300, stale-while-revalidate=60"),
+                    ("surrogate-key", "products"),
+                ],
+            ))
+        })
+    });
+    cache.get("/a").await;
+    cache.invalidator.soft_purge_tag("products").await.unwrap();
+    cache.clock.advance(Duration::from_secs(1));
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "STALE");
     assert_eq!(text(res).await, "v1");
-    for _ in 0..100 {
-        if calls.load(Ordering::SeqCst) == 2 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    tokio::task::yield_now().await;
-    let res = svc.clone().oneshot(get("/a")).await.unwrap();
+    cache.settle(2).await;
+    let res = cache.get("/a").await;
     assert_eq!(field(&res, "x-cache"), "HIT");
     assert_eq!(text(res).await, "v2");
 }
