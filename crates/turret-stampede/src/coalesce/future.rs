@@ -5,7 +5,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::{Buf, BufMut as _, BytesMut};
+use bytes::Buf;
 use http::{HeaderMap, HeaderName, Request, Response, header, response::Parts};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -13,6 +13,7 @@ use tower_service::Service;
 
 use super::{
     ResponseBody,
+    body::{CollectBounded, Collected, collect_bounded, concat},
     layer::Config,
     service::{Coalesced, LeaderGuard, Outcome, SharedResponse, Waiting},
 };
@@ -48,12 +49,9 @@ pin_project! {
         },
         // The leader collects a body small enough to share.
         Collecting {
-            body: Option<Pin<Box<B>>>,
+            collect: CollectBounded<B>,
             parts: Option<Parts>,
-            buf: BytesMut,
-            trailers: Option<HeaderMap>,
             guard: Option<LeaderGuard>,
-            max_body: usize,
         },
         // A follower waits for the leader's outcome, holding its own ready service.
         Waiting {
@@ -132,7 +130,7 @@ fn varies_only_on(headers: &HeaderMap, coalesced_on: &[HeaderName]) -> bool {
 }
 
 fn fanned_out<B: Body>(shared: &SharedResponse) -> Response<ResponseBody<B>> {
-    let mut res = Response::new(ResponseBody::full(
+    let mut res = Response::new(ResponseBody::with_trailers(
         shared.body.clone(),
         shared.trailers.clone(),
     ));
@@ -181,88 +179,45 @@ where
                     }
                     let (parts, body) = res.into_parts();
                     let next = State::Collecting {
-                        body: Some(Box::pin(body)),
+                        collect: collect_bounded(body, max_body as u64),
                         parts: Some(parts),
-                        buf: BytesMut::new(),
-                        trailers: None,
                         guard: guard.take(),
-                        max_body,
                     };
                     this.state.set(next);
                 }
                 StateProj::Collecting {
-                    body,
+                    collect,
                     parts,
-                    buf,
-                    trailers,
                     guard,
-                    max_body,
                 } => {
-                    let Some(inner) = body.as_mut() else {
+                    if parts.is_none() {
                         // Polled after completion.
                         return Poll::Pending;
-                    };
-                    loop {
-                        match ready!(inner.as_mut().poll_frame(cx)) {
-                            Some(Ok(frame)) => match frame.into_data() {
-                                Ok(data) => {
-                                    buf.put(data);
-                                    if buf.len() > *max_body {
-                                        // The size hint lied: stop sharing, hand the leader
-                                        // what was read and the rest.
-                                        release(guard);
-                                        let (Some(parts), Some(inner)) =
-                                            (parts.take(), body.take())
-                                        else {
-                                            return Poll::Pending;
-                                        };
-                                        let prefix = buf.split().freeze();
-                                        return Poll::Ready(Ok(Response::from_parts(
-                                            parts,
-                                            ResponseBody::resumed(prefix, inner, None),
-                                        )));
-                                    }
-                                }
-                                Err(frame) => {
-                                    if let Ok(t) = frame.into_trailers() {
-                                        trailers.get_or_insert_with(HeaderMap::new).extend(t);
-                                    }
-                                }
-                            },
-                            Some(Err(e)) => {
-                                release(guard);
-                                let (Some(parts), Some(inner)) = (parts.take(), body.take()) else {
-                                    return Poll::Pending;
-                                };
-                                let prefix = buf.split().freeze();
-                                return Poll::Ready(Ok(Response::from_parts(
-                                    parts,
-                                    ResponseBody::resumed(prefix, inner, Some(e)),
-                                )));
-                            }
-                            None => {
-                                let Some(parts) = parts.take() else {
-                                    return Poll::Pending;
-                                };
-                                body.take();
-                                let data = buf.split().freeze();
-                                let trailers = trailers.take();
-                                if let Some(mut guard) = guard.take() {
-                                    guard.finish(Outcome::Response(Arc::new(SharedResponse {
-                                        status: parts.status,
-                                        version: parts.version,
-                                        headers: parts.headers.clone(),
-                                        body: data.clone(),
-                                        trailers: trailers.clone(),
-                                    })));
-                                }
-                                return Poll::Ready(Ok(Response::from_parts(
-                                    parts,
-                                    ResponseBody::full(data, trailers),
-                                )));
-                            }
-                        }
                     }
+                    let collected = ready!(Pin::new(collect).poll(cx));
+                    let Some(parts) = parts.take() else {
+                        return Poll::Pending;
+                    };
+                    let Collected::Whole { chunks, trailers } = collected else {
+                        // The size hint lied, or the body failed: stop sharing, hand the
+                        // leader what was read, then the rest or the error.
+                        release(guard);
+                        return Poll::Ready(Ok(Response::from_parts(parts, collected.into_body())));
+                    };
+                    let data = concat(&chunks);
+                    if let Some(mut guard) = guard.take() {
+                        guard.finish(Outcome::Response(Arc::new(SharedResponse {
+                            status: parts.status,
+                            version: parts.version,
+                            headers: parts.headers.clone(),
+                            body: data.clone(),
+                            trailers: trailers.clone(),
+                        })));
+                    }
+                    return Poll::Ready(Ok(Response::from_parts(
+                        parts,
+                        ResponseBody::with_trailers(data, trailers),
+                    )));
                 }
                 StateProj::Waiting {
                     waiting,

@@ -135,20 +135,7 @@ impl<S> Coalesce<S> {
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    turret_body::inner_service_accessors!();
 
     /// Requests in flight that others may join.
     pub fn in_flight(&self) -> usize {
