@@ -66,12 +66,11 @@ impl<S> ResponseCache<S> {
     pub async fn warm<ReqBody, ResBody, I>(&self, requests: I) -> Result<usize, S::Error>
     where
         I: IntoIterator<Item = Request<ReqBody>>,
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-        ReqBody: Default + Send + 'static,
-        ResBody: Body + Send + 'static,
-        ResBody::Error: Send + 'static,
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Body,
+        // Wherever the cache is a service.
+        Self: Service<Request<ReqBody>, Response = Response<ResponseBody<ResBody>>, Error = S::Error>
+            + Clone,
     {
         let mut warmed = 0;
         for req in requests {
