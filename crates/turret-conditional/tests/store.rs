@@ -16,7 +16,9 @@ use http_body_util::Full;
 use tokio::sync::{Notify, watch};
 use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
 use turret_conditional::{ConditionalLayer, ResponseBody, ValidatorStore};
+#[cfg(feature = "redis")]
 use turret_redis::{Redis, RedisConfig};
+#[cfg(feature = "redis")]
 use turret_testkit::RedisServer;
 
 type Svc = BoxCloneService<Request<()>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
@@ -352,6 +354,7 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Ou
     .await
 }
 
+#[cfg(feature = "redis")]
 async fn redis_store(server: &RedisServer) -> ValidatorStore {
     let config = RedisConfig::from_url(&server.url())
         .unwrap()
@@ -359,6 +362,7 @@ async fn redis_store(server: &RedisServer) -> ValidatorStore {
     ValidatorStore::redis(Redis::connect(config).await.unwrap())
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_lets_exactly_one_writer_through_across_four_instances() {
     let server = RedisServer::start();
@@ -369,18 +373,21 @@ async fn redis_store_lets_exactly_one_writer_through_across_four_instances() {
     one_writer_wins(stores, 16).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_store_releases_failed_and_dropped_claims() {
     let server = RedisServer::start();
     claims_are_released(redis_store(&server).await).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_store_tracks_creates_and_deletes() {
     let server = RedisServer::start();
     creates_and_deletes(redis_store(&server).await).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_claims_expire_with_their_ttl() {
     let server = RedisServer::start();
@@ -411,6 +418,7 @@ async fn redis_claims_expire_with_their_ttl() {
     }
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_down_fails_open() {
     let mut server = RedisServer::start();
@@ -427,6 +435,7 @@ async fn redis_down_fails_open() {
     assert_eq!(send(&svc, Method::GET, &[]).await.status(), 200);
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_store_lets_exactly_one_writer_through_across_four_instances() {
     let cluster = turret_testkit::RedisCluster::start(3);

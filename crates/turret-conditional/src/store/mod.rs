@@ -2,14 +2,17 @@
 //! a user's [`ValidatorSource`] or the built-in [`ValidatorStore`].
 
 mod memory;
+#[cfg(feature = "redis")]
 mod redis;
 
+#[cfg(feature = "redis")]
+use std::sync::{Mutex, PoisonError};
 use std::{
     fmt,
     future::Future,
     pin::Pin,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
@@ -20,6 +23,7 @@ use http::{HeaderValue, Method};
 use crate::headers::{Conditions, Current, EntityTag, from_secs, to_secs};
 
 pub(crate) use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
 pub(crate) use self::redis::RedisStore;
 
 /// A type-erased error, as returned by a [`ValidatorSource`].
@@ -227,13 +231,22 @@ where
 
 /// An error of the built-in store (only the Redis store fails).
 #[derive(Debug, Clone)]
-pub struct StoreError(turret_redis::Error);
+pub struct StoreError(StoreErrorInner);
+
+#[cfg(feature = "redis")]
+type StoreErrorInner = turret_redis::Error;
+/// Without the `redis` feature the built-in store never fails.
+#[cfg(not(feature = "redis"))]
+type StoreErrorInner = std::convert::Infallible;
 
 impl StoreError {
     /// Whether Redis could not be reached in time (timeout, open circuit breaker, lost
     /// connection), as opposed to a command Redis rejected.
     pub fn is_unavailable(&self) -> bool {
-        self.0.is_unavailable()
+        #[cfg(feature = "redis")]
+        return self.0.is_unavailable();
+        #[cfg(not(feature = "redis"))]
+        match self.0 {}
     }
 }
 
@@ -301,6 +314,7 @@ pub struct ValidatorStore {
 #[derive(Clone)]
 pub(crate) enum StoreKind {
     Memory(Arc<MemoryStore>),
+    #[cfg(feature = "redis")]
     Redis(Arc<RedisStore>),
 }
 
@@ -308,6 +322,7 @@ impl fmt::Debug for ValidatorStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             StoreKind::Memory(_) => "memory",
+            #[cfg(feature = "redis")]
             StoreKind::Redis(_) => "redis",
         };
         f.debug_struct("ValidatorStore")
@@ -370,6 +385,7 @@ impl ValidatorStore {
 
     /// A store in Redis, shared by every instance that uses the same Redis and key prefix.
     /// Keys: `{prefix}cond:{resource}` (a hash) and `{prefix}cond:{resource}:claim`.
+    #[cfg(feature = "redis")]
     pub fn redis(redis: turret_redis::Redis) -> Self {
         Self {
             kind: StoreKind::Redis(Arc::new(RedisStore::new(redis))),
@@ -396,6 +412,7 @@ impl ValidatorStore {
     pub async fn get(&self, resource: &str) -> Result<Option<Validators>, StoreError> {
         let current = match &self.kind {
             StoreKind::Memory(m) => m.lookup(resource, self.record_ttl),
+            #[cfg(feature = "redis")]
             StoreKind::Redis(r) => r.lookup(resource).await.map_err(StoreError)?,
         };
         Ok(current.as_ref().map(Validators::from_current))
@@ -411,6 +428,7 @@ impl ValidatorStore {
                 let out = m.lookup(&resource, self.record_ttl);
                 Box::pin(std::future::ready(Ok(out)))
             }
+            #[cfg(feature = "redis")]
             StoreKind::Redis(r) => {
                 let r = Arc::clone(r);
                 Box::pin(async move {
@@ -449,6 +467,7 @@ impl ValidatorStore {
                 );
                 Box::pin(std::future::ready(Ok(out)))
             }
+            #[cfg(feature = "redis")]
             StoreKind::Redis(r) => {
                 let r = Arc::clone(r);
                 let (claim_ttl, record_ttl) = (self.claim_ttl, self.record_ttl);
@@ -484,6 +503,7 @@ impl ValidatorStore {
                 m.complete(&resource, token.as_deref(), &update);
                 Box::pin(std::future::ready(()))
             }
+            #[cfg(feature = "redis")]
             StoreKind::Redis(r) => {
                 let r = Arc::clone(r);
                 let ttl = self.record_ttl;
@@ -501,6 +521,7 @@ impl ValidatorStore {
     pub(crate) fn record_read(&self, resource: String, current: Current) {
         match &self.kind {
             StoreKind::Memory(m) => m.record_read(&resource, current),
+            #[cfg(feature = "redis")]
             StoreKind::Redis(r) => {
                 let r = Arc::clone(r);
                 let ttl = self.record_ttl;
@@ -517,6 +538,7 @@ impl ValidatorStore {
     pub(crate) fn release_detached(&self, resource: String, token: String) {
         match &self.kind {
             StoreKind::Memory(m) => m.complete(&resource, Some(&token), &Update::Keep),
+            #[cfg(feature = "redis")]
             StoreKind::Redis(_) => {
                 spawn_detached(self.complete(resource, Some(token), Update::Keep))
             }
@@ -525,6 +547,7 @@ impl ValidatorStore {
 }
 
 /// Runs `fut` on the current tokio runtime, if there is one (a Redis store implies one).
+#[cfg(feature = "redis")]
 fn spawn_detached(fut: impl Future<Output = ()> + Send + 'static) {
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         handle.spawn(fut);
@@ -552,12 +575,14 @@ fn new_token() -> String {
 /// seen: under an outage, operations already in flight finish out of order (one answered
 /// just before Redis went away, another timing out after it came back), and each such late
 /// outcome used to flip the state, logging "failing" and "recovered" milliseconds apart.
+#[cfg(feature = "redis")]
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     next: AtomicU64,
     state: Mutex<HealthState>,
 }
 
+#[cfg(feature = "redis")]
 #[derive(Debug, Default)]
 struct HealthState {
     degraded: bool,
@@ -565,6 +590,7 @@ struct HealthState {
     fence: u64,
 }
 
+#[cfg(feature = "redis")]
 impl Health {
     /// The sequence number of an operation starting now.
     pub(crate) fn start(&self) -> u64 {
@@ -610,7 +636,7 @@ impl Health {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::Health;
 
