@@ -82,7 +82,7 @@ impl Default for BreakerConfig {
 ///     .prefix("shop:")
 ///     .command_timeout(Duration::from_millis(20));
 /// assert_eq!(
-///     config.topology(),
+///     config.get_topology(),
 ///     &Topology::Cluster(vec!["redis://10.0.0.1:7000".into(), "redis://10.0.0.2:7000".into()])
 /// );
 /// ```
@@ -257,17 +257,20 @@ impl RedisConfig {
         self
     }
 
+    // The getters are `get_` + the setter's name (as in sqlx's connect options): the setters
+    // take the plain names.
+
     /// Where Redis is.
-    pub fn topology(&self) -> &Topology {
+    pub fn get_topology(&self) -> &Topology {
         &self.topology
     }
 
-    /// The key namespace prefix.
-    pub fn key_prefix(&self) -> &str {
+    /// The key namespace prefix (see [`RedisConfig::prefix`]).
+    pub fn get_prefix(&self) -> &str {
         &self.prefix
     }
 
-    /// The per-command timeout.
+    /// The per-command timeout (see [`RedisConfig::command_timeout`]).
     pub fn get_command_timeout(&self) -> Duration {
         self.command_timeout
     }
@@ -314,10 +317,10 @@ mod tests {
     fn single_node_url_is_kept_as_is() {
         let c = RedisConfig::from_url("redis://user:pw@127.0.0.1:6379/2").unwrap();
         assert_eq!(
-            c.topology(),
+            c.get_topology(),
             &Topology::Single("redis://user:pw@127.0.0.1:6379/2".into())
         );
-        assert_eq!(c.key_prefix(), "turret:");
+        assert_eq!(c.get_prefix(), "turret:");
         assert_eq!(c.get_command_timeout(), Duration::from_millis(50));
     }
 
@@ -325,7 +328,7 @@ mod tests {
     fn cluster_url_becomes_seed_list_with_credentials() {
         let c = RedisConfig::from_url("rediss+cluster://u:p@a:1,b:2/").unwrap();
         assert_eq!(
-            c.topology(),
+            c.get_topology(),
             &Topology::Cluster(vec!["rediss://u:p@a:1".into(), "rediss://u:p@b:2".into()])
         );
     }
@@ -360,7 +363,7 @@ mod tests {
         assert_eq!(redact("redis://u:secret@h:1"), "redis://u:***@h:1");
         let config = RedisConfig::from_url("redis://u:secret@h:1").unwrap();
         assert!(!format!("{config:?}").contains("secret"));
-        assert!(!format!("{:?}", config.topology()).contains("secret"));
+        assert!(!format!("{:?}", config.get_topology()).contains("secret"));
         let cluster = RedisConfig::from_url("redis+cluster://u:secret@h:1,h:2").unwrap();
         assert!(!format!("{cluster:?}").contains("secret"));
         assert_eq!(redact("redis://h:1"), "redis://h:1");
