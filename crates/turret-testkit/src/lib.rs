@@ -24,6 +24,9 @@ use std::{
 
 use tempfile::TempDir;
 
+pub mod body;
+mod connect;
+
 const INSTALL_HINT: &str = "redis-server was not found on PATH. turret's tests run against a real Redis. \
 Install it with `sudo apt-get install -y redis-server redis-tools` (Debian/Ubuntu), \
 `brew install redis` (macOS), or run `scripts/test`, which installs it on Debian/Ubuntu.";
@@ -479,6 +482,198 @@ impl RedisCluster {
                             matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
                         })
                     })
+
+    /// The node listening on `port`.
+    pub fn node(&self, port: u16) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no node of the test cluster on port {port}"))
+    }
+
+    /// The cluster node ID of the node on `port` (`CLUSTER MYID`).
+    pub fn node_id(&self, port: u16) -> String {
+        self.node(port).cmd(&["CLUSTER", "MYID"])
+    }
+
+    /// The ports of the masters that serve at least one slot, in the order of the nodes.
+    pub fn master_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|node| {
+                let nodes: String = node.cmd(&["CLUSTER", "NODES"]);
+                nodes
+                    .lines()
+                    .find(|l| l.contains("myself"))
+                    .is_some_and(|l| l.contains("master") && l.split_whitespace().count() > 8)
+            })
+            .map(RedisServer::port)
+            .collect()
+    }
+
+    /// Starts moving `slot` from the master serving it to the master on port `to`, as
+    /// `redis-cli --cluster reshard` does for each slot it moves: `CLUSTER SETSLOT … IMPORTING`
+    /// on the target, then `… MIGRATING` on the source. Until [`SlotMigration::finish`], the
+    /// source serves the slot's keys it still has and answers `-ASK` for the others, and the
+    /// target serves the slot only to clients that sent `ASKING`.
+    pub fn begin_migration(&self, slot: u16, to: u16) -> SlotMigration<'_> {
+        let from = self
+            .nodes
+            .iter()
+            .find(|node| serves_slot(node, slot))
+            .map(RedisServer::port)
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"));
+        assert_ne!(from, to, "slot {slot} is already served by port {to}");
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let s = slot.to_string();
+        let _: () = self
+            .node(to)
+            .cmd(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]);
+        let _: () = self
+            .node(from)
+            .cmd(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]);
+        SlotMigration {
+            cluster: self,
+            slot,
+            from,
+            to,
+        }
+    }
+
+    /// Moves `slot` to the master on port `to` at once: [`RedisCluster::begin_migration`],
+    /// [`SlotMigration::migrate_keys`] in batches of 10 keys (`redis-cli`'s default
+    /// `--cluster-pipeline`), [`SlotMigration::finish`]. Returns how many keys moved.
+    pub fn move_slot(&self, slot: u16, to: u16) -> usize {
+        let migration = self.begin_migration(slot, to);
+        let moved = migration.migrate_keys(10);
+        migration.finish();
+        moved
+    }
+}
+
+/// A slot on its way from one master to another: see [`RedisCluster::begin_migration`].
+#[derive(Debug)]
+pub struct SlotMigration<'a> {
+    cluster: &'a RedisCluster,
+    slot: u16,
+    from: u16,
+    to: u16,
+}
+
+impl SlotMigration<'_> {
+    /// The slot being moved.
+    pub fn slot(&self) -> u16 {
+        self.slot
+    }
+
+    /// The port of the master the slot leaves.
+    pub fn from(&self) -> u16 {
+        self.from
+    }
+
+    /// The port of the master the slot goes to.
+    pub fn to(&self) -> u16 {
+        self.to
+    }
+
+    /// The slot's keys still on the source (`CLUSTER GETKEYSINSLOT`, at most `count`).
+    pub fn keys_on_source(&self, count: usize) -> Vec<String> {
+        self.cluster.node(self.from).cmd(&[
+            "CLUSTER",
+            "GETKEYSINSLOT",
+            &self.slot.to_string(),
+            &count.to_string(),
+        ])
+    }
+
+    /// Moves every key of the slot the source still has to the target, `batch` keys per
+    /// `MIGRATE … KEYS` (each `MIGRATE` is atomic: a key is on one node or the other, never
+    /// both, never neither). Returns how many keys moved.
+    pub fn migrate_keys(&self, batch: usize) -> usize {
+        let batch = batch.max(1);
+        let source = self.cluster.node(self.from);
+        let to = self.to.to_string();
+        let mut moved = 0;
+        loop {
+            let keys = self.keys_on_source(batch);
+            if keys.is_empty() {
+                return moved;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            // `NOKEY` when every key of the batch expired or was deleted meanwhile.
+            let _: String = source.cmd(&args);
+            moved += keys.len();
+        }
+    }
+
+    /// Ends the move: `CLUSTER SETSLOT <slot> NODE <target>` on the target, then the source,
+    /// then every other master (the order `redis-cli` uses), so that every master names the
+    /// target and clients with the old map get `-MOVED`. The source must have no key of the
+    /// slot left ([`SlotMigration::migrate_keys`]).
+    pub fn finish(self) {
+        let to_id = self.cluster.node_id(self.to);
+        let s = self.slot.to_string();
+        let mut order = vec![self.to, self.from];
+        order.extend(
+            self.cluster
+                .master_ports()
+                .into_iter()
+                .filter(|p| *p != self.to && *p != self.from),
+        );
+        for port in order {
+            let _: () = self
+                .cluster
+                .node(port)
+                .cmd(&["CLUSTER", "SETSLOT", &s, "NODE", &to_id]);
+        }
+    }
+}
+
+/// The Redis Cluster hash slot of `key` (CRC16/XMODEM of its hash tag, or of the whole key
+/// without one, modulo 16384), computed without a server, as `CLUSTER KEYSLOT` does.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16(0, hashed) % 16384
+}
+
+/// CRC16/XMODEM (the checksum of Redis Cluster hash slots) of `bytes`, continued from
+/// `crc` (0 to start): `crc16(crc16(0, a), b) == crc16(0, ab)`, so that a search over keys
+/// with a common start hashes the start once.
+pub fn crc16(mut crc: u16, bytes: &[u8]) -> u16 {
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// Whether `node` is a master that says it serves `slot` (its own `CLUSTER NODES` line).
+fn serves_slot(node: &RedisServer, slot: u16) -> bool {
+    let nodes: String = node.cmd(&["CLUSTER", "NODES"]);
+    nodes
+        .lines()
+        .find(|l| l.contains("myself") && l.contains("master"))
+        .is_some_and(|line| {
+            line.split_whitespace().skip(8).any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+            })
+        })
             })
             .unwrap_or_else(|| panic!("no master serves slot {slot}"))
     }
