@@ -9,16 +9,14 @@ use std::{
 };
 
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
-use turret_redis::{Redis, RedisConfig};
+use turret_redis::Redis;
 use turret_stampede::{LeaseLock, RedisLock};
 use turret_testkit::RedisServer;
 
 const HOLD: Duration = Duration::from_millis(50);
 
 async fn connect(server: &RedisServer) -> Redis {
-    Redis::connect(RedisConfig::from_url(&server.url()).unwrap())
-        .await
-        .unwrap()
+    turret_testkit::connect!(server).await
 }
 
 /// One round: the holder holds for `HOLD`, releases; returns release → waiter holds.

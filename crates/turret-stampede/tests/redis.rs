@@ -15,9 +15,9 @@ use turret_testkit::RedisServer;
 
 const TTL: Duration = Duration::from_secs(60);
 
-fn config(url: &str) -> RedisConfig {
-    RedisConfig::from_url(url)
-        .unwrap()
+/// The tests' handles: a 500 ms command timeout, a breaker that opens after 2 failures.
+fn configure(config: RedisConfig) -> RedisConfig {
+    config
         .command_timeout(Duration::from_millis(500))
         .breaker(BreakerConfig {
             failure_threshold: 2,
@@ -26,7 +26,7 @@ fn config(url: &str) -> RedisConfig {
 }
 
 async fn connect(server: &RedisServer) -> Redis {
-    Redis::connect(config(&server.url())).await.unwrap()
+    turret_testkit::connect!(server, configure).await
 }
 
 /// Waits until this handle's subscription to the release channel is live: the test
@@ -392,7 +392,7 @@ async fn four_instances_on_a_cluster_compute_once_fleet_wide() {
     let cluster = turret_testkit::RedisCluster::start(3);
     let mut caches = Vec::new();
     for _ in 0..4 {
-        let redis = Redis::connect(config(&cluster.url())).await.unwrap();
+        let redis = turret_testkit::connect!(&cluster, configure).await;
         caches.push(StampedeCache::redis(redis));
     }
     assert_eq!(fleet_run(&caches, "hot", 100).await, 1);

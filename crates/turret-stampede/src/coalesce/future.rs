@@ -14,8 +14,7 @@ use tower_service::Service;
 use super::{
     ResponseBody,
     body::{CollectBounded, Collected, collect_bounded, concat},
-    layer::Config,
-    service::{Coalesced, LeaderGuard, Outcome, SharedResponse, Waiting},
+    flight::{Coalesced, Config, LeaderGuard, Outcome, SharedResponse, Waiting},
 };
 
 pin_project! {

@@ -3,16 +3,10 @@ use std::sync::Arc;
 use http::HeaderName;
 use tower_layer::Layer;
 
-use super::service::Coalesce;
+use super::{flight::Config, service::Coalesce};
 
 /// Default bound of a fanned-out body: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
-
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) headers: Vec<HeaderName>,
-    pub(crate) max_body: usize,
-}
 
 /// Applies [`Coalesce`] to a service (see the [module docs](crate::coalesce)).
 ///
@@ -63,5 +57,17 @@ impl<S> Layer<S> for CoalesceLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         Coalesce::with_config(inner, self.config.clone())
+    }
+}
+
+impl<S> Coalesce<S> {
+    /// Wraps `inner` with the default configuration.
+    pub fn new(inner: S) -> Self {
+        CoalesceLayer::new().layer(inner)
+    }
+
+    /// A layer making this middleware.
+    pub fn layer() -> CoalesceLayer {
+        CoalesceLayer::new()
     }
 }

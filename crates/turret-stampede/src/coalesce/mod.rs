@@ -45,15 +45,18 @@
 //! # }
 //! ```
 
+// Imports run one way: layer → service → future → flight (the in-flight table).
 mod body;
+mod flight;
 mod future;
 mod layer;
 mod service;
 
 pub use body::ResponseBody;
+pub use flight::Coalesced;
 pub use future::ResponseFuture;
 pub use layer::{CoalesceLayer, DEFAULT_MAX_BODY};
-pub use service::{Coalesce, Coalesced};
+pub use service::Coalesce;
 
 #[cfg(test)]
 mod tests;

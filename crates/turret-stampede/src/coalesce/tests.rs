@@ -1,38 +1,21 @@
 use std::{
-    collections::VecDeque,
     convert::Infallible,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
 };
 
 use bytes::Bytes;
 use futures_util::future::{FutureExt as _, join, join_all};
 use http::{Method, Request, Response, StatusCode, header};
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::BodyExt as _;
 use tokio::sync::oneshot;
 use tower::{ServiceBuilder, ServiceExt as _, service_fn};
+use turret_testkit::body::Chunks;
 
 use super::*;
-
-/// A body without a size hint: a stream, as far as the layer can tell.
-struct Chunks(VecDeque<Bytes>);
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-}
 
 fn get(uri: &str) -> Request<String> {
     Request::get(uri).body(String::new()).unwrap()
@@ -225,7 +208,8 @@ async fn a_streaming_body_releases_the_waiters_and_reaches_the_leader_untouched(
                 let _ = gated.await;
                 let chunks = ["event: a\n", "event: b\n"]
                     .map(|s: &'static str| Bytes::from_static(s.as_bytes()));
-                Ok::<_, Infallible>(Response::new(Chunks(chunks.into())))
+                // No size hint: a stream, as far as the layer can tell.
+                Ok::<_, Infallible>(Response::new(Chunks::new(chunks)))
             }
         }));
     let responses = concurrently(svc, (0..4).map(|_| get("/events")).collect(), open).await;
