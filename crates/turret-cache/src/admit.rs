@@ -43,6 +43,8 @@ pub(crate) struct Admission {
     pub(crate) ttl: Duration,
 }
 
+/// The layer's storing rules under the policy: its TTL, or none when it stores only what the
+/// headers allow.
 fn rules(ctx: &Ctx) -> StoreRules {
     let mut rules = ctx.shared.rules;
     if ctx.policy.only_headers {

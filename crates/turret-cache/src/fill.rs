@@ -174,6 +174,7 @@ async fn mark_uncacheable(
     }
 }
 
+/// Stores `entry` for `ttl`: the entry when it was stored (a storage error is logged).
 async fn put(ctx: &Ctx, entry: Arc<CachedResponse>, ttl: Duration) -> Option<Arc<CachedResponse>> {
     match ctx.shared.storage.put(&ctx.key, entry.clone(), ttl).await {
         Ok(()) => {

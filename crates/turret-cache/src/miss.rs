@@ -273,6 +273,7 @@ fn refresh_in_background<S, ReqBody, B>(
     });
 }
 
+/// Locks `m` even when poisoned: its holders make one change per lock, so it stays whole.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -65,6 +65,8 @@ pub(crate) fn fresh_hit<B: Body>(
     }
 }
 
+/// A fresh hit (counted): the stored response with `Age`, `Cache-Status` (`hit; ttl=N`, its
+/// freshness left) and `X-Cache: HIT`, or a 304 when the client's copy is current.
 pub(crate) fn hit<B: Body>(
     policy: &Policy,
     key: &str,
@@ -207,6 +209,7 @@ fn push_digits(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
+/// Appends `n` in decimal (a `Cache-Status` parameter).
 pub(crate) fn push_u64(out: &mut String, n: u64) {
     use std::fmt::Write as _;
     let _ = write!(out, "{n}");
