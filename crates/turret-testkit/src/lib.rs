@@ -482,6 +482,9 @@ impl RedisCluster {
                             matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
                         })
                     })
+            })
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+    }
 
     /// The node listening on `port`.
     pub fn node(&self, port: u16) -> &RedisServer {
@@ -674,9 +677,6 @@ fn serves_slot(node: &RedisServer, slot: u16) -> bool {
                 matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
             })
         })
-            })
-            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
-    }
 }
 
 fn read_log(path: &Path) -> String {
