@@ -2,7 +2,6 @@
 
 use std::{
     convert::Infallible,
-    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -13,9 +12,10 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body::{Body, Frame};
+use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+use turret_testkit::body::{Chunks, Streaming};
 
 use crate::{
     CacheInvalidator, CacheStorage, CachedResponse, FakeClock, Purge, ResponseBody, ResponseCache,
@@ -556,21 +556,6 @@ async fn over_size_response_passes_through_and_is_not_stored() {
     assert_eq!(text(cache.get("/a").await).await, "body 2");
 }
 
-/// A body whose chunks arrive on a channel: unknown size, like SSE.
-struct Streaming(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl Body for Streaming {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c))))
-    }
-}
-
 #[tokio::test]
 async fn streaming_body_passes_through_chunk_by_chunk() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -878,28 +863,6 @@ fn respond(status: u16, body: &str, headers: &[(&str, &str)]) -> Scripted {
     res
 }
 
-/// A body whose size hint promises `promised` bytes but that sends `chunks`.
-struct Liar {
-    chunks: std::collections::VecDeque<Bytes>,
-    promised: u64,
-}
-
-impl Body for Liar {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.promised)
-    }
-}
-
 #[tokio::test]
 async fn a_body_longer_than_its_size_hint_is_not_buffered_past_the_limit() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -909,11 +872,9 @@ async fn a_body_longer_than_its_size_hint_is_not_buffered_past_the_limit() {
         .layer(service_fn(move |_req: Request<()>| {
             counter.fetch_add(1, Ordering::SeqCst);
             async {
-                let chunks = (0..64).map(|_| Bytes::from(vec![b'x'; 512])).collect();
-                let mut res = Response::new(Liar {
-                    chunks,
-                    promised: 10,
-                });
+                // A size hint of 10 bytes, then 32 KiB.
+                let chunks = (0..64).map(|_| Bytes::from(vec![b'x'; 512]));
+                let mut res = Response::new(Chunks::new(chunks).with_hint(10));
                 res.headers_mut()
                     .insert("cache-control", HeaderValue::from_static("max-age=60"));
                 Ok::<_, Infallible>(res)
