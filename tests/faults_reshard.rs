@@ -179,7 +179,6 @@ struct Loaded {
 }
 
 /// How often each handle's breaker was seen open while the load ran.
-#[derive(Default)]
 struct Breakers {
     stop: Arc<AtomicBool>,
     open_samples: Arc<Vec<AtomicU64>>,
@@ -286,7 +285,10 @@ async fn moving_the_hot_slot_between_masters_under_load_keeps_every_layer_answer
         let key = backend.redis_key("default", ip, Algorithm::Gcra);
         assert_eq!(key_slot(key.as_bytes()), slot, "{key}");
     }
-    eprintln!("[faults] reshard: names found in {:?}", setup.elapsed());
+    eprintln!(
+        "[faults] reshard: cluster started and names found in {:?}",
+        setup.elapsed()
+    );
     // The rate limiter, failing closed: a Redis error is a 503, not a hidden admit.
     let limiter = layers::limiter(&url, FailureMode::Closed, false).await;
     let exact_a = layers::limiter_service(connect(&url).await, FailureMode::Closed, false);
@@ -600,7 +602,6 @@ async fn moving_the_hot_slot_between_masters_under_load_keeps_every_layer_answer
             .node(to)
             .cmd(&["CLUSTER", "GETKEYSINSLOT", &slot.to_string(), "10000"])
     });
-    eprintln!("[faults] reshard: keys in the slot before the move: {before:?}");
     assert!(
         after_source.is_empty(),
         "keys left on the source: {after_source:?}"
