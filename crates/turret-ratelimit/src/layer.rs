@@ -109,7 +109,7 @@ impl<K, Bk, L> RateLimitLayer<K, Bk, L> {
         self.rebuild(|s| (key, s.backend, s.on_limited))
     }
 
-    /// Keeps state in another backend (e.g. [`crate::RedisBackend`] for a fleet).
+    /// Keeps state in another backend (e.g. `RedisBackend`, feature `redis`, for a fleet).
     pub fn backend<Bk2: Backend>(self, backend: Bk2) -> RateLimitLayer<K, Bk2, L> {
         self.rebuild(|s| (s.key, backend, s.on_limited))
     }

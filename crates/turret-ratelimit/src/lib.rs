@@ -48,7 +48,8 @@
 //!
 //! # Per API key, per route, and a fleet on Redis
 //!
-//! ```no_run
+#![cfg_attr(feature = "redis", doc = "```no_run")]
+#![cfg_attr(not(feature = "redis"), doc = "```ignore")]
 //! use http::Method;
 //! use turret_ratelimit::{ClientIp, HeaderKey, Policy, Quota, RateLimitLayer, RedisBackend};
 //! use turret_redis::{Redis, RedisConfig};

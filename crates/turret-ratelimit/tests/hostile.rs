@@ -2,6 +2,8 @@
 //! chains with `{`, `}`, `:`, `*`, tabs, obs-text and 64 KiB lengths never leave the
 //! rate limiter's namespace or hash slot in Redis, long keys are hashed, distinct keys keep
 //! distinct quotas, and every request gets a normal answer.
+// These tests run on a real Redis (some in memory as well): they need the `redis` feature.
+#![cfg(feature = "redis")]
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 

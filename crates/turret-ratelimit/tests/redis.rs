@@ -1,4 +1,6 @@
 //! The rate limiter against a real redis-server and a real 3-master Redis Cluster.
+// These tests run on a real Redis (some in memory as well): they need the `redis` feature.
+#![cfg(feature = "redis")]
 
 use std::{
     convert::Infallible,

@@ -1,6 +1,8 @@
 //! The rate limiter's security properties (SECURITY.md): a client cannot choose its own key
 //! through forged forwarding headers, and cannot reset or spend another client's quota —
 //! in memory and on a real Redis.
+// These tests run on a real Redis (some in memory as well): they need the `redis` feature.
+#![cfg(feature = "redis")]
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
