@@ -43,20 +43,7 @@ impl<S: std::fmt::Debug, K, Bk, L> std::fmt::Debug for RateLimit<S, K, Bk, L> {
 }
 
 impl<S, K, Bk, L> RateLimit<S, K, Bk, L> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    turret_body::inner_service_accessors!();
 
     fn respond<ReqBody>(
         &mut self,

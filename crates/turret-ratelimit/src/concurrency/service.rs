@@ -51,20 +51,7 @@ pub struct ConcurrencyLimit<S, K, Bk> {
 }
 
 impl<S, K, Bk> ConcurrencyLimit<S, K, Bk> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    turret_body::inner_service_accessors!();
 }
 
 impl<S, K, Bk, ReqBody, ResBody> Service<Request<ReqBody>> for ConcurrencyLimit<S, K, Bk>
