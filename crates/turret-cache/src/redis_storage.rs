@@ -317,7 +317,9 @@ async fn invalidate(redis: &Redis, key: &str, purge: Purge) -> Result<(), Storag
 }
 
 /// Members of a `ZSCAN` reply page: `[cursor, [member, score, member, score, …]]`.
-fn scan_page(reply: redis::Value) -> Result<(u64, Vec<String>), StorageError> {
+/// One `ZSCAN` page: the next cursor and the members with their scores (kept as sent, to
+/// put a member back as it was).
+fn scan_page(reply: redis::Value) -> Result<(u64, Vec<(String, Vec<u8>)>), StorageError> {
     let redis::Value::Array(mut parts) = reply else {
         return Err(StorageError::new("unexpected ZSCAN reply"));
     };
@@ -331,20 +333,25 @@ fn scan_page(reply: redis::Value) -> Result<(u64, Vec<String>), StorageError> {
         .and_then(|c| String::from_utf8(c).ok())
         .and_then(|c| c.parse::<u64>().ok())
         .ok_or_else(|| StorageError::new("unexpected ZSCAN cursor"))?;
-    let members = match items {
-        Some(redis::Value::Array(items)) => items
-            .into_iter()
-            .step_by(2)
-            .filter_map(bytes)
-            .filter_map(|m| String::from_utf8(m).ok())
-            .collect(),
-        Some(redis::Value::Map(items)) => items
-            .into_iter()
-            .filter_map(|(m, _)| bytes(m))
-            .filter_map(|m| String::from_utf8(m).ok())
-            .collect(),
+    let pairs: Vec<(redis::Value, redis::Value)> = match items {
+        Some(redis::Value::Array(items)) => {
+            let mut items = items.into_iter();
+            std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
+        }
+        Some(redis::Value::Map(items)) => items,
         _ => return Err(StorageError::new("unexpected ZSCAN members")),
     };
+    let members = pairs
+        .into_iter()
+        .filter_map(|(m, score)| {
+            let member = String::from_utf8(bytes(m)?).ok()?;
+            let score = match score {
+                redis::Value::Double(d) => d.to_string().into_bytes(),
+                other => bytes(other)?,
+            };
+            Some((member, score))
+        })
+        .collect();
     Ok((cursor, members))
 }
 
@@ -364,29 +371,44 @@ async fn invalidate_tag(redis: Redis, tag: String, purge: Purge) -> Result<(), S
             .map_err(StorageError::new)?;
         let (next, members) = scan_page(reply)?;
         if !members.is_empty() {
+            let names: Vec<&str> = members.iter().map(|(m, _)| m.as_str()).collect();
             if purge == Purge::Remove {
                 // Out of the index first: a put racing with this writes its entry before
                 // indexing it, so either its entry is deleted below or it stays indexed.
                 let _: i64 = redis
-                    .query(redis::cmd("ZREM").arg(&index).arg(&members))
+                    .query(redis::cmd("ZREM").arg(&index).arg(&names))
                     .await
                     .map_err(StorageError::new)?;
             }
             // One command per key (each in its own slot), all in flight at once over the
             // multiplexed connection.
             let mut batch = JoinSet::new();
-            for member in members {
-                let redis = redis.clone();
-                batch.spawn(async move { invalidate(&redis, &member, purge).await });
+            for (i, (member, _)) in members.iter().enumerate() {
+                let (redis, member) = (redis.clone(), member.clone());
+                batch.spawn(async move { (i, invalidate(&redis, &member, purge).await) });
             }
             let mut first_error = None;
+            let mut failed = Vec::new();
             while let Some(done) = batch.join_next().await {
-                let result = done.unwrap_or_else(|e| Err(StorageError::new(e)));
+                let (i, result) = match done {
+                    Ok(done) => done,
+                    Err(e) => {
+                        first_error.get_or_insert(StorageError::new(e));
+                        continue;
+                    }
+                };
                 if let Err(e) = result {
+                    failed.push(i);
                     first_error.get_or_insert(e);
                 }
             }
             if let Some(e) = first_error {
+                if purge == Purge::Remove {
+                    // The keys whose entries were not removed go back into the index (with
+                    // their score, unless a racing put gave a later one), so that a retry of
+                    // the invalidation finds them.
+                    restore(&redis, &index, &members, &failed).await;
+                }
                 return Err(e);
             }
         }
@@ -394,6 +416,24 @@ async fn invalidate_tag(redis: Redis, tag: String, purge: Purge) -> Result<(), S
             return Ok(());
         }
         cursor = next;
+    }
+}
+
+/// Puts `members[failed]` back into the tag index `index` (`ZADD GT`: a later expiry that a
+/// racing put wrote is kept). A task that panicked leaves no index: every member goes back.
+async fn restore(redis: &Redis, index: &str, members: &[(String, Vec<u8>)], failed: &[usize]) {
+    let back: Vec<&(String, Vec<u8>)> = if failed.is_empty() {
+        members.iter().collect()
+    } else {
+        failed.iter().filter_map(|&i| members.get(i)).collect()
+    };
+    let mut cmd = redis::cmd("ZADD");
+    cmd.arg(index).arg("GT");
+    for (member, score) in back {
+        cmd.arg(score.as_slice()).arg(member);
+    }
+    if let Err(e) = redis.query::<i64>(&mut cmd).await {
+        tracing::debug!(error = %e, "a failed tag invalidation's keys could not be re-indexed");
     }
 }
 
@@ -486,6 +526,15 @@ mod tests {
             redis::Value::Array(vec![bulk(b"a"), bulk(b"1"), bulk(b"b"), bulk(b"2")]),
         ]))
         .unwrap();
-        assert_eq!((cursor, members), (7, vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(
+            (cursor, members),
+            (
+                7,
+                vec![
+                    ("a".to_owned(), b"1".to_vec()),
+                    ("b".to_owned(), b"2".to_vec())
+                ]
+            )
+        );
     }
 }
