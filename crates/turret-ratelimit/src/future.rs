@@ -10,6 +10,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -114,6 +115,7 @@ where
 impl<S, ReqBody, ResBody, K, Bk, L> Future for ResponseFuture<S, ReqBody, K, Bk, L>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
     L: OnLimited,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;

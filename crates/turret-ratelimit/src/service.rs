@@ -8,6 +8,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body::Body;
 use tower_service::Service;
 
 use crate::{
@@ -67,6 +68,7 @@ const MISSING_KEY: &str = "__missing_key__";
 impl<S, K, Bk, L, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, K, Bk, L>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: Body,
     K: KeyExtractor<ReqBody>,
     Bk: Backend,
     L: OnLimited,

@@ -15,14 +15,14 @@ use crate::ResponseBody;
 pin_project! {
     /// A response body that holds its request's in-flight slot until it ends or is dropped.
     #[derive(Debug)]
-    pub struct PermitBody<B> {
+    pub struct PermitBody<B: Body> {
         #[pin]
         body: ResponseBody<B>,
         permit: Option<Permit>,
     }
 }
 
-impl<B> PermitBody<B> {
+impl<B: Body> PermitBody<B> {
     pub(crate) fn inner(body: B, permit: Option<Permit>) -> Self {
         Self {
             body: ResponseBody::inner(body),
@@ -38,7 +38,7 @@ impl<B> PermitBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for PermitBody<B> {
+impl<B: Body> Body for PermitBody<B> {
     type Data = Bytes;
     type Error = B::Error;
 

@@ -9,6 +9,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -162,6 +163,7 @@ fn outcome(result: Result<Option<Permit>, BackendError>, info: &Info) -> Outcome
 impl<S, ReqBody, ResBody> Future for ConcurrencyFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
 {
     type Output = Result<Response<PermitBody<ResBody>>, S::Error>;
 

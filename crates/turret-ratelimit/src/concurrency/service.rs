@@ -6,6 +6,7 @@ use std::{
 };
 
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
 use tower_service::Service;
 
 use super::{
@@ -57,6 +58,7 @@ impl<S, K, Bk> ConcurrencyLimit<S, K, Bk> {
 impl<S, K, Bk, ReqBody, ResBody> Service<Request<ReqBody>> for ConcurrencyLimit<S, K, Bk>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: Body,
     K: KeyExtractor<ReqBody>,
     Bk: ConcurrencyBackend,
 {
