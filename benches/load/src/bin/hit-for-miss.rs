@@ -40,7 +40,12 @@ async fn main() {
         } else {
             Duration::ZERO
         };
-        run("memory", vec![ResponseCacheLayer::new().hit_for_miss(lifetime)], marker).await;
+        run(
+            "memory",
+            vec![ResponseCacheLayer::new().hit_for_miss(lifetime)],
+            marker,
+        )
+        .await;
         let mut fleet = Vec::new();
         for _ in 0..2 {
             let conn = Redis::connect(RedisConfig::from_url(&redis.url()).unwrap())
