@@ -317,9 +317,11 @@ async fn invalidate(redis: &Redis, key: &str, purge: Purge) -> Result<(), Storag
 }
 
 /// Members of a `ZSCAN` reply page: `[cursor, [member, score, member, score, …]]`.
-/// One `ZSCAN` page: the next cursor and the members with their scores (kept as sent, to
-/// put a member back as it was).
-fn scan_page(reply: redis::Value) -> Result<(u64, Vec<(String, Vec<u8>)>), StorageError> {
+/// A tag index's members with their scores (kept as sent, to put a member back as it was).
+type Scored = Vec<(String, Vec<u8>)>;
+
+/// One `ZSCAN` page: the next cursor and the members with their scores.
+fn scan_page(reply: redis::Value) -> Result<(u64, Scored), StorageError> {
     let redis::Value::Array(mut parts) = reply else {
         return Err(StorageError::new("unexpected ZSCAN reply"));
     };
@@ -432,7 +434,7 @@ async fn restore(redis: &Redis, index: &str, members: &[(String, Vec<u8>)], fail
     for (member, score) in back {
         cmd.arg(score.as_slice()).arg(member);
     }
-    if let Err(e) = redis.query::<i64>(&mut cmd).await {
+    if let Err(e) = redis.query::<i64>(&cmd).await {
         tracing::debug!(error = %e, "a failed tag invalidation's keys could not be re-indexed");
     }
 }
