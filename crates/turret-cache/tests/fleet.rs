@@ -1,6 +1,8 @@
 //! The response cache as a fleet: several instances (each its own Redis handles, layer,
 //! single-flight and L1) in front of one origin, sharing one real redis-server.
 
+#![cfg(feature = "redis")]
+
 use std::{
     convert::Infallible,
     sync::{

@@ -1,6 +1,8 @@
 //! Hostile request targets through the Redis storage: no namespace or cluster-slot escape,
 //! long keys hashed, every request still answered.
 
+#![cfg(feature = "redis")]
+
 use std::{
     convert::Infallible,
     sync::{

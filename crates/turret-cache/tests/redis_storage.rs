@@ -1,6 +1,8 @@
 //! `RedisStorage` and `TieredStorage` against a real redis-server (and a real 3-master
 //! Redis Cluster): layout, commands per operation, invalidation, faults.
 
+#![cfg(feature = "redis")]
+
 use std::{
     collections::HashSet,
     convert::Infallible,
