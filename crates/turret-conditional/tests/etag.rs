@@ -1,49 +1,14 @@
 //! ETag generation: strong SHA-256 tags from buffered bodies, and what is left untouched.
 
-use std::{
-    collections::VecDeque,
-    convert::Infallible,
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::convert::Infallible;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use turret_conditional::ConditionalLayer;
-
-/// A body that yields its chunks one by one, with a chosen (possibly wrong) size hint.
-struct Chunks {
-    chunks: VecDeque<Bytes>,
-    hint: Option<u64>,
-}
-
-impl Chunks {
-    fn streaming(chunks: &[&'static [u8]]) -> Self {
-        Self {
-            chunks: chunks.iter().map(|c| Bytes::from_static(c)).collect(),
-            hint: None,
-        }
-    }
-}
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.hint.map(SizeHint::with_exact).unwrap_or_default()
-    }
-}
+use turret_testkit::body::Chunks;
 
 async fn get_with<B>(
     layer: ConditionalLayer,
@@ -168,7 +133,7 @@ async fn streaming_bodies_pass_through_untouched() {
     let res = get_with(
         ConditionalLayer::new(),
         Method::GET,
-        || Chunks::streaming(&[b"one", b"two", b"three"]),
+        || Chunks::new([&b"one"[..], b"two", b"three"]),
         &[("if-none-match", "\"x\"")],
     )
     .await;
@@ -216,13 +181,7 @@ async fn a_body_that_lies_about_its_size_is_not_buffered_beyond_the_limit() {
     let res = get_with(
         ConditionalLayer::new().max_body_size(4),
         Method::GET,
-        || Chunks {
-            chunks: [&b"ab"[..], b"cd", b"ef", b"gh"]
-                .iter()
-                .map(|c| Bytes::from_static(c))
-                .collect(),
-            hint: Some(2),
-        },
+        || Chunks::new([&b"ab"[..], b"cd", b"ef", b"gh"]).with_hint(2),
         &[],
     )
     .await;

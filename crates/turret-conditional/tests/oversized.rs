@@ -4,55 +4,20 @@
 
 use std::{
     convert::Infallible,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
 };
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use turret_conditional::{ConditionalLayer, DEFAULT_MAX_BODY_SIZE, ValidatorStore};
+use turret_testkit::body::Counted;
 
 const CHUNK: u64 = 64 * 1024;
-
-/// `total` bytes in 64 KiB chunks, with a chosen size hint, counting what was polled.
-struct Counted {
-    left: u64,
-    hint: u64,
-    polled: Arc<AtomicU64>,
-}
-
-impl Body for Counted {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.left == 0 {
-            return Poll::Ready(None);
-        }
-        let n = self.left.min(CHUNK);
-        self.left -= n;
-        self.polled.fetch_add(n, Ordering::SeqCst);
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n as usize])))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.hint)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.left == 0
-    }
-}
 
 /// The response head to a GET whose handler answers `total` bytes claiming `hint`, and how
 /// many bytes the layer had read from the body when the head was returned.
@@ -66,18 +31,15 @@ async fn head(
 ) {
     let polled = Arc::new(AtomicU64::new(0));
     let counter = polled.clone();
-    let svc = ServiceBuilder::new()
-        .layer(ConditionalLayer::new())
-        .service(service_fn(move |_req: Request<()>| {
-            let polled = counter.clone();
-            async move {
-                Ok::<_, Infallible>(Response::new(Counted {
-                    left: total,
-                    hint,
-                    polled,
-                }))
-            }
-        }));
+    let svc =
+        ServiceBuilder::new()
+            .layer(ConditionalLayer::new())
+            .service(service_fn(move |_req: Request<()>| {
+                let polled = counter.clone();
+                async move {
+                    Ok::<_, Infallible>(Response::new(Counted::new(total, hint, CHUNK, polled)))
+                }
+            }));
     let res = svc
         .oneshot(Request::get("/download").body(()).unwrap())
         .await
