@@ -9,6 +9,7 @@
 //! | `ratelimit` | [`ratelimit`] | rate limiting per key: GCRA, fixed and sliding windows, concurrency; memory, or Redis with `redis` |
 //! | `conditional` | [`conditional`] | ETags and RFC 9110 preconditions: 304 on reads, 412 before a stale write reaches the handler; validator store in memory, or Redis with `redis` |
 //! | `cache` | [`cache`] | RFC 9111 shared response cache: storage in memory, or Redis and two-tier with `redis`; revalidation, stale-while-revalidate, stale-if-error, one origin call per key (turns on `stampede`) |
+//! | `cached` | [`cached`] | `#[cached]` on async fns: stampede-safe data caching, the key function generated next to the function (turns on `stampede`) |
 //! | `stampede` | [`stampede`] | single-flight, lease lock with fencing (fleet-wide with `redis`), XFetch, cache-aside, request coalescing |
 //!
 //! The layers' Redis parts come with the `redis` feature only: `features = ["cache"]` builds
@@ -36,6 +37,10 @@
     doc = "[`cache`]: https://docs.rs/turret-cache"
 )]
 #![cfg_attr(
+    not(feature = "cached"),
+    doc = "[`cached`]: https://docs.rs/turret-macros"
+)]
+#![cfg_attr(
     not(feature = "stampede"),
     doc = "[`stampede`]: https://docs.rs/turret-stampede"
 )]
@@ -54,3 +59,6 @@ pub use turret_stampede as stampede;
 
 #[cfg(feature = "cache")]
 pub use turret_cache as cache;
+
+#[cfg(feature = "cached")]
+pub use turret_stampede::cached;

@@ -190,3 +190,7 @@ pub use singleflight::{OnTimeout, SingleFlight};
 pub use store::RedisStore;
 pub use store::{MemoryStore, ValueStore};
 pub use xfetch::{DEFAULT_BETA, should_refresh_early};
+
+/// `#[cached]`: caches an `async fn` in a [`StampedeCache`] (feature `macros`).
+#[cfg(feature = "macros")]
+pub use turret_macros::cached;
