@@ -56,6 +56,21 @@ where
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PeerIp;
 
+/// What `PeerIp` and `ClientIp` say when a request carries no peer address, naming the fix
+/// for this build: without the `axum` feature axum's `ConnectInfo` cannot be read at all.
+#[cfg(not(feature = "axum"))]
+pub(crate) const NO_PEER_ADDRESS: &str = "peer address: the request has no SocketAddr extension, \
+     and this build cannot read axum's ConnectInfo<SocketAddr>. With axum: turn on the `axum` \
+     feature of `turret` (or of `turret-ratelimit`) and serve with \
+     into_make_service_with_connect_info::<SocketAddr>(); with hyper or tonic: insert the peer's \
+     SocketAddr as a request extension";
+/// What `PeerIp` and `ClientIp` say when a request carries no peer address, naming the fix.
+#[cfg(feature = "axum")]
+pub(crate) const NO_PEER_ADDRESS: &str = "peer address: the request has neither a \
+     ConnectInfo<SocketAddr> nor a SocketAddr extension. With axum: serve with \
+     into_make_service_with_connect_info::<SocketAddr>(); with hyper or tonic: insert the peer's \
+     SocketAddr as a request extension";
+
 pub(crate) fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
     if let Some(addr) = req.extensions().get::<SocketAddr>() {
         return Some(addr.ip());
@@ -74,10 +89,7 @@ impl<B> KeyExtractor<B> for PeerIp {
     fn extract(&self, req: &Request<B>) -> Result<String, MissingKey> {
         peer_ip(req)
             .map(|ip| ip_key(canonical(ip)))
-            .ok_or(MissingKey::new(
-                "peer address (no SocketAddr or ConnectInfo<SocketAddr> request extension: \
-                 serve with into_make_service_with_connect_info::<SocketAddr>() and enable the `axum` feature)",
-            ))
+            .ok_or(MissingKey::new(NO_PEER_ADDRESS))
     }
 }
 
@@ -189,9 +201,9 @@ impl ClientIp {
 
 impl<B> KeyExtractor<B> for ClientIp {
     fn extract(&self, req: &Request<B>) -> Result<String, MissingKey> {
-        self.client_ip(req).map(ip_key).ok_or(MissingKey::new(
-            "peer address (no SocketAddr or ConnectInfo<SocketAddr> request extension)",
-        ))
+        self.client_ip(req)
+            .map(ip_key)
+            .ok_or(MissingKey::new(NO_PEER_ADDRESS))
     }
 }
 

@@ -1,7 +1,10 @@
 //! The rate-limit service: picks the policy and the key of a request and asks the backend.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -12,7 +15,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::{
-    Backend, Decide, Decision, KeyExtractor, RequestHead, ResponseBody,
+    Backend, Decide, Decision, KeyExtractor, MissingKey, RequestHead, ResponseBody,
     future::{Pending, ResponseFuture},
     on_limited::OnLimited,
     state::{MissingKeyAction, Shared},
@@ -65,6 +68,32 @@ impl<S, K, Bk, L> RateLimit<S, K, Bk, L> {
 
 const MISSING_KEY: &str = "__missing_key__";
 
+/// The body of the `500` a request without a key gets: says which layer answered, without
+/// telling a client how the server is configured (the log line says that).
+pub(crate) const MISSING_KEY_BODY: &[u8] =
+    b"Internal Server Error: the rate limiter found no key for this request (see the server's log)\n";
+
+pub(crate) static MISSING_KEY_REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// A missing key is a misconfiguration and must never be silent: when the process has no
+/// global `tracing` subscriber, the `error!` above goes nowhere, so the first occurrence is
+/// also written to stderr (once per process). Returns whether it wrote.
+pub(crate) fn report_missing_key(
+    reported: &AtomicBool,
+    policy: &str,
+    missing: &MissingKey,
+) -> bool {
+    if tracing::dispatcher::has_been_set() || reported.swap(true, Ordering::Relaxed) {
+        return false;
+    }
+    eprintln!(
+        "turret-ratelimit: policy {policy:?}: no key for a request, answered 500 ({missing}). \
+         This is printed once because no tracing subscriber is set; \
+         `on_missing_key` on the layer chooses another outcome."
+    );
+    true
+}
+
 impl<S, K, Bk, L, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, K, Bk, L>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
@@ -100,10 +129,11 @@ where
             Err(missing) => match shared.missing {
                 MissingKeyAction::Reject => {
                     tracing::error!(policy = %policy.name, %missing, "rate limit: no key for this request; answering 500");
+                    report_missing_key(&MISSING_KEY_REPORTED, &policy.name, &missing);
                     let res = if is_grpc(&req) {
                         grpc_error("13", "rate%20limit%20key%20missing")
                     } else {
-                        let mut res = Response::new(Bytes::from_static(b"Internal Server Error\n"));
+                        let mut res = Response::new(Bytes::from_static(MISSING_KEY_BODY));
                         *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
                         res
                     };

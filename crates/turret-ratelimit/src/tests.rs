@@ -214,6 +214,16 @@ async fn missing_key_is_a_500_by_default_or_a_shared_key() {
         status(&svc, no_peer()).await,
         StatusCode::INTERNAL_SERVER_ERROR
     );
+    let res = svc.clone().oneshot(no_peer()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], crate::service::MISSING_KEY_BODY);
+    assert!(
+        std::str::from_utf8(&body)
+            .unwrap()
+            .contains("rate limiter found no key"),
+        "the 500 says which layer answered"
+    );
 
     let svc = stack(
         RateLimitLayer::new(Quota::per_minute(1)).on_missing_key(MissingKeyAction::SharedKey),
@@ -408,5 +418,50 @@ mod concurrency {
         }
         gate.notify_one();
         assert_eq!(next.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+}
+
+#[test]
+fn a_missing_key_is_reported_on_stderr_once_when_no_subscriber_is_set() {
+    use std::sync::atomic::AtomicBool;
+
+    use crate::{MissingKey, service::report_missing_key};
+    // No test of this crate sets a global subscriber, so the report must go to stderr.
+    assert!(!tracing::dispatcher::has_been_set());
+    let reported = AtomicBool::new(false);
+    let missing = MissingKey::new("header x-api-key");
+    assert!(
+        report_missing_key(&reported, "api", &missing),
+        "first time: written"
+    );
+    assert!(
+        !report_missing_key(&reported, "api", &missing),
+        "then: once per process"
+    );
+}
+
+#[test]
+fn a_missing_peer_address_names_the_fix_for_this_build() {
+    use crate::{ClientIp, KeyExtractor, PeerIp};
+    let req = Request::new(());
+    for what in [
+        PeerIp.extract(&req).unwrap_err().to_string(),
+        <ClientIp as KeyExtractor<()>>::extract(&ClientIp::trusting(["10.0.0.0/8"]).unwrap(), &req)
+            .unwrap_err()
+            .to_string(),
+    ] {
+        assert!(
+            what.contains("into_make_service_with_connect_info::<SocketAddr>()"),
+            "{what}"
+        );
+        assert!(what.contains("SocketAddr as a request extension"), "{what}");
+        if cfg!(feature = "axum") {
+            assert!(!what.contains("turn on the `axum` feature"), "{what}");
+        } else {
+            assert!(
+                what.contains("turn on the `axum` feature of `turret`"),
+                "{what}"
+            );
+        }
     }
 }

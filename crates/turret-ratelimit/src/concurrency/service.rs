@@ -80,9 +80,14 @@ where
             Err(missing) => match s.missing {
                 MissingKeyAction::Reject => {
                     tracing::error!(policy = %s.name, %missing, "concurrency limit: no key for this request; answering 500");
+                    crate::service::report_missing_key(
+                        &crate::service::MISSING_KEY_REPORTED,
+                        &s.name,
+                        &missing,
+                    );
                     return ConcurrencyFuture::ready(plain(
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        b"Internal Server Error\n",
+                        crate::service::MISSING_KEY_BODY,
                     ));
                 }
                 MissingKeyAction::SharedKey => String::from("__missing_key__"),
