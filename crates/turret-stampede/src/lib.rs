@@ -189,6 +189,8 @@ pub use singleflight::{OnTimeout, SingleFlight};
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use store::{MemoryStore, ValueStore};
+#[cfg(feature = "redis")]
+pub use store::{TieredStore, TieredStoreBuilder};
 pub use xfetch::{DEFAULT_BETA, should_refresh_early};
 
 /// `#[cached]`: caches an `async fn` in a [`StampedeCache`] (feature `macros`).

@@ -3,6 +3,8 @@
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+pub mod tiered;
 
 use std::{fmt, time::Duration};
 
@@ -11,6 +13,8 @@ use bytes::Bytes;
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
+#[cfg(feature = "redis")]
+pub use tiered::{TieredStore, TieredStoreBuilder};
 
 /// One value to store.
 #[derive(Debug, Clone)]
