@@ -15,7 +15,9 @@
 //!   refresh, a pure function.
 //! - [`StampedeCache`]: cache-aside done right — `get_or_compute(key, ttl, || async { … })`
 //!   with single-flight, the lease, a double-check after the lease, a fenced write, XFetch and
-//!   stale-while-revalidate, over a bounded memory store or Redis.
+//!   stale-while-revalidate, over a bounded memory store, Redis, or both: `TieredStore`
+//!   (feature `redis`), a bounded L1 in front of Redis, every instance's L1 kept coherent by
+//!   pub/sub invalidation.
 //! - [`CoalesceLayer`]: a tower layer coalescing identical in-flight `GET`/`HEAD` requests.
 //!
 //! When Redis is unreachable, everything degrades to in-process coalescing (each instance

@@ -73,8 +73,10 @@ pub const DEFAULT_L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// # Coherence and the window
 ///
 /// Another instance stops serving a replaced or removed value once the message reaches it:
-/// the pub/sub latency (the `tiered_window` measurement in `benches/` prints the p50/p99
-/// from a write on one instance to the first fresh read on another).
+/// the pub/sub latency. `cargo bench -p turret-stampede --bench tiered_window` prints the
+/// p50/p99 from a write on one instance (its `put` returning) to the first read on another
+/// that sees the new value: p50 90 µs, p99 259 µs over 1,000 writes on a loopback
+/// redis-server (2026-12-02, 2 shared cores at load 2.5: an upper estimate).
 ///
 /// The subscription is *live* from the moment the store's own probe message comes back
 /// through it until a gap ([`turret_redis::Event::Gap`]: the subscriber connection dropped,
