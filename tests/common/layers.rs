@@ -19,7 +19,7 @@ use turret::{
     conditional::{ConditionalLayer, ValidatorStore},
     ratelimit::{FailureMode, Policy, Quota, RateLimitLayer, RedisBackend},
     redis::Redis,
-    stampede::{LeaseLock, RedisLock, RedisStore, StampedeCache},
+    stampede::{LeaseLock, StampedeCache},
 };
 
 use super::{Layer, Outcome, Svc, connect, sender};
@@ -308,7 +308,7 @@ pub async fn conditional(url: &str, hot: &str) -> Layer {
     }
 }
 
-pub type Stampede = StampedeCache<RedisStore, RedisLock>;
+pub type Stampede = StampedeCache;
 
 /// `get_or_compute` as an HTTP handler: the value of the key named by the path.
 pub fn stampede_service(cache: Stampede) -> Svc<Full<Bytes>> {

@@ -13,8 +13,8 @@ use crate::{
     Error, SingleFlight,
     clock::{Clock, SystemClock, to_ms},
     envelope::{self, FORMAT_VERSION, Header},
-    lock::{LeaseLock, LockBackend, MemoryLock, deadline_after},
-    store::{Entry, MemoryStore, Put, StoreError, ValueStore},
+    lock::{AnyLock, LeaseLock, LockBackend, deadline_after},
+    store::{AnyStore, Entry, Put, StoreError, ValueStore},
     xfetch::{DEFAULT_BETA, should_refresh_early},
 };
 
@@ -79,7 +79,7 @@ type FlightKey = (String, TypeId);
 /// assert_eq!(again, "hello");
 /// # }
 /// ```
-pub struct StampedeCache<S = MemoryStore, L = MemoryLock> {
+pub struct StampedeCache<S = AnyStore, L = AnyLock> {
     store: Arc<S>,
     lock: LeaseLock<L>,
     flights: SingleFlight<FlightKey, Erased, Erased>,
@@ -87,6 +87,7 @@ pub struct StampedeCache<S = MemoryStore, L = MemoryLock> {
     beta: f64,
     grace: Duration,
     lock_wait: Duration,
+    scoped: scoped::Slots,
 }
 
 impl<S, L> Clone for StampedeCache<S, L> {
@@ -99,6 +100,7 @@ impl<S, L> Clone for StampedeCache<S, L> {
             beta: self.beta,
             grace: self.grace,
             lock_wait: self.lock_wait,
+            scoped: self.scoped.clone(),
         }
     }
 }
@@ -124,18 +126,44 @@ impl Default for StampedeCache {
 impl StampedeCache {
     /// A cache for one process: a bounded memory store (64 MiB) and a memory lock.
     pub fn new() -> Self {
-        Self::with(MemoryStore::default(), LeaseLock::memory())
+        Self::from_parts(AnyStore::default(), AnyLock::default())
     }
-}
 
-#[cfg(feature = "redis")]
-impl StampedeCache<crate::RedisStore, crate::RedisLock> {
-    /// A cache shared by a fleet: values and leases on this Redis.
+    /// A cache shared by a fleet: values and leases on this Redis. The same type as
+    /// [`StampedeCache::new`]'s, so the choice is a value:
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), turret_redis::Error> {
+    /// use turret_redis::{Redis, RedisConfig};
+    /// use turret_stampede::StampedeCache;
+    ///
+    /// let cache: StampedeCache = match std::env::var("REDIS_URL") {
+    ///     Ok(url) => StampedeCache::redis(Redis::connect(RedisConfig::from_url(&url)?).await?),
+    ///     Err(_) => StampedeCache::new(),
+    /// };
+    /// # let _ = cache; Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
     pub fn redis(redis: turret_redis::Redis) -> Self {
-        Self::with(
+        Self::from_parts(
             crate::RedisStore::new(redis.clone()),
-            LeaseLock::redis(redis),
+            crate::RedisLock::new(redis),
         )
+    }
+
+    /// A cache shared by a fleet with a memory L1 in each instance: `store` (a
+    /// [`TieredStore`](crate::TieredStore) over this Redis) for values, this Redis for
+    /// leases. The same type as [`StampedeCache::new`]'s.
+    #[cfg(feature = "redis")]
+    pub fn tiered(store: crate::TieredStore, redis: turret_redis::Redis) -> Self {
+        Self::from_parts(store, crate::RedisLock::new(redis))
+    }
+
+    /// A cache over a store and a lock chosen at run time (the lease settings are
+    /// [`LeaseLock::new`]'s defaults; [`StampedeCache::with`] takes a configured
+    /// [`LeaseLock`]).
+    pub fn from_parts(store: impl Into<AnyStore>, lock: impl Into<AnyLock>) -> Self {
+        Self::with(store.into(), LeaseLock::new(lock.into()))
     }
 }
 
@@ -150,6 +178,7 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
             beta: DEFAULT_BETA,
             grace: Duration::ZERO,
             lock_wait: DEFAULT_LOCK_WAIT,
+            scoped: scoped::Slots::default(),
         }
     }
 
@@ -267,7 +296,7 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
             .flights
             .call(flight_key::<T, E>(key), move || {
                 let fut = f();
-                runner.fill::<T, E, Fut>(owned_key, ttl, tags, None, fut)
+                runner.fill_erased::<T, E, Fut>(owned_key, ttl, tags, None, fut)
             })
             .await;
         match result {
@@ -335,16 +364,16 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
     }
 
     /// A stored value that is fresh and, if we saw one before, newer than it.
-    async fn fresh_newer<T: DeserializeOwned + Send + Sync + 'static>(
+    async fn fresh_newer<T: DeserializeOwned>(
         &self,
         key: &str,
         seen: Option<(u64, u64)>,
-    ) -> Option<Erased> {
+    ) -> Option<T> {
         let (header, value) = self.read::<T>(key).await?;
         let fresh = to_ms(self.clock.now()) < header.expires_at_ms;
         let newer =
             seen.is_none_or(|(at, fence)| header.computed_at_ms > at || header.fence > fence);
-        (fresh && newer).then(|| Arc::new(value) as Erased)
+        (fresh && newer).then_some(value)
     }
 
     fn refresh_in_background<T, E, F, Fut>(
@@ -372,7 +401,7 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
                 .flights
                 .call(flight, move || {
                     let fut = f();
-                    runner.fill::<T, E, Fut>(key, ttl, tags, Some(seen), fut)
+                    runner.fill_erased::<T, E, Fut>(key, ttl, tags, Some(seen), fut)
                 })
                 .await;
             if result.is_err() {
@@ -381,8 +410,8 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
         });
     }
 
-    /// The flight: lease, double-check, compute, store (fenced), release.
-    async fn fill<T, E, Fut>(
+    /// [`StampedeCache::fill`] for the detached flights, whose results are shared erased.
+    async fn fill_erased<T, E, Fut>(
         self,
         key: String,
         ttl: Duration,
@@ -395,17 +424,40 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
         E: Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
+        let stored = Stored {
+            ttl,
+            grace: self.grace,
+            tags: &tags,
+        };
+        match self.fill(&key, &stored, seen, fut).await {
+            Ok(v) => Ok(Arc::new(v) as Erased),
+            Err(e) => Err(Arc::new(e) as Erased),
+        }
+    }
+
+    /// The flight: lease, double-check, compute, store (fenced), release.
+    async fn fill<T, E, Fut>(
+        &self,
+        key: &str,
+        stored: &Stored<'_>,
+        seen: Option<(u64, u64)>,
+        fut: Fut,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let deadline = deadline_after(self.lock_wait);
-        let mut waiter = self.lock.waiter(&key);
+        let mut waiter = self.lock.waiter(key);
         loop {
             match waiter.try_acquire().await {
                 Ok(Some(guard)) => {
-                    if let Some(v) = self.fresh_newer::<T>(&key, seen).await {
+                    if let Some(v) = self.fresh_newer::<T>(key, seen).await {
                         let _ = guard.release().await;
                         return Ok(v);
                     }
                     let result = self
-                        .compute_and_store(&key, ttl, &tags, fut, Some(guard.fence()))
+                        .compute_and_store(key, stored, fut, Some(guard.fence()))
                         .await;
                     if guard.is_lost() {
                         tracing::warn!(key, "the lease was lost while computing");
@@ -420,16 +472,16 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
                         metrics::counter!("turret_stampede_cache_lease_wait_timeouts_total")
                             .increment(1);
                         tracing::debug!(key, "lease wait timed out: computing without storing");
-                        return self.compute_and_store(&key, ttl, &tags, fut, None).await;
+                        return self.compute_and_store(key, stored, fut, None).await;
                     }
-                    if let Some(v) = self.fresh_newer::<T>(&key, seen).await {
+                    if let Some(v) = self.fresh_newer::<T>(key, seen).await {
                         return Ok(v);
                     }
                 }
                 Err(e) => {
                     metrics::counter!("turret_stampede_cache_degraded_total").increment(1);
                     tracing::debug!(key, error = %e, "lease unavailable: computing in this process");
-                    return self.compute_and_store(&key, ttl, &tags, fut, Some(0)).await;
+                    return self.compute_and_store(key, stored, fut, Some(0)).await;
                 }
             }
         }
@@ -439,22 +491,35 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
     async fn compute_and_store<T, E, Fut>(
         &self,
         key: &str,
-        ttl: Duration,
-        tags: &[String],
+        stored: &Stored<'_>,
         fut: Fut,
         fence: Option<u64>,
-    ) -> Result<Erased, Erased>
+    ) -> Result<T, E>
     where
-        T: Serialize + Send + Sync + 'static,
-        E: Send + Sync + 'static,
+        T: Serialize,
         Fut: Future<Output = Result<T, E>>,
     {
         metrics::counter!("turret_stampede_cache_computations_total").increment(1);
         let started = to_ms(self.clock.now());
-        let value = fut.await.map_err(|e| Arc::new(e) as Erased)?;
+        let value = fut.await?;
         let Some(fence) = fence else {
-            return Ok(Arc::new(value));
+            return Ok(value);
         };
+        let _ = self.store_value(key, stored, &value, started, fence).await;
+        Ok(value)
+    }
+
+    /// Encodes and stores under `fence`; failures are logged and counted (the cache-aside
+    /// paths serve the value anyway, a write-through returns them).
+    async fn store_value<T: Serialize>(
+        &self,
+        key: &str,
+        stored: &Stored<'_>,
+        value: &T,
+        started: u64,
+        fence: u64,
+    ) -> Result<Put, StoreError> {
+        let ttl = stored.ttl;
         let now = to_ms(self.clock.now());
         let header = Header {
             version: FORMAT_VERSION,
@@ -463,15 +528,16 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
             expires_at_ms: now.saturating_add(to_ms(ttl)),
             fence,
         };
-        match envelope::encode(&header, &value) {
+        match envelope::encode(&header, value) {
             Ok(bytes) => {
                 let entry = Entry {
                     bytes,
                     fence,
-                    ttl: ttl.saturating_add(self.grace),
-                    tags,
+                    ttl: ttl.saturating_add(stored.grace),
+                    tags: stored.tags,
                 };
-                match self.store.put(key, entry).await {
+                let put = self.store.put(key, entry).await;
+                match &put {
                     Ok(Put::Stored) => {}
                     Ok(Put::Refused) => {
                         metrics::counter!("turret_stampede_cache_fenced_writes_refused_total")
@@ -479,24 +545,35 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
                         tracing::info!(
                             key,
                             fence,
-                            "stale write refused: a newer lease wrote the key"
+                            "stale write refused: a newer lease or write-through wrote the key"
                         );
                     }
                     Err(e) => tracing::debug!(key, error = %e, "store write failed"),
                 }
+                put
             }
             Err(e) => {
                 metrics::counter!("turret_stampede_cache_encode_failures_total").increment(1);
                 tracing::warn!(key, error = %e, "value does not encode: not stored");
+                Err(StoreError::Backend(format!(
+                    "the value does not encode: {e}"
+                )))
             }
         }
-        Ok(Arc::new(value))
     }
+}
+
+/// What a computed or written value is stored with.
+struct Stored<'a> {
+    ttl: Duration,
+    grace: Duration,
+    tags: &'a [String],
 }
 
 fn flight_key<T: 'static, E: 'static>(key: &str) -> FlightKey {
     (key.to_owned(), TypeId::of::<(T, E)>())
 }
 
+mod scoped;
 #[cfg(test)]
 mod tests;

@@ -117,7 +117,7 @@
 //! use std::{sync::Arc, time::Duration};
 //! use serde::{Deserialize, Serialize};
 //! use turret_redis::{Redis, RedisConfig};
-//! use turret_stampede::{CacheKey, Error, RedisLock, RedisStore, StampedeCache};
+//! use turret_stampede::{CacheKey, Error, StampedeCache};
 //!
 //! #[derive(Debug, Clone, Serialize, Deserialize)]
 //! struct SalesReport {
@@ -139,7 +139,7 @@
 //! }
 //!
 //! async fn get_sales_report(
-//!     cache: &StampedeCache<RedisStore, RedisLock>,
+//!     cache: &StampedeCache,
 //!     start_date: &str,
 //!     end_date: &str,
 //!     category: Option<&str>,
@@ -175,6 +175,13 @@ mod envelope;
 mod error;
 mod key;
 pub mod lock;
+mod options;
+#[doc(hidden)]
+pub mod __private {
+    //! What `#[cached]` expansions name: not a public API.
+    pub use crate::private::*;
+}
+mod private;
 mod singleflight;
 pub mod store;
 mod xfetch;
@@ -186,11 +193,12 @@ pub use error::Error;
 pub use key::CacheKey;
 #[cfg(feature = "redis")]
 pub use lock::RedisLock;
-pub use lock::{LeaseGuard, LeaseLock, LockBackend, MemoryLock};
+pub use lock::{AnyLock, LeaseGuard, LeaseLock, LockBackend, MemoryLock};
+pub use options::Options;
 pub use singleflight::{OnTimeout, SingleFlight};
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
-pub use store::{MemoryStore, ValueStore};
+pub use store::{AnyStore, MemoryStore, ValueStore};
 #[cfg(feature = "redis")]
 pub use store::{TieredStore, TieredStoreBuilder};
 pub use xfetch::{DEFAULT_BETA, should_refresh_early};

@@ -52,9 +52,7 @@ mod redis_keys {
 
     use super::*;
 
-    async fn cache(
-        server: &RedisServer,
-    ) -> StampedeCache<turret_stampede::RedisStore, turret_stampede::RedisLock> {
+    async fn cache(server: &RedisServer) -> StampedeCache {
         let redis = turret_testkit::connect!(server, |c: RedisConfig| c
             .command_timeout(Duration::from_secs(2)))
         .await;

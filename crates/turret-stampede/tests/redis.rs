@@ -229,11 +229,7 @@ async fn a_thousand_concurrent_misses_in_one_process_compute_once() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
-async fn fleet_run(
-    caches: &[StampedeCache<RedisStore, RedisLock>],
-    key: &str,
-    per: usize,
-) -> usize {
+async fn fleet_run(caches: &[StampedeCache], key: &str, per: usize) -> usize {
     let runs = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for cache in caches {
@@ -397,4 +393,125 @@ async fn four_instances_on_a_cluster_compute_once_fleet_wide() {
     }
     assert_eq!(fleet_run(&caches, "hot", 100).await, 1);
     assert_eq!(fleet_run(&caches, "hot", 100).await, 0, "all hits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_times_100_fetch_misses_compute_once_fleet_wide() {
+    let server = RedisServer::start();
+    let mut caches = Vec::new();
+    for _ in 0..4 {
+        let redis = connect(&server).await;
+        subscribed(&redis).await;
+        caches.push(StampedeCache::redis(redis));
+    }
+    let runs = Arc::new(AtomicUsize::new(0));
+    let options = turret_stampede::Options::ttl(TTL);
+    let mut tasks = Vec::new();
+    for cache in &caches {
+        for _ in 0..100 {
+            let (cache, runs, options) = (cache.clone(), runs.clone(), options.clone());
+            tasks.push(tokio::spawn(async move {
+                let db = "the database";
+                tokio::time::timeout(
+                    Duration::from_secs(20),
+                    cache.fetch("fetched", &options, || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok::<_, Infallible>(db.len())
+                    }),
+                )
+                .await
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().expect("no caller hangs"), Ok(12));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// Write-through against computations in flight, on one Redis from two instances: a
+/// computation reads the "database", then a writer updates it and calls `set`, then the
+/// computation stores what it read. Whatever the interleaving, what is stored afterwards
+/// is the value written last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_computation_never_overwrites_a_later_write_through() {
+    let server = RedisServer::start();
+    let reader = StampedeCache::redis(connect(&server).await);
+    let writer = StampedeCache::redis(connect(&server).await);
+    let options = turret_stampede::Options::ttl(TTL);
+    let db = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for round in 0..1000u64 {
+        let key = format!("race:{}", round % 50);
+        writer.invalidate(&key).await.unwrap();
+        let read = Arc::new(tokio::sync::Notify::new());
+        let written = Arc::new(tokio::sync::Notify::new());
+        let computation = {
+            let (reader, db, read, written, key, options) = (
+                reader.clone(),
+                db.clone(),
+                read.clone(),
+                written.clone(),
+                key.clone(),
+                options.clone(),
+            );
+            tokio::spawn(async move {
+                reader
+                    .fetch(&key, &options, || async {
+                        let seen = db.load(Ordering::SeqCst);
+                        read.notify_one();
+                        // Vary the interleaving: some computations store before the write,
+                        // most after it.
+                        if round % 4 != 0 {
+                            written.notified().await;
+                        }
+                        Ok::<_, Infallible>(seen)
+                    })
+                    .await
+            })
+        };
+        read.notified().await;
+        let newest = round + 1;
+        db.store(newest, Ordering::SeqCst);
+        writer.set(&key, &newest, &options).await.unwrap();
+        written.notify_one();
+        let computed = computation.await.unwrap().unwrap();
+        assert!(computed < newest, "the computation read before the write");
+        assert_eq!(
+            writer.peek::<u64>(&key).await,
+            Some(newest),
+            "round {round}: the last write stands"
+        );
+    }
+}
+
+/// The two-tier cache through the cache-aside API: B holds the value in its L1, a
+/// write-through on A reaches B's readers (the L1 copy is evicted by the broadcast).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_on_one_tiered_cache_reaches_the_other_instances_reads() {
+    let server = RedisServer::start();
+    let (ra, rb) = (connect(&server).await, connect(&server).await);
+    let a = StampedeCache::tiered(turret_stampede::TieredStore::new(ra.clone()), ra);
+    let store_b = turret_stampede::TieredStore::new(rb.clone());
+    let b = StampedeCache::tiered(store_b, rb);
+    let options = turret_stampede::Options::ttl(TTL);
+    let first: Result<u64, Infallible> = b.fetch("t", &options, || async { Ok(1) }).await;
+    assert_eq!(first, Ok(1));
+    let hit: Result<u64, Infallible> = b.fetch("t", &options, || async { Ok(99) }).await;
+    assert_eq!(hit, Ok(1), "B's L1 (or L2) holds it");
+    a.set("t", &2u64, &options).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen: Result<u64, Infallible> = b.fetch("t", &options, || async { Ok(99) }).await;
+        if seen == Ok(2) {
+            break;
+        }
+        assert_eq!(
+            seen,
+            Ok(1),
+            "B sees the old or the new value, never a recomputation"
+        );
+        assert!(Instant::now() < deadline, "B never saw the write-through");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

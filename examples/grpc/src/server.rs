@@ -48,7 +48,7 @@ use tonic::{
 use tonic_prost::ProstCodec;
 use turret_ratelimit::{HeaderKey, RateLimitLayer, RedisBackend};
 use turret_redis::{Redis, RedisConfig};
-use turret_stampede::{CacheKey, RedisLock, RedisStore, StampedeCache};
+use turret_stampede::{CacheKey, StampedeCache};
 
 use crate::{
     config::ServerConfig,
@@ -169,17 +169,11 @@ struct Catalog {
     products: Vec<Product>,
     slow_read: Duration,
     list_ttl: Duration,
-    lists: Lists,
+    /// The stampede cache of computed lists: in memory, or on Redis for a fleet.
+    lists: StampedeCache,
     list_computations: AtomicU64,
     list_calls: AtomicU64,
     get_calls: AtomicU64,
-}
-
-/// The stampede cache of computed lists: in memory, or on Redis for a fleet.
-#[derive(Debug)]
-enum Lists {
-    Memory(StampedeCache),
-    Redis(StampedeCache<RedisStore, RedisLock>),
 }
 
 impl CatalogService {
@@ -187,8 +181,8 @@ impl CatalogService {
     /// `list_ttl`; with `redis`, shared by every server on it.
     pub fn new(slow_read: Duration, list_ttl: Duration, redis: Option<Redis>) -> Self {
         let lists = match redis {
-            None => Lists::Memory(StampedeCache::new()),
-            Some(redis) => Lists::Redis(StampedeCache::redis(redis)),
+            None => StampedeCache::new(),
+            Some(redis) => StampedeCache::redis(redis),
         };
         Self {
             catalog: Arc::new(Catalog {
@@ -267,10 +261,10 @@ impl Catalog {
             .part(page_size.to_string());
         let catalog = self.clone();
         let compute = move || async move { Ok(catalog.slow_read(&req.category, page_size).await) };
-        let result = match &self.lists {
-            Lists::Memory(cache) => cache.get_or_compute(&key, self.list_ttl, compute).await,
-            Lists::Redis(cache) => cache.get_or_compute(&key, self.list_ttl, compute).await,
-        };
+        let result = self
+            .lists
+            .get_or_compute(&key, self.list_ttl, compute)
+            .await;
         result.map_err(|e: turret_stampede::Error<Infallible>| {
             tracing::error!(error = %e, "ListProducts failed");
             Status::unavailable(format!("the product list could not be computed: {e}"))

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Serialize, de::DeserializeOwned};
 use turret_redis::Redis;
-use turret_stampede::{CacheKey, RedisLock, RedisStore, StampedeCache};
+use turret_stampede::{CacheKey, StampedeCache};
 
 use crate::errors::ApiError;
 
@@ -38,10 +38,9 @@ pub(crate) fn top_selling_key(limit: i64) -> CacheKey {
 pub(crate) enum Stampede {
     /// Every request aggregates.
     Off,
-    /// Single-flight and values in this process.
-    Memory(StampedeCache),
-    /// A fleet-wide lease and values in Redis.
-    Redis(StampedeCache<RedisStore, RedisLock>),
+    /// Single-flight and values in this process, or (with Redis) a fleet-wide lease and
+    /// values in Redis: one type, the backend is a value.
+    On(StampedeCache),
 }
 
 impl Stampede {
@@ -49,8 +48,8 @@ impl Stampede {
     pub(crate) fn new(enabled: bool, redis: Option<Redis>) -> Self {
         match (enabled, redis) {
             (false, _) => Stampede::Off,
-            (true, None) => Stampede::Memory(StampedeCache::new().grace(GRACE)),
-            (true, Some(redis)) => Stampede::Redis(StampedeCache::redis(redis).grace(GRACE)),
+            (true, None) => Stampede::On(StampedeCache::new().grace(GRACE)),
+            (true, Some(redis)) => Stampede::On(StampedeCache::redis(redis).grace(GRACE)),
         }
     }
 
@@ -71,8 +70,7 @@ impl Stampede {
         let compute = move || async move { compute().await.map_err(|e| e.to_string()) };
         let out = match self {
             Stampede::Off => return compute().await.map_err(ApiError::Internal),
-            Stampede::Memory(cache) => cache.get_or_compute(key, ttl, compute).await,
-            Stampede::Redis(cache) => cache.get_or_compute(key, ttl, compute).await,
+            Stampede::On(cache) => cache.get_or_compute(key, ttl, compute).await,
         };
         out.map_err(|e| ApiError::Internal(e.to_string()))
     }
@@ -81,8 +79,7 @@ impl Stampede {
     pub(crate) async fn invalidate(&self, key: &CacheKey) {
         let out = match self {
             Stampede::Off => return,
-            Stampede::Memory(cache) => cache.invalidate(key).await,
-            Stampede::Redis(cache) => cache.invalidate(key).await,
+            Stampede::On(cache) => cache.invalidate(key).await,
         };
         if let Err(e) = out {
             tracing::warn!(error = %e, %key, "stampede cache invalidation failed");

@@ -6,7 +6,7 @@ use std::{
 use bytes::Bytes;
 
 use super::*;
-use crate::FakeClock;
+use crate::{FakeClock, MemoryStore};
 
 const TTL: Duration = Duration::from_secs(10);
 

@@ -133,4 +133,9 @@ impl LockBackend for MemoryLock {
     fn release_signal(&self, key: &str) -> ReleaseSignal {
         self.waiters.signal(key)
     }
+
+    async fn next_fence(&self, _key: &str) -> Result<u64, LockError> {
+        // The leases' own counter: every lease granted before gets a smaller token.
+        Ok(self.fence.fetch_add(1, Ordering::Relaxed) + 1)
+    }
 }

@@ -5,6 +5,7 @@
 //! adds what every backend shares: the [`LeaseGuard`] with its watchdog, and waiting for a
 //! release woken by the backend's signal, with jittered polling only as a fallback.
 
+mod any;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -26,6 +27,7 @@ use tokio::{
     time::{Instant, sleep, sleep_until},
 };
 
+pub use any::AnyLock;
 pub use memory::MemoryLock;
 #[cfg(feature = "redis")]
 pub use redis::RedisLock;
@@ -196,6 +198,18 @@ pub trait LockBackend: Send + Sync + 'static {
     /// A signal that fires (maybe spuriously) when the lease on `key` may have been
     /// released. Must be called inside a Tokio runtime.
     fn release_signal(&self, key: &str) -> ReleaseSignal;
+
+    /// A fencing token for `key` larger than that of every lease on `key` granted before
+    /// this call (and smaller than every one granted after), without taking a lease: what a
+    /// write-through ([`crate::StampedeCache::set`]) stores under, so that a computation
+    /// that began before it can never overwrite it. The default refuses: a backend that
+    /// cannot order writes against its leases must not pretend to.
+    fn next_fence(&self, key: &str) -> impl Future<Output = Result<u64, LockError>> + Send {
+        let _ = key;
+        std::future::ready(Err(LockError::Backend(
+            "this lock backend cannot fence writes (no next_fence)".to_owned(),
+        )))
+    }
 }
 
 /// Per-key release signals of one backend, for its local waiters.
@@ -416,6 +430,12 @@ impl<L: LockBackend> LeaseLock<L> {
     /// The backend.
     pub fn backend(&self) -> &L {
         &self.backend
+    }
+
+    /// A fencing token newer than every lease on `key` granted so far (see
+    /// [`LockBackend::next_fence`]).
+    pub async fn next_fence(&self, key: &str) -> Result<u64, LockError> {
+        self.backend.next_fence(key).await
     }
 
     /// Tries once; `None` if someone else holds the lease.

@@ -42,6 +42,22 @@ return {0, redis.call('PTTL', KEYS[1])}
     )
 });
 
+/// `INCR` of the fence counter alone (a write-through's token), started like `ACQUIRE`'s.
+static NEXT_FENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "stampede_next_fence",
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])))
+end
+local fence = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return fence
+",
+    )
+});
+
 /// Compare-and-delete, then announce the release.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -242,6 +258,17 @@ impl LockBackend for RedisLock {
             self.waiters.notify(lease.key().as_bytes());
         }
         Ok(released)
+    }
+
+    async fn next_fence(&self, key: &str) -> Result<u64, LockError> {
+        let reply: Result<i64, _> = NEXT_FENCE
+            .key(self.redis.key("fence").tag(key).build())
+            .arg(FENCE_TTL_MS)
+            .invoke(&self.redis)
+            .await;
+        let fence = self.observe(reply)?;
+        u64::try_from(fence)
+            .map_err(|_| LockError::Backend(format!("negative fence from Redis: {fence}")))
     }
 
     fn release_signal(&self, key: &str) -> ReleaseSignal {

@@ -1,5 +1,6 @@
 //! Where the cache-aside API keeps values: in memory for one instance, on Redis for a fleet.
 
+mod any;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -10,6 +11,7 @@ use std::{fmt, time::Duration};
 
 use bytes::Bytes;
 
+pub use any::AnyStore;
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
