@@ -420,3 +420,52 @@ async fn the_listener_ends_with_the_last_clone() {
         "the listener outlived the store"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_racing_writes_never_goes_back_to_an_older_value_and_sees_the_last() {
+    let server = RedisServer::start();
+    let (a, b, _silent) = fleet(&server.url(), Duration::from_secs(30)).await;
+    const WRITES: u64 = 300;
+    a.put("k", entry("0", 0, &[])).await.unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (b, done) = (b.clone(), done.clone());
+        tokio::spawn(async move {
+            let (mut last, mut reads, mut l1_reads) = (0u64, 0u64, 0u64);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let held = b.l1_holds("k");
+                let seen: u64 = value(&b, "k").await.unwrap().parse().unwrap();
+                assert!(
+                    seen >= last,
+                    "read {seen} after {last}: an old value came back"
+                );
+                last = seen;
+                reads += 1;
+                l1_reads += u64::from(held);
+                // An L1 hit never suspends: let the listener and the writer run.
+                tokio::task::yield_now().await;
+            }
+            (last, reads, l1_reads)
+        })
+    };
+    for i in 1..=WRITES {
+        a.put("k", entry(&i.to_string(), 0, &[])).await.unwrap();
+        // Let the reader fill its L1 between some writes.
+        if i % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let last = WRITES.to_string();
+    assert!(
+        eventually(Duration::from_secs(5), async || value(&b, "k")
+            .await
+            .as_deref()
+            == Some(last.as_str()))
+        .await
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (seen, reads, l1_reads) = reader.await.unwrap();
+    assert!(seen <= WRITES);
+    assert!(reads > WRITES, "the reader ran alongside: {reads} reads");
+    assert!(l1_reads > 0, "some reads were L1 hits");
+}
