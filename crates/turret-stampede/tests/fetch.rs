@@ -248,3 +248,38 @@ async fn memory_and_redis_caches_are_one_type() {
         takes(&StampedeCache::redis(redis));
     }
 }
+
+/// A lock that cannot fence: `set` must not leave the value stored before the database
+/// write in place.
+#[tokio::test]
+async fn a_write_through_without_a_fence_drops_the_old_value_and_fails() {
+    use turret_stampede::{
+        LeaseLock, MemoryStore,
+        lock::{Attempt, Lease, LockBackend, LockError, MemoryLock, ReleaseSignal},
+    };
+    /// A memory lock without `next_fence` (the trait's default refuses).
+    struct NoFence(MemoryLock);
+    impl LockBackend for NoFence {
+        async fn try_acquire(&self, key: &str, ttl: Duration) -> Result<Attempt, LockError> {
+            self.0.try_acquire(key, ttl).await
+        }
+        async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, LockError> {
+            self.0.extend(lease, ttl).await
+        }
+        async fn release(&self, lease: &Lease) -> Result<bool, LockError> {
+            self.0.release(lease).await
+        }
+        fn release_signal(&self, key: &str) -> ReleaseSignal {
+            self.0.release_signal(key)
+        }
+    }
+    let cache = StampedeCache::with(
+        MemoryStore::default(),
+        LeaseLock::new(NoFence(MemoryLock::new())),
+    );
+    let options = ttl(600);
+    let old: Result<u32, Infallible> = cache.fetch("p", &options, || async { Ok(1) }).await;
+    assert_eq!(old, Ok(1));
+    assert!(cache.set("p", &2u32, &options).await.is_err());
+    assert_eq!(cache.peek::<u32>("p").await, None, "the old value is gone");
+}

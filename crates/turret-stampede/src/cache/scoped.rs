@@ -128,7 +128,8 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
             grace: options.get_grace().unwrap_or(self.grace),
             tags: options.get_tags(),
         };
-        let slot_key = flight_key::<T, ()>(key);
+        // Built only off the hit path (it allocates).
+        let slot_key = || flight_key::<T, ()>(key);
         if let Some((header, value)) = self.read::<T>(key).await {
             let now = self.clock.now();
             let now_ms = to_ms(now);
@@ -141,7 +142,7 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
                     std::time::Duration::from_millis(header.expires_at_ms),
                     1.0 - rand::random::<f64>(),
                 );
-                if early && let Role::Lead(claim) = claim(&self.scoped, &slot_key) {
+                if early && let Role::Lead(claim) = claim(&self.scoped, &slot_key()) {
                     metrics::counter!("turret_stampede_cache_reads_total", "result" => "early_refresh").increment(1);
                     let refreshed = self.fill(key, &stored, seen, f()).await;
                     drop(claim);
@@ -154,7 +155,7 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
             if now_ms < header.expires_at_ms.saturating_add(to_ms(stored.grace)) {
                 metrics::counter!("turret_stampede_cache_reads_total", "result" => "stale")
                     .increment(1);
-                if let Role::Lead(claim) = claim(&self.scoped, &slot_key) {
+                if let Role::Lead(claim) = claim(&self.scoped, &slot_key()) {
                     let refreshed = self.fill(key, &stored, seen, f()).await;
                     drop(claim);
                     return Ok(self.refreshed_or(key, refreshed, value));
@@ -163,6 +164,7 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
             }
         }
         metrics::counter!("turret_stampede_cache_reads_total", "result" => "miss").increment(1);
+        let slot_key = slot_key();
         loop {
             match claim(&self.scoped, &slot_key) {
                 Role::Lead(claim) => {
@@ -212,7 +214,9 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
     /// granted so far ([`LockBackend::next_fence`]), so a computation that began before this
     /// write — and read the database before it — can never overwrite it when it finishes.
     /// `Put::Refused` means a newer write (or a computation that began after this one)
-    /// already stored the key.
+    /// already stored the key. When no fence can be had (the lock unreachable), the stored
+    /// value is invalidated (best effort, so it cannot outlive the database write) and the
+    /// error returned.
     ///
     /// ```
     /// use std::{convert::Infallible, time::Duration};
@@ -238,10 +242,19 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
         options: &Options,
     ) -> Result<Put, StoreError> {
         let key = key.as_ref();
-        let fence = self.lock.next_fence(key).await.map_err(|e| match e {
-            LockError::Unavailable(e) => StoreError::Unavailable(e),
-            LockError::Backend(e) => StoreError::Backend(e),
-        })?;
+        let fence = match self.lock.next_fence(key).await {
+            Ok(fence) => fence,
+            Err(e) => {
+                // No fence, no write: but the value stored before the database write must
+                // not outlive it, so drop it (best effort) and say the write failed.
+                metrics::counter!("turret_stampede_cache_write_failures_total").increment(1);
+                let _ = self.store.invalidate(key).await;
+                return Err(match e {
+                    LockError::Unavailable(e) => StoreError::Unavailable(e),
+                    LockError::Backend(e) => StoreError::Backend(e),
+                });
+            }
+        };
         let stored = Stored {
             ttl: options.get_ttl(),
             grace: options.get_grace().unwrap_or(self.grace),
