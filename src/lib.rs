@@ -11,6 +11,7 @@
 //! | `cache` | [`cache`] | RFC 9111 shared response cache: storage in memory, or Redis and two-tier with `redis`; revalidation, stale-while-revalidate, stale-if-error, one origin call per key (turns on `stampede`) |
 //! | `cached` | [`cached`] | `#[cached]` on async fns: stampede-safe data caching, the key function generated next to the function (turns on `stampede`) |
 //! | `stampede` | [`stampede`] | single-flight, lease lock with fencing (fleet-wide with `redis`), XFetch, cache-aside, request coalescing |
+//! | `writebehind` | [`writebehind`] | write-behind queue: writes merged per key and flushed in batches to your sink; bounded memory queue, or a Redis Stream shared by a fleet with `redis` (exactly-once effect through stable batch ids) |
 //!
 //! The layers' Redis parts come with the `redis` feature only: `features = ["cache"]` builds
 //! the in-memory cache without the `redis` crate. Other features: `axum` (with `ratelimit`:
@@ -44,6 +45,10 @@
     not(feature = "stampede"),
     doc = "[`stampede`]: https://docs.rs/turret-stampede"
 )]
+#![cfg_attr(
+    not(feature = "writebehind"),
+    doc = "[`writebehind`]: https://docs.rs/turret-writebehind"
+)]
 
 #[cfg(feature = "redis")]
 pub use turret_redis as redis;
@@ -62,3 +67,6 @@ pub use turret_cache as cache;
 
 #[cfg(feature = "cached")]
 pub use turret_stampede::cached;
+
+#[cfg(feature = "writebehind")]
+pub use turret_writebehind as writebehind;
