@@ -9,7 +9,8 @@ use std::{collections::HashMap, fmt, hash::Hash, sync::Arc};
 ///
 /// On Redis it is derived from the stream entries the batch covers: `{queue}/{first entry
 /// id}/{entries}` (each entry belongs to exactly one batch, for ever: see the crate docs).
-/// In memory it is `{queue}/m{process}-{sequence}/{entries}`, stable across the retries of
+/// In memory it is `{queue}/m{random}.{n}-{sequence}/{entries}` (random per queue start, so a
+/// restarted process never repeats an id), stable across the retries of
 /// one process.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BatchId(String);

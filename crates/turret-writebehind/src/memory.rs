@@ -16,8 +16,15 @@ use crate::{
     queue::{Core, QueueItem, QueueKey, Settings},
 };
 
-/// Process-wide: makes memory batch ids of two queues (or two processes) differ.
+/// Process-wide: makes memory batch ids of two queues of one process differ.
 static QUEUES: AtomicU64 = AtomicU64::new(0);
+
+/// The batch-id component of the `n`th memory queue of this process: `m{random}.{n}`. Random
+/// per queue, not the process id: a restarted process (in a container, often pid 1 again)
+/// must never repeat an id a sink has recorded, or the sink would skip its batch as applied.
+fn instance_name(n: u64) -> String {
+    format!("m{:016x}.{n}", rand::random::<u64>())
+}
 
 pub(crate) struct Queue<K, V> {
     items: Mutex<VecDeque<(K, V, Instant)>>,
@@ -33,7 +40,7 @@ impl<K, V> Queue<K, V> {
         Self {
             items: Mutex::new(VecDeque::new()),
             backlog: AtomicU64::new(0),
-            instance: format!("m{}.{n}", std::process::id()),
+            instance: instance_name(n),
         }
     }
 
@@ -123,5 +130,21 @@ impl<K: QueueKey, V: QueueItem> Queue<K, V> {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_name;
+
+    /// A process restarted with the same pid and the same queue count (pid 1 in a container)
+    /// must not repeat the batch ids of its previous life: a sink that recorded them would
+    /// skip the new batches as already applied and lose their writes.
+    #[test]
+    fn a_restarted_process_never_repeats_a_memory_batch_id() {
+        let first_life = instance_name(0);
+        let second_life = instance_name(0);
+        assert_ne!(first_life, second_life);
+        assert!(first_life.starts_with('m') && first_life.ends_with(".0"));
     }
 }
