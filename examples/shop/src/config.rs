@@ -63,10 +63,27 @@ pub(crate) struct Config {
     #[arg(long, env = "NO_CONDITIONAL")]
     pub(crate) no_conditional: bool,
 
-    /// Turn stampede protection of top-selling and the dashboard off (every request
-    /// aggregates).
+    /// Turn the data cache off: product rows, top-selling and the dashboard (stampede
+    /// protection, two tiers with Redis) — every request queries and aggregates.
     #[arg(long, env = "NO_STAMPEDE")]
     pub(crate) no_stampede: bool,
+
+    /// How often the product views counted by `POST /products/{id}/views` are flushed to
+    /// the database, summed per product, one transaction per batch (`1s`, `500ms`).
+    #[arg(long, env = "WRITE_BEHIND_FLUSH", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) write_behind_flush: Duration,
+
+    /// With `--redis-url`: how long the views a dead shop left pending wait before another
+    /// shop takes them over (at least twice `--write-behind-flush`).
+    #[arg(long, env = "WRITE_BEHIND_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) write_behind_claim_idle: Duration,
+
+    /// With `--redis-url`: this shop's name in the views queue's consumer group. Give each
+    /// shop of a fleet its own, stable across restarts (never two running shops with one
+    /// name): a restarted shop then flushes the views it left pending at once. Default: a
+    /// new random name per start.
+    #[arg(long, env = "WRITE_BEHIND_CONSUMER")]
+    pub(crate) write_behind_consumer: Option<String>,
 }
 
 /// The counting algorithms of `turret_ratelimit`, as flag values.
@@ -154,6 +171,9 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:3000");
         assert_eq!(c.rate_limit.count(), 100);
         assert_eq!(c.cache_ttl, Duration::from_secs(300));
+        assert_eq!(c.write_behind_flush, Duration::from_secs(1));
+        assert_eq!(c.write_behind_claim_idle, Duration::from_secs(30));
+        assert_eq!(c.write_behind_consumer, None);
         assert!(c.trusted_proxies.is_empty());
         let c =
             Config::try_parse_from(["shop", "--trusted-proxies", "10.0.0.0/8,127.0.0.1"]).unwrap();

@@ -417,6 +417,77 @@ impl Db {
         .await
     }
 
+    /// Applies one write-behind batch of view counts (`(product id, views)`) exactly once:
+    /// in one transaction, the batch id is recorded first (which also takes SQLite's write
+    /// lock at once) and the counts are added only if the id was new. A redelivered batch
+    /// (after a crash between this commit and the queue's acknowledgement, or taken over
+    /// from a dead instance) finds its id and changes nothing. Ids older than
+    /// [`BATCH_IDS_KEPT`] are pruned in the same transaction. True if the batch was applied
+    /// now, false if it had been before.
+    pub(crate) async fn apply_views(
+        &self,
+        batch_id: &str,
+        views: &[(i64, i64)],
+    ) -> Result<bool, sqlx::Error> {
+        self.run("apply_views", async {
+            let now = unix_millis();
+            let mut tx = self.pool.begin().await?;
+            let fresh = sqlx::query(
+                "INSERT INTO applied_view_batches (id, applied_at_ms) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(batch_id.to_owned())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if fresh {
+                for &(product, n) in views {
+                    sqlx::query(UPSERT_VIEWS)
+                        .bind(product)
+                        .bind(n)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let kept_ms = BATCH_IDS_KEPT.as_millis() as i64;
+                sqlx::query("DELETE FROM applied_view_batches WHERE applied_at_ms < $1")
+                    .bind(now - kept_ms)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(fresh)
+        })
+        .await
+    }
+
+    /// Adds `n` views of `product` at once, without the queue (the fallback while Redis is
+    /// known to be unreachable).
+    pub(crate) async fn add_views_now(&self, product: i64, n: i64) -> Result<(), sqlx::Error> {
+        self.run("add_views_now", async {
+            sqlx::query(UPSERT_VIEWS)
+                .bind(product)
+                .bind(n)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The views of a product flushed to the database so far (0 before the first).
+    pub(crate) async fn product_views(&self, id: i64) -> Result<i64, sqlx::Error> {
+        self.run("product_views", async {
+            sqlx::query("SELECT views FROM product_views WHERE product_id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map_or(Ok(0), |r| r.try_get::<i64, _>(0))
+        })
+        .await
+    }
+
     /// The dashboard's totals: counts, and sums over every order line.
     pub(crate) async fn dashboard(&self) -> Result<Dashboard, sqlx::Error> {
         self.run("dashboard", async {
@@ -447,6 +518,16 @@ impl Db {
         })
         .await
     }
+}
+
+/// How long the ids of applied view batches are kept: a batch redelivered later than this
+/// (only if the queue could not acknowledge it for a week) would be counted again.
+pub(crate) const BATCH_IDS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Whether a start-up error is a lost race that a retry fixes.
@@ -485,6 +566,19 @@ fn category(r: &AnyRow) -> Result<Category, sqlx::Error> {
     })
 }
 
+/// View counts, flushed by write-behind (not a column of `products`: a view changes no
+/// version and no `ETag`).
+const VIEWS_TABLE: &str = "CREATE TABLE IF NOT EXISTS product_views (product_id BIGINT PRIMARY KEY, \
+     views BIGINT NOT NULL)";
+/// Adds `$2` views to product `$1`.
+const UPSERT_VIEWS: &str = "INSERT INTO product_views (product_id, views) VALUES ($1, $2) \
+     ON CONFLICT (product_id) DO UPDATE SET views = product_views.views + excluded.views";
+/// The ids of the write-behind batches applied, recorded in the same transaction.
+const APPLIED_TABLE: &str = "CREATE TABLE IF NOT EXISTS applied_view_batches (id TEXT PRIMARY KEY, \
+     applied_at_ms BIGINT NOT NULL)";
+const APPLIED_INDEX: &str = "CREATE INDEX IF NOT EXISTS applied_view_batches_by_time \
+     ON applied_view_batches (applied_at_ms)";
+
 /// `CREATE TABLE IF NOT EXISTS …` for `backend`. No index on `order_items.product_id`:
 /// top-selling is meant to cost a full scan.
 fn schema(backend: Backend) -> Vec<&'static str> {
@@ -504,6 +598,9 @@ fn schema(backend: Backend) -> Vec<&'static str> {
             "CREATE TABLE IF NOT EXISTS order_items (id INTEGER PRIMARY KEY AUTOINCREMENT, \
              order_id BIGINT NOT NULL REFERENCES orders(id), product_id BIGINT NOT NULL, \
              quantity BIGINT NOT NULL, unit_price_cents BIGINT NOT NULL)",
+            VIEWS_TABLE,
+            APPLIED_TABLE,
+            APPLIED_INDEX,
         ],
         Backend::Postgres => vec![
             "CREATE TABLE IF NOT EXISTS shop_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -522,6 +619,9 @@ fn schema(backend: Backend) -> Vec<&'static str> {
              PRIMARY KEY, order_id BIGINT NOT NULL REFERENCES orders(id), \
              product_id BIGINT NOT NULL, quantity BIGINT NOT NULL, \
              unit_price_cents BIGINT NOT NULL)",
+            VIEWS_TABLE,
+            APPLIED_TABLE,
+            APPLIED_INDEX,
         ],
     }
 }
@@ -726,5 +826,24 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    /// A batch delivered twice (the sink succeeded, the acknowledgement was lost) is
+    /// applied once; another batch id adds again.
+    #[tokio::test]
+    async fn a_view_batch_delivered_twice_is_applied_once() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("shop.db").display());
+        let (db, _) = Db::connect(&url).await.unwrap();
+        let batch = [(3, 5), (4, 1)];
+        assert!(db.apply_views("views/1-0/6", &batch).await.unwrap());
+        assert!(!db.apply_views("views/1-0/6", &batch).await.unwrap());
+        assert_eq!(db.product_views(3).await.unwrap(), 5);
+        assert_eq!(db.product_views(4).await.unwrap(), 1);
+        assert!(db.apply_views("views/1-6/1", &[(3, 2)]).await.unwrap());
+        assert_eq!(db.product_views(3).await.unwrap(), 7);
+        assert_eq!(db.product_views(5).await.unwrap(), 0);
+        db.add_views_now(5, 1).await.unwrap();
+        assert_eq!(db.product_views(5).await.unwrap(), 1);
     }
 }

@@ -30,6 +30,8 @@ pub(crate) enum ApiError {
     UnsupportedMediaType(String),
     /// `422`: well-formed, but breaks a rule.
     Unprocessable(String),
+    /// `503`: a dependency cannot take the request now; `Retry-After: 1`.
+    Unavailable(String),
     /// `500`: the database failed. The details go to the log, not to the client.
     Internal(String),
 }
@@ -56,6 +58,7 @@ impl ApiError {
             ApiError::Unprocessable(m) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", m)
             }
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -71,7 +74,12 @@ impl IntoResponse for ApiError {
             tracing::error!(%detail, "request failed");
         }
         let (status, code, message) = self.parts();
-        error_response(status, code, message)
+        let mut res = error_response(status, code, message);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
     }
 }
 

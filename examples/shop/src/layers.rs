@@ -1,6 +1,6 @@
 //! The rate limiter (`turret_ratelimit`) and conditional requests (`turret_conditional`),
 //! configured for the shop. (The response cache is in `cache.rs`, stampede protection in
-//! `stampede.rs`.)
+//! `data.rs`.)
 
 use axum::{
     Router,

@@ -1,31 +1,41 @@
 //! The shop: an e-commerce API (products, categories, orders) on SQLite or PostgreSQL with
 //! every turret layer stacked — rate limit, response cache, conditional requests and
-//! stampede protection — each switchable for an A/B comparison. See the README beside this
+//! stampede protection — each switchable for an A/B comparison, a data cache (`#[cached]`,
+//! two tiers, write-through) and view counts through write-behind. See the README beside this
 //! crate and `shop --help`.
 //!
 //! - `config.rs`: flags and their environment fallbacks.
 //! - `db.rs`: schema, first-start seed, queries (counted in `shop_db_queries_total`).
 //! - `model.rs`: the JSON in and out, and input rules.
 //! - `routes.rs`: handlers, and the order of the layers.
-//! - `cache.rs`, `stampede.rs`, `layers.rs`: the turret layers, configured.
+//! - `cache.rs`, `layers.rs`: the turret layers, configured; `data.rs`: the data cache;
+//!   `views.rs`: write-behind.
 //! - `errors.rs`: JSON errors; `telemetry.rs`: logs and `/metrics`.
 
 mod cache;
 mod config;
+mod data;
 mod db;
 mod errors;
 mod layers;
 mod model;
 mod routes;
-mod stampede;
 mod telemetry;
+mod views;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use turret_redis::{Redis, RedisConfig};
 
-use crate::{cache::ShopCache, config::Config, db::Db, routes::AppState, stampede::Stampede};
+use crate::{
+    cache::ShopCache,
+    config::Config,
+    data::Data,
+    db::Db,
+    routes::AppState,
+    views::{Views, ViewsConfig},
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -71,10 +81,20 @@ async fn run(config: Config) -> Result<(), String> {
     } else {
         ShopCache::new(config.cache_ttl, redis.clone())
     };
+    let views = Views::start(
+        db.clone(),
+        redis.clone(),
+        &ViewsConfig {
+            flush: config.write_behind_flush,
+            claim_idle: config.write_behind_claim_idle,
+            consumer: config.write_behind_consumer.clone(),
+        },
+    )?;
     let state = AppState {
+        data: Data::new(db.clone(), !config.no_stampede, redis.clone()),
         db,
         cache,
-        stampede: Stampede::new(!config.no_stampede, redis.clone()),
+        views: views.clone(),
         metrics,
     };
     let app = routes::app(state, &config, redis.as_ref())?;
@@ -102,7 +122,11 @@ async fn run(config: Config) -> Result<(), String> {
     )
     .with_graceful_shutdown(shutdown())
     .await
-    .map_err(|e| format!("server: {e}"))
+    .map_err(|e| format!("server: {e}"))?;
+    // The views still in a memory queue go to the database now (on Redis they are durable
+    // in the stream; the batch in flight is finished).
+    views.shutdown().await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

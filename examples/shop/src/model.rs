@@ -6,7 +6,7 @@ use crate::errors::ApiError;
 
 /// A product as `GET /products/{id}` returns it. Prices are in the currency's main unit with
 /// two decimals (stored as whole cents).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Product {
     /// Assigned by the database.
     pub(crate) id: i64,

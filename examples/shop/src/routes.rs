@@ -3,8 +3,9 @@
 //! ```text
 //! request → rate limit → conditional (ETag/304, If-Match → 412) → response cache → handler
 //!                                                                 (products, categories)
-//!                                                 stampede cache → handler
-//!                                                                 (top-selling, dashboard)
+//!                                                 handler → data cache (product rows,
+//!                                                           top-selling, dashboard)
+//!                                                 handler → write-behind (views)
 //! ```
 //!
 //! `/health` and `/metrics` are outside the conditional layer and exempt from the rate
@@ -18,7 +19,7 @@ use axum::{
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -30,6 +31,7 @@ use crate::{
         surrogate_key,
     },
     config::Config,
+    data::Data,
     db::Db,
     errors::{ApiError, method_not_allowed, parse_id, route_not_found},
     layers,
@@ -37,7 +39,7 @@ use crate::{
         CategoryInput, ListParams, ProductInput, TopParams, category_etag, check_limit, parse_etag,
         product_etag,
     },
-    stampede::{DASHBOARD_TTL, Stampede, TOP_SELLING_TTL, dashboard_key, top_selling_key},
+    views::Views,
 };
 
 /// What every handler can reach.
@@ -47,8 +49,10 @@ pub(crate) struct AppState {
     pub(crate) db: Db,
     /// The response cache, for invalidation after writes.
     pub(crate) cache: ShopCache,
-    /// The aggregations' stampede-protected cache.
-    pub(crate) stampede: Stampede,
+    /// The data cache: product rows and the aggregations.
+    pub(crate) data: Data,
+    /// View counts, through write-behind.
+    pub(crate) views: Views,
     /// Renders `/metrics`.
     pub(crate) metrics: PrometheusHandle,
 }
@@ -73,6 +77,8 @@ pub(crate) fn app(
     let mut app = catalogue
         .route("/products/top-selling", get(top_selling))
         .route("/stats/dashboard", get(dashboard))
+        .route("/products/{id}/views", post(add_view))
+        .route("/products/{id}/stats", get(product_stats))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(route_not_found);
     if !config.no_conditional {
@@ -230,10 +236,11 @@ async fn get_product(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id?.0, "product")?;
-    let product =
-        s.db.get_product(id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("product {id}")))?;
+    let product = s
+        .data
+        .get_product(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("product {id}")))?;
     let etag = product.etag();
     Ok(tagged(
         &s.cache,
@@ -256,8 +263,9 @@ async fn create_product(
         )));
     }
     let product = s.db.create_product(&new).await?;
+    s.data.product_written(&product).await;
     s.cache.invalidate(&[PRODUCT_LISTS]).await;
-    s.stampede.invalidate(&dashboard_key()).await;
+    s.data.dashboard_changed().await;
     let mut res = (StatusCode::CREATED, Json(&product)).into_response();
     let headers = res.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&format!("/products/{}", product.id)) {
@@ -302,6 +310,7 @@ async fn update_product(
     let Some(product) = s.db.update_product(id, &new, expected).await? else {
         return Err(not_written(expected, "product", id, s.db.product_version(id)).await);
     };
+    s.data.product_written(&product).await;
     s.cache.invalidate(&[&product_tag(id), PRODUCT_LISTS]).await;
     let etag = product.etag();
     Ok(tagged(&s.cache, Json(product), &[], Some(etag)))
@@ -331,8 +340,9 @@ async fn delete_product(
     if !s.db.delete_product(id, expected).await? {
         return Err(not_written(expected, "product", id, s.db.product_version(id)).await);
     }
+    s.data.product_deleted(id).await;
     s.cache.invalidate(&[&product_tag(id), PRODUCT_LISTS]).await;
-    s.stampede.invalidate(&dashboard_key()).await;
+    s.data.dashboard_changed().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -405,28 +415,45 @@ async fn top_selling(
 ) -> Result<Response, ApiError> {
     let Query(params) = query?;
     let limit = check_limit(params.limit, 10)?;
-    let db = s.db.clone();
-    let rows = s
-        .stampede
-        .get_or_compute(
-            &top_selling_key(limit),
-            TOP_SELLING_TTL,
-            move || async move { db.top_selling(limit).await },
-        )
-        .await?;
+    let rows = s.data.get_top_selling(limit).await?;
     Ok(Json(rows).into_response())
 }
 
 /// `GET /stats/dashboard`: catalogue and sales totals.
 async fn dashboard(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let db = s.db.clone();
-    let stats = s
-        .stampede
-        .get_or_compute(&dashboard_key(), DASHBOARD_TTL, move || async move {
-            db.dashboard().await
-        })
-        .await?;
+    let stats = s.data.get_dashboard().await?;
     Ok(Json(stats).into_response())
+}
+
+/// `POST /products/{id}/views`: counts one view through write-behind; `204` once it is in
+/// the queue (see `views.rs`).
+async fn add_view(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id?.0, "product")?;
+    if s.data.get_product(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("product {id}")));
+    }
+    s.views.add(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /products/{id}/stats`: `{"views": N}`, the views flushed to the database (not those
+/// still in the queue).
+async fn product_stats(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id?.0, "product")?;
+    if s.data.get_product(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("product {id}")));
+    }
+    let views = s.db.product_views(id).await?;
+    let mut res = Json(json!({ "views": views })).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
 }
 
 /// `GET /health`: the database is ready (the listener opens after start-up).

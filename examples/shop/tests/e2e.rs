@@ -1111,3 +1111,334 @@ fn if_none_match_on_a_write_is_honoured_with_or_without_the_layer_rfc9110_13_1_2
         assert_eq!(shop.get("/products/1").json()["name"], "Create-only");
     }
 }
+
+/// `POST /products/{id}/views` on the shop at `port`: the status, or `None` when no answer
+/// came (the shop was killed while the request was in flight).
+fn try_view(port: u16, id: i64) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let head = format!(
+        "POST /products/{id}/views HTTP/1.1\r\nhost: shop.test\r\nconnection: close\r\n\
+         content-length: 0\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    if raw.is_empty() {
+        return None;
+    }
+    Some(Resp::parse(&raw).status)
+}
+
+/// Sends SIGTERM (a graceful shutdown) and waits for the process to exit.
+fn terminate(shop: &mut Shop) {
+    let status = Command::new("kill")
+        .args(["-TERM", &shop.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shop.child.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the shop did not exit on SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The views of `id` the database holds, as `GET /products/{id}/stats` reports them.
+fn views(shop: &Shop, id: i64) -> i64 {
+    let res = shop.get(&format!("/products/{id}/stats"));
+    assert_eq!(res.status, 200, "{}", res.body);
+    res.json()["views"].as_i64().expect("a number of views")
+}
+
+/// Waits until `views` of each product reach `expected`; the last reading otherwise.
+fn await_views(shop: &Shop, expected: &[(i64, i64)], within: Duration) -> Vec<(i64, i64)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen: Vec<(i64, i64)> = expected
+            .iter()
+            .map(|&(id, _)| (id, views(shop, id)))
+            .collect();
+        if seen == expected || Instant::now() >= deadline {
+            return seen;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn views_are_counted_through_write_behind_and_bad_ids_are_refused() {
+    let shop = Shop::start(&["--write-behind-flush", "200ms", "--no-rate-limit"]);
+    for (path, status) in [
+        ("/products/abc/views", 400),
+        ("/products/0/views", 400),
+        ("/products/-3/views", 400),
+        ("/products/999999/views", 404),
+    ] {
+        let res = shop.request("POST", path, &[], "");
+        assert_eq!(res.status, status, "POST {path}: {}", res.body);
+        assert!(res.json()["error"].is_string(), "a JSON error for {path}");
+    }
+    assert_eq!(shop.get("/products/abc/stats").status, 400);
+    assert_eq!(shop.get("/products/999999/stats").status, 404);
+    assert_eq!(views(&shop, 3), 0);
+
+    for _ in 0..50 {
+        assert_eq!(
+            shop.request("POST", "/products/3/views", &[], "").status,
+            204
+        );
+    }
+    for _ in 0..7 {
+        assert_eq!(
+            shop.request("POST", "/products/4/views", &[], "").status,
+            204
+        );
+    }
+    assert_eq!(
+        await_views(&shop, &[(3, 50), (4, 7)], Duration::from_secs(10)),
+        [(3, 50), (4, 7)]
+    );
+    // Batched: fewer database transactions than views.
+    let batches = shop.db_queries("apply_views");
+    assert!(
+        (1.0..57.0).contains(&batches),
+        "{batches} batches for 57 views"
+    );
+    // Nothing else arrives later.
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!((views(&shop, 3), views(&shop, 4)), (50, 7));
+    let stats = shop.get("/products/3/stats");
+    assert_eq!(stats.header("cache-control"), Some("no-store"));
+}
+
+#[test]
+fn stats_read_the_database_and_a_graceful_shutdown_flushes_the_queue() {
+    let dir = TempDir::new().expect("temp dir");
+    // A flush interval far beyond the test: only the shutdown flushes.
+    let args = [
+        "--write-behind-flush",
+        "1h",
+        "--write-behind-claim-idle",
+        "3h",
+        "--no-rate-limit",
+    ];
+    let mut first = Shop::spawn(&db_url(dir.path()), dir.path(), "first", &args).wait_ready();
+    for _ in 0..25 {
+        assert_eq!(
+            first.request("POST", "/products/5/views", &[], "").status,
+            204
+        );
+    }
+    // In the queue, not in the database yet.
+    assert_eq!(views(&first, 5), 0);
+    terminate(&mut first);
+    let second = Shop::spawn(&db_url(dir.path()), dir.path(), "second", &args).wait_ready();
+    assert_eq!(views(&second, 5), 25);
+}
+
+/// The SQLite database's write lock, held by the test (`BEGIN IMMEDIATE` on a connection
+/// of its own) until dropped: writers wait on it (the shop's busy timeout is 10 s).
+struct DbWriteLock {
+    release: Option<mpsc::Sender<()>>,
+    done: Option<thread::JoinHandle<()>>,
+}
+
+impl DbWriteLock {
+    fn take(url: &str) -> DbWriteLock {
+        let url = format!("{url}?mode=rw");
+        let (locked_tx, locked_rx) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let done = thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                use sqlx::Connection;
+                sqlx::any::install_default_drivers();
+                let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .expect("take the write lock");
+                locked_tx.send(()).expect("report");
+                let _ = tokio::task::spawn_blocking(move || release_rx.recv()).await;
+                sqlx::query("ROLLBACK")
+                    .execute(&mut conn)
+                    .await
+                    .expect("release");
+            });
+        });
+        locked_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the write lock was not taken");
+        DbWriteLock {
+            release: Some(release),
+            done: Some(done),
+        }
+    }
+}
+
+impl Drop for DbWriteLock {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(done) = self.done.take() {
+            let _ = done.join();
+        }
+    }
+}
+
+/// Starts shop `name` of a views fleet on `dir`'s database and `redis_url`.
+fn views_shop(dir: &Path, redis_url: &str, name: &str) -> Shop {
+    let args = [
+        "--redis-url",
+        redis_url,
+        "--no-rate-limit",
+        "--write-behind-flush",
+        "100ms",
+        "--write-behind-claim-idle",
+        "2s",
+        "--write-behind-consumer",
+        name,
+    ];
+    Shop::spawn(&db_url(dir), dir, name, &args).wait_ready()
+}
+
+#[test]
+fn a_shop_killed_mid_traffic_loses_no_view_it_answered_and_counts_none_twice() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dir = TempDir::new().expect("temp dir");
+    let mut shops: Vec<Shop> = ["s0", "s1", "s2"]
+        .iter()
+        .map(|name| views_shop(dir.path(), &url, name))
+        .collect();
+    let ports: Vec<u16> = shops.iter().map(|s| s.port).collect();
+    const PRODUCTS: i64 = 10;
+    const PER_WORKER: usize = 600;
+
+    // Three workers per shop, each posting views of products 1..=10 in turn until it has
+    // sent its share or its shop stops answering.
+    let workers: Vec<_> = (0..9)
+        .map(|w| {
+            let port = ports[w % 3];
+            thread::spawn(move || {
+                let mut answered = vec![0_i64; PRODUCTS as usize];
+                let mut unanswered = 0_i64;
+                for i in 0..PER_WORKER {
+                    let id = (i as i64 + w as i64) % PRODUCTS + 1;
+                    match try_view(port, id) {
+                        Some(204) => answered[(id - 1) as usize] += 1,
+                        Some(other) => panic!("POST views answered {other}"),
+                        None => {
+                            unanswered += 1;
+                            break;
+                        }
+                    }
+                }
+                (answered, unanswered)
+            })
+        })
+        .collect();
+    // Mid-traffic, hold the database's write lock, so that every shop's flusher is stuck in
+    // its sink with a batch read from the stream and not acknowledged; then SIGKILL shop 1
+    // (no graceful anything) while its batch is pending, and let the database go.
+    thread::sleep(Duration::from_millis(400));
+    let lock = DbWriteLock::take(&db_url(dir.path()));
+    let stream = "shop:wb:{product-views}";
+    let pending_of_s1 = || -> usize {
+        let entries: Vec<(String, String, i64, i64)> =
+            redis.cmd(&["XPENDING", stream, "flushers", "-", "+", "1000", "s1"]);
+        entries.len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pending_of_s1() == 0 {
+        assert!(Instant::now() < deadline, "shop 1 never read a batch");
+        thread::sleep(Duration::from_millis(10));
+    }
+    shops[1].child.kill().expect("SIGKILL");
+    shops[1].child.wait().expect("reap");
+    let left_pending = pending_of_s1();
+    assert!(left_pending > 0, "shop 1 died with no batch pending");
+    thread::sleep(Duration::from_millis(300));
+    drop(lock);
+
+    let mut answered = vec![0_i64; PRODUCTS as usize];
+    let mut unanswered = 0;
+    for w in workers {
+        let (a, u) = w.join().expect("worker");
+        for (total, n) in answered.iter_mut().zip(a) {
+            *total += n;
+        }
+        unanswered += u;
+    }
+    let total: i64 = answered.iter().sum();
+    assert!(total >= 3_000, "only {total} views answered 204");
+    assert!(
+        unanswered <= 3,
+        "{unanswered} requests unanswered: only the killed shop's three workers may lose one"
+    );
+
+    // Restart the killed shop under its name: it flushes what it left pending.
+    shops[1] = views_shop(dir.path(), &url, "s1");
+    let expected: Vec<(i64, i64)> = (1..=PRODUCTS)
+        .map(|id| (id, answered[(id - 1) as usize]))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let counted = loop {
+        let counted: Vec<i64> = (1..=PRODUCTS).map(|id| views(&shops[0], id)).collect();
+        let sum: i64 = counted.iter().sum();
+        if sum >= total || Instant::now() >= deadline {
+            break counted;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    // Let any redelivery (a batch applied but not acknowledged before the kill) arrive.
+    thread::sleep(Duration::from_millis(500));
+    let settled: Vec<i64> = (1..=PRODUCTS).map(|id| views(&shops[2], id)).collect();
+    assert_eq!(counted, settled, "counts changed after the queue drained");
+    // Every view answered 204 is counted; a view in flight when the shop died may be
+    // counted without its answer (at most one per unanswered request); none twice.
+    for (&(id, ok), &n) in expected.iter().zip(&settled) {
+        assert!(
+            n >= ok,
+            "product {id}: {n} views counted, {ok} answered 204"
+        );
+    }
+    let counted_total: i64 = settled.iter().sum();
+    assert!(
+        counted_total <= total + unanswered,
+        "{counted_total} views counted for {total} answered and {unanswered} unanswered"
+    );
+    // The stream holds nothing unflushed.
+    let backlog: i64 = redis.cmd(&["XLEN", "shop:wb:{product-views}"]);
+    assert_eq!(backlog, 0);
+}
+
+#[test]
+fn a_put_writes_the_product_through_the_data_cache() {
+    let (_redis, _dir, a, b) = fleet(&["--rate-limit", "1000/60s", "--no-cache"]);
+    // A reads product 7 into the data cache: one query.
+    let before = a.get("/products/7");
+    assert_eq!(before.status, 200);
+    let mut edited = before.json();
+    edited["name"] = "Written through".into();
+    let put = a.send_json("PUT", "/products/7", &[], &edited.to_string());
+    assert_eq!(put.status, 200, "{}", put.body);
+    // B reads the written row from the fleet's data cache, not from the database.
+    let on_b = b.get("/products/7");
+    assert_eq!(on_b.json()["name"], "Written through");
+    assert_eq!(on_b.header("etag"), put.header("etag"));
+    assert_eq!(a.get("/products/7").json()["name"], "Written through");
+    assert_eq!(
+        a.db_queries("get_product") + b.db_queries("get_product"),
+        1.0,
+        "the write-through value was not read"
+    );
+}

@@ -299,10 +299,12 @@ fn escaped_query_names_cannot_poison_the_product_lists() {
     assert_eq!(again.body, first.body);
 }
 
-/// Commands turret's layers send, and `HELLO` for the RESP3 subscriber connection.
+/// Commands turret's layers send, `HELLO` for the RESP3 subscriber connection, and the
+/// stream commands of write-behind.
 const COMMANDS: &str = "+ping +get +set +del +exists +incr +incrby +time +pexpire +pttl \
      +hget +hset +hmget +hgetall +hdel +hkeys +sadd +sscan +zadd +zrem +zscan +zcard +zrange \
-     +zremrangebyscore +zscore +eval +evalsha +script +publish +subscribe +unsubscribe +hello";
+     +zremrangebyscore +zscore +eval +evalsha +script +publish +subscribe +unsubscribe +hello \
+     +xadd +xlen +xrange +xreadgroup +xack +xdel +xpending +xclaim +xgroup +xinfo";
 
 #[test]
 fn every_layer_works_as_a_limited_acl_user_and_the_password_is_never_logged() {
@@ -388,6 +390,25 @@ fn every_layer_works_as_a_limited_acl_user_and_the_password_is_never_logged() {
     // Poisoning through the fleet's shared cache fails too.
     assert_unpoisoned(&[a.port, b.port]);
 
+    // Write-behind on the stream: a view on each shop, flushed to the database.
+    let view = "POST /products/12/views HTTP/1.1\r\nhost: shop.test\r\nconnection: close\r\n\
+                content-length: 0\r\n\r\n";
+    assert_eq!(raw(a.port, view).status, 204);
+    assert_eq!(raw(b.port, view).status, 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = raw(a.port, &get_head("/products/12/stats", &[]));
+        if String::from_utf8_lossy(&stats.body).contains(r#""views":2"#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the views never reached the database: {}",
+            String::from_utf8_lossy(&stats.body)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
     // Request fields are not logged (at debug level either): credentials sent by a client.
     let token = "Bearer tok-3e7a99c1d2";
     let cookie = "sid=cookie-8b1f04aa";
@@ -401,14 +422,17 @@ fn every_layer_works_as_a_limited_acl_user_and_the_password_is_never_logged() {
     // Every layer wrote under the prefix, every key expires, and nothing was refused by
     // the ACL.
     let keys: Vec<String> = redis.cmd(&["KEYS", "*"]);
-    for kind in ["shop:rl:", "shop:cache", "shop:val:"] {
+    for kind in ["shop:rl:", "shop:cache", "shop:val:", "shop:wb:"] {
         assert!(
             keys.iter().any(|k| k.starts_with(kind)),
             "no {kind} key: {keys:?}"
         );
     }
     assert!(keys.iter().all(|k| k.starts_with("shop:")), "{keys:?}");
-    for key in &keys {
+    // The write-behind stream is the durable queue: it has no TTL (it must outlive any
+    // pause of the flushers), and is bounded instead by its maximum backlog, entries deleted
+    // as they are acknowledged.
+    for key in keys.iter().filter(|k| !k.starts_with("shop:wb:")) {
         let ttl: i64 = redis.cmd(&["PTTL", key]);
         assert_ne!(ttl, -1, "{key} has no TTL");
     }
