@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 use tower_layer::Layer;
 
 use crate::{
-    Backend, HeaderMode, MemoryBackend, PeerIp, Policy, Quota,
+    AnyBackend, Backend, HeaderMode, MemoryBackend, PeerIp, Policy, Quota,
     on_limited::{DefaultOnLimited, OnLimited},
     service::RateLimit,
     state::{FailureMode, MissingKeyAction, Shared},
@@ -13,9 +13,31 @@ use crate::{
 
 /// Limits requests per key; refuses with `429` and the standard header fields.
 ///
-/// See the [crate documentation](crate) for examples.
+/// The backend is a value: [`RateLimitLayer::new`] keeps state in memory, and
+/// `redis` or `backend_from` move it to Redis without
+/// changing the layer's type ([`AnyBackend`]), so configuration can choose at run time:
+///
+#[cfg_attr(feature = "redis", doc = "```no_run")]
+#[cfg_attr(not(feature = "redis"), doc = "```ignore")]
+/// use turret_ratelimit::{ClientIp, Quota, RateLimitLayer};
+/// use turret_redis::{Redis, RedisConfig};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let redis = match std::env::var("REDIS_URL") {
+///     Ok(url) => Some(Redis::connect(RedisConfig::from_url(&url)?).await?),
+///     Err(_) => None,
+/// };
+/// // One type, memory or Redis.
+/// let limiter: RateLimitLayer<ClientIp> = RateLimitLayer::new(Quota::per_minute(100))
+///     .key(ClientIp::trusting(["10.0.0.0/8"])?)
+///     .backend_from(redis);
+/// # let _ = limiter; Ok(()) }
+/// ```
+///
+/// [`backend`](Self::backend) takes a concrete backend instead and makes it part of the
+/// type (no `match` per decision). See the [crate documentation](crate) for more examples.
 #[derive(Clone)]
-pub struct RateLimitLayer<K = PeerIp, Bk = MemoryBackend, L = DefaultOnLimited> {
+pub struct RateLimitLayer<K = PeerIp, Bk = AnyBackend, L = DefaultOnLimited> {
     shared: Shared<K, Bk, L>,
 }
 
@@ -34,7 +56,7 @@ impl<K: fmt::Debug, Bk: fmt::Debug, L> fmt::Debug for RateLimitLayer<K, Bk, L> {
 
 impl RateLimitLayer {
     /// One policy, `"default"`, applying `quota` to every request, keyed by peer IP, in
-    /// memory.
+    /// memory ([`AnyBackend::Memory`]).
     pub fn new(quota: Quota) -> Self {
         Self::policies([Policy::new("default", quota)])
     }
@@ -48,7 +70,7 @@ impl RateLimitLayer {
                 exempt: Vec::new(),
                 allow: Vec::new(),
                 key: PeerIp,
-                backend: MemoryBackend::new(),
+                backend: AnyBackend::default(),
                 on_limited: DefaultOnLimited,
                 header_mode: HeaderMode::Always,
                 failure: FailureMode::Open,
@@ -109,7 +131,10 @@ impl<K, Bk, L> RateLimitLayer<K, Bk, L> {
         self.rebuild(|s| (key, s.backend, s.on_limited))
     }
 
-    /// Keeps state in another backend (e.g. `RedisBackend`, feature `redis`, for a fleet).
+    /// Keeps state in another backend, which becomes part of the layer's type (e.g.
+    /// `MemoryBackend::with_clock(..)`, or `RedisBackend`, feature `redis`); to choose at run
+    /// time without changing the type, see `redis` and
+    /// `backend_from`.
     pub fn backend<Bk2: Backend>(self, backend: Bk2) -> RateLimitLayer<K, Bk2, L> {
         self.rebuild(|s| (s.key, backend, s.on_limited))
     }
@@ -146,6 +171,22 @@ impl<K, Bk, L> RateLimitLayer<K, Bk, L> {
                 degraded: s.degraded,
             },
         }
+    }
+}
+
+impl<K, L> RateLimitLayer<K, AnyBackend, L> {
+    /// Keeps state on this Redis: one quota for every instance pointed at it. The same type
+    /// as the memory layer's; see also [`fallback_to_memory`](Self::fallback_to_memory).
+    #[cfg(feature = "redis")]
+    pub fn redis(self, redis: turret_redis::Redis) -> Self {
+        self.map(|s| s.backend = AnyBackend::Redis(crate::RedisBackend::new(redis)))
+    }
+
+    /// Keeps state on this Redis when there is one (`Some`), in memory otherwise: the choice
+    /// a configuration makes at run time (`REDIS_URL` set or not), in one call.
+    #[cfg(feature = "redis")]
+    pub fn backend_from(self, redis: Option<turret_redis::Redis>) -> Self {
+        self.map(|s| s.backend = AnyBackend::from(redis))
     }
 }
 

@@ -51,7 +51,7 @@
 #![cfg_attr(feature = "redis", doc = "```no_run")]
 #![cfg_attr(not(feature = "redis"), doc = "```ignore")]
 //! use http::Method;
-//! use turret_ratelimit::{ClientIp, HeaderKey, Policy, Quota, RateLimitLayer, RedisBackend};
+//! use turret_ratelimit::{ClientIp, HeaderKey, Policy, Quota, RateLimitLayer};
 //! use turret_redis::{Redis, RedisConfig};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -68,9 +68,11 @@
 //!     .exempt("/health");
 //!
 //! // The same quota for every instance: state on Redis, decided by one script per request.
+//! // Still a `RateLimitLayer` (the backend is a value: `.backend_from(Option<Redis>)` lets
+//! // configuration choose); `.backend(RedisBackend::new(redis))` makes it part of the type.
 //! let redis = Redis::connect(RedisConfig::from_url("redis://127.0.0.1:6379")?).await?;
 //! let fleet = RateLimitLayer::new(Quota::per_minute(100))
-//!     .backend(RedisBackend::new(redis))
+//!     .redis(redis)
 //!     .fallback_to_memory(); // while Redis is down, each instance limits on its own
 //! # let _ = (per_key, per_route, fleet); Ok(()) }
 //! ```
@@ -105,14 +107,14 @@ pub use algorithm::Decision;
 #[cfg(feature = "redis")]
 pub use backend::RedisBackend;
 pub use backend::memory::DEFAULT_MAX_KEYS;
-pub use backend::{Backend, BackendError, Decide, DecisionFuture, MemoryBackend};
+pub use backend::{AnyBackend, Backend, BackendError, Decide, DecisionFuture, MemoryBackend};
 pub use body::ResponseBody;
 pub use clock::{FakeMicrosClock, MicrosClock, MonotonicClock};
 #[cfg(feature = "redis")]
 pub use concurrency::RedisConcurrency;
 pub use concurrency::{
-    Acquire, AcquireFuture, ConcurrencyBackend, ConcurrencyFuture, ConcurrencyLimit,
-    ConcurrencyLimitLayer, MemoryConcurrency, Permit, PermitBody,
+    Acquire, AcquireFuture, AnyConcurrency, ConcurrencyBackend, ConcurrencyFuture,
+    ConcurrencyLimit, ConcurrencyLimitLayer, MemoryConcurrency, Permit, PermitBody,
 };
 pub use future::ResponseFuture;
 pub use headers::HeaderMode;

@@ -19,9 +19,10 @@ fn handler()
     })
 }
 
-fn stack<K, L>(layer: RateLimitLayer<K, MemoryBackend, L>) -> Svc
+fn stack<K, Bk, L>(layer: RateLimitLayer<K, Bk, L>) -> Svc
 where
     K: KeyExtractor<String> + Clone,
+    Bk: Backend + Clone,
     L: OnLimited,
 {
     tower::util::BoxCloneService::new(ServiceBuilder::new().layer(layer).service(handler()))

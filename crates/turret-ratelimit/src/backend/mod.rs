@@ -1,14 +1,16 @@
 //! Where rate-limit state lives: [`MemoryBackend`] (one instance) or [`RedisBackend`]
-//! (a fleet sharing one Redis).
+//! (a fleet sharing one Redis), or either chosen at run time ([`AnyBackend`]).
 
 use std::{fmt, future::Future, pin::Pin};
 
 use crate::{Decision, Quota};
 
+mod any;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
+pub use any::AnyBackend;
 pub use memory::MemoryBackend;
 #[cfg(feature = "redis")]
 pub use redis::RedisBackend;

@@ -6,7 +6,7 @@ use http::HeaderValue;
 use tower_layer::Layer;
 
 use super::{
-    backend::{ConcurrencyBackend, MemoryConcurrency},
+    backend::{AnyConcurrency, ConcurrencyBackend},
     service::{ConcurrencyLimit, Shared},
 };
 use crate::{FailureMode, MissingKeyAction, PeerIp};
@@ -48,8 +48,12 @@ use crate::{FailureMode, MissingKeyAction, PeerIp};
 /// assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
 /// # }
 /// ```
+///
+/// The backend is a value: memory by default, Redis with `redis` or
+/// `backend_from`, the same type either way ([`AnyConcurrency`]);
+/// [`backend`](Self::backend) makes a concrete backend part of the type.
 #[derive(Debug, Clone)]
-pub struct ConcurrencyLimitLayer<K = PeerIp, Bk = MemoryConcurrency> {
+pub struct ConcurrencyLimitLayer<K = PeerIp, Bk = AnyConcurrency> {
     shared: Arc<Shared<K, Bk>>,
 }
 
@@ -65,7 +69,7 @@ impl ConcurrencyLimitLayer {
                 name: name.into(),
                 max,
                 key: PeerIp,
-                backend: MemoryConcurrency::new(),
+                backend: AnyConcurrency::default(),
                 exempt: Vec::new(),
                 failure: FailureMode::Open,
                 missing: MissingKeyAction::Reject,
@@ -106,7 +110,9 @@ impl<K: Clone, Bk: Clone> ConcurrencyLimitLayer<K, Bk> {
         self.with(key, backend)
     }
 
-    /// Keeps in-flight counts in another backend (e.g. `RedisConcurrency` for a fleet).
+    /// Keeps in-flight counts in another backend, which becomes part of the type (e.g.
+    /// `RedisConcurrency` for a fleet); `redis` and
+    /// `backend_from` choose at run time without changing it.
     pub fn backend<Bk2: ConcurrencyBackend>(self, backend: Bk2) -> ConcurrencyLimitLayer<K, Bk2> {
         let key = self.shared.key.clone();
         self.with(key, backend)
@@ -125,6 +131,21 @@ impl<K: Clone, Bk: Clone> ConcurrencyLimitLayer<K, Bk> {
     /// What to do when a request has no key (default: `500`).
     pub fn on_missing_key(self, action: MissingKeyAction) -> Self {
         self.map(|s| s.missing = action)
+    }
+}
+
+impl<K: Clone> ConcurrencyLimitLayer<K, AnyConcurrency> {
+    /// Keeps in-flight counts on this Redis (leases shared by the fleet); the same type as
+    /// the memory layer's.
+    #[cfg(feature = "redis")]
+    pub fn redis(self, redis: turret_redis::Redis) -> Self {
+        self.map(|s| s.backend = AnyConcurrency::Redis(crate::RedisConcurrency::new(redis)))
+    }
+
+    /// Keeps in-flight counts on this Redis when there is one (`Some`), in memory otherwise.
+    #[cfg(feature = "redis")]
+    pub fn backend_from(self, redis: Option<turret_redis::Redis>) -> Self {
+        self.map(|s| s.backend = AnyConcurrency::from(redis))
     }
 }
 

@@ -12,7 +12,9 @@ mod service;
 
 #[cfg(feature = "redis")]
 pub use backend::RedisConcurrency;
-pub use backend::{Acquire, AcquireFuture, ConcurrencyBackend, MemoryConcurrency, Permit};
+pub use backend::{
+    Acquire, AcquireFuture, AnyConcurrency, ConcurrencyBackend, MemoryConcurrency, Permit,
+};
 pub use body::PermitBody;
 pub use future::ConcurrencyFuture;
 pub use layer::ConcurrencyLimitLayer;

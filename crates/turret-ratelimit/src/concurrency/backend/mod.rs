@@ -5,10 +5,12 @@ use std::{fmt, future::Future, pin::Pin};
 
 use crate::BackendError;
 
+mod any;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
+pub use any::AnyConcurrency;
 pub use memory::MemoryConcurrency;
 #[cfg(feature = "redis")]
 pub use redis::RedisConcurrency;
