@@ -439,9 +439,23 @@ async fn a_slow_computation_never_overwrites_a_later_write_through() {
     let server = RedisServer::start();
     let reader = StampedeCache::redis(connect(&server).await);
     let writer = StampedeCache::redis(connect(&server).await);
+    write_through_race(&reader, &writer, 1000).await;
+}
+
+/// The same race on a Redis Cluster: the 50 keys spread over the masters' slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_slow_computation_never_overwrites_a_later_write_through() {
+    let cluster = turret_testkit::RedisCluster::start(3);
+    let reader = StampedeCache::redis(turret_testkit::connect!(&cluster, configure).await);
+    let writer = StampedeCache::redis(turret_testkit::connect!(&cluster, configure).await);
+    write_through_race(&reader, &writer, 1000).await;
+}
+
+/// `rounds` interleavings of a computation on `reader` with a write-through on `writer`.
+async fn write_through_race(reader: &StampedeCache, writer: &StampedeCache, rounds: u64) {
     let options = turret_stampede::Options::ttl(TTL);
     let db = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    for round in 0..1000u64 {
+    for round in 0..rounds {
         let key = format!("race:{}", round % 50);
         writer.invalidate(&key).await.unwrap();
         let read = Arc::new(tokio::sync::Notify::new());
