@@ -22,7 +22,9 @@ use crate::{
     headers::{Conditions, Current, EntityTag},
     layer::{Backend, Config},
     precondition::{Decision, evaluate},
-    store::{BoxFuture, ClaimOutcome, Learned, Update, ValidatorStore},
+    store::{
+        BoxFuture, ClaimOutcome, Learned, ResourceState, Target, Update, ValidatorStore, Validators,
+    },
 };
 
 /// Which rules apply to the request.
@@ -206,6 +208,13 @@ fn count(outcome: &'static str) {
 }
 
 fn status_response<B: Body>(status: StatusCode) -> Response<ResponseBody<B>> {
+    count_answer(status);
+    let mut res = Response::new(ResponseBody::empty());
+    *res.status_mut() = status;
+    res
+}
+
+fn count_answer(status: StatusCode) {
     let outcome = match status {
         StatusCode::NOT_MODIFIED => "304",
         StatusCode::PRECONDITION_FAILED => "412",
@@ -213,9 +222,12 @@ fn status_response<B: Body>(status: StatusCode) -> Response<ResponseBody<B>> {
     };
     count(outcome);
     tracing::debug!(%status, "conditional request answered by the layer");
-    let mut res = Response::new(ResponseBody::empty());
-    *res.status_mut() = status;
-    res
+}
+
+/// The layer's own 412 or 428, built by the configured hook.
+fn rejection<B: Body, E>(config: &Config<E>, status: StatusCode) -> Response<ResponseBody<B>> {
+    count_answer(status);
+    config.on_rejection.build(status).map(ResponseBody::full)
 }
 
 /// Fields a cache inside the layer set on the 200 to say how it was produced (RFC 9211
@@ -327,6 +339,11 @@ pin_project! {
             fut: BoxFuture<()>,
             response: Option<Response<ResponseBody<ResBody>>>,
         },
+        // Asking the validator source for a write's new validators before answering.
+        Asking {
+            ask: BoxFuture<Option<Validators>>,
+            response: Option<Response<ResponseBody<ResBody>>>,
+        },
         // An answer is ready: an early 304/412/428, or the final response.
         Ready {
             response: Option<Response<ResponseBody<ResBody>>>,
@@ -362,7 +379,7 @@ where
     pub(crate) fn ready(ctx: Ctx<E>, status: StatusCode) -> Self {
         Self {
             state: State::Ready {
-                response: Some(status_response(status)),
+                response: Some(rejection(&ctx.config, status)),
             },
             ctx,
         }
@@ -390,7 +407,9 @@ impl<E: MakeEtag> Ctx<E> {
     /// Whether the layer should buffer this response's body to compute an ETag.
     fn wants_etag<B: Body>(&self, parts: &Parts, body: &B) -> bool {
         let c = &self.config;
-        if !c.etag_methods.contains(&self.method)
+        let listed = c.etag_methods.contains(&self.method);
+        let write = !listed && self.hashes_write();
+        if !(listed || write)
             || !c.etag_statuses.contains(&parts.status)
             || parts.headers.contains_key(header::ETAG)
             || parts.headers.contains_key(header::LAST_MODIFIED)
@@ -400,7 +419,8 @@ impl<E: MakeEtag> Ctx<E> {
         let Some(len) = body.size_hint().exact() else {
             return false;
         };
-        if len > c.max_body_size {
+        // An empty body is no representation: a write answered without one gets no tag.
+        if len > c.max_body_size || (write && len == 0) {
             return false;
         }
         // A HEAD response whose body was already stripped would hash as empty: skip it.
@@ -415,6 +435,20 @@ impl<E: MakeEtag> Ctx<E> {
             }
         }
         true
+    }
+
+    /// Whether this is a PUT or PATCH whose successful response may get the new ETag.
+    fn is_etagged_write(&self) -> bool {
+        self.config.write_etags
+            && self.route == Route::Write
+            && (self.method == Method::PUT || self.method == Method::PATCH)
+    }
+
+    /// Whether a write's new ETag is hashed from its response body: not with a
+    /// [`ValidatorSource`](crate::ValidatorSource), whose validators are the truth (the
+    /// layer asks it instead).
+    fn hashes_write(&self) -> bool {
+        self.is_etagged_write() && !matches!(self.config.backend, Backend::Source(_))
     }
 
     /// After the inner response arrived: either answer, or buffer first.
@@ -537,7 +571,7 @@ impl<E: MakeEtag> Ctx<E> {
                 {
                     Some(Decision::NotModified) => Next::Ready(not_modified(parts, head_length)),
                     Some(Decision::PreconditionFailed) => {
-                        Next::Ready(status_response(StatusCode::PRECONDITION_FAILED))
+                        Next::Ready(rejection(&self.config, StatusCode::PRECONDITION_FAILED))
                     }
                     Some(Decision::Proceed) | None if self.head_as_get => {
                         Next::Ready(without_body(parts, head_length))
@@ -548,6 +582,23 @@ impl<E: MakeEtag> Ctx<E> {
                 }
             }
             Route::Write => {
+                if let Backend::Source(source) = &self.config.backend
+                    && self.is_etagged_write()
+                    && parts.status.is_success()
+                    && !parts.headers.contains_key(header::ETAG)
+                    && !parts.headers.contains_key(header::LAST_MODIFIED)
+                    && let Some(key) = self.key.clone()
+                {
+                    // The source knows the new version: ask it, as a GET would.
+                    let fut = source(Target::new(Method::GET, key));
+                    let ask: BoxFuture<Option<Validators>> = Box::pin(async move {
+                        match fut.await {
+                            Ok(ResourceState::Current(v)) => Some(v),
+                            _ => None,
+                        }
+                    });
+                    return Next::Ask(ask, Response::from_parts(parts, body));
+                }
                 let token = self.claim.as_mut().and_then(|g| g.token.take());
                 let (Some(store), Some(key)) = (self.store(), self.key.clone()) else {
                     return Next::Ready(Response::from_parts(parts, body));
@@ -577,6 +628,27 @@ enum Next<B: Body> {
     Ready(Response<ResponseBody<B>>),
     Collect(Parts, CollectBounded<B>),
     Finish(BoxFuture<()>, Response<ResponseBody<B>>),
+    Ask(BoxFuture<Option<Validators>>, Response<ResponseBody<B>>),
+}
+
+/// Gives a write's response the validators its source answered after it.
+fn with_validators<B>(mut res: Response<B>, validators: Option<Validators>) -> Response<B> {
+    let Some(v) = validators else {
+        return res;
+    };
+    let headers = res.headers_mut();
+    if let Some(etag) = v
+        .etag()
+        .filter(|e| EntityTag::parse(e.as_bytes()).is_some())
+    {
+        headers.insert(header::ETAG, etag.clone());
+    }
+    if let Some(at) = v.last_modified()
+        && let Ok(value) = http::HeaderValue::from_str(&httpdate::fmt_http_date(at))
+    {
+        headers.insert(header::LAST_MODIFIED, value);
+    }
+    res
 }
 
 impl<B: Body> Next<B> {
@@ -594,6 +666,10 @@ impl<B: Body> Next<B> {
             },
             Next::Finish(fut, response) => State::Finishing {
                 fut,
+                response: Some(response),
+            },
+            Next::Ask(ask, response) => State::Asking {
+                ask,
                 response: Some(response),
             },
         }
@@ -627,7 +703,9 @@ where
                         *ready = true;
                     }
                     match ready!(check.as_mut().poll(cx)) {
-                        CheckResult::Reject(status) => Next::Ready(status_response(status)),
+                        CheckResult::Reject(status) => {
+                            Next::Ready(rejection(&this.ctx.config, status))
+                        }
                         CheckResult::Learn => {
                             let request = request.take().expect(POLLED_AFTER_COMPLETION);
                             let mut service = service.take().expect(POLLED_AFTER_COMPLETION);
@@ -732,6 +810,11 @@ where
                 StateProj::Finishing { fut, response } => {
                     ready!(fut.as_mut().poll(cx));
                     return Poll::Ready(Ok(response.take().expect(POLLED_AFTER_COMPLETION)));
+                }
+                StateProj::Asking { ask, response } => {
+                    let validators = ready!(ask.as_mut().poll(cx));
+                    let response = response.take().expect(POLLED_AFTER_COMPLETION);
+                    return Poll::Ready(Ok(with_validators(response, validators)));
                 }
                 StateProj::Ready { response } => {
                     return Poll::Ready(Ok(response.take().expect(POLLED_AFTER_COMPLETION)));

@@ -2,12 +2,14 @@
 
 use std::{fmt, sync::Arc};
 
-use http::{Method, StatusCode};
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
 use tower_layer::Layer;
 
 use crate::{
     Conditional, MakeEtag, MakeResourceKey, PathAndQuery, Sha256Etag, ValidatorSource,
     ValidatorStore,
+    rejection::OnRejection,
     store::{DynSource, erase_source},
 };
 
@@ -46,6 +48,8 @@ pub(crate) struct Config<E> {
     pub(crate) etag_methods: Vec<Method>,
     pub(crate) require_precondition: bool,
     pub(crate) backend: Backend,
+    pub(crate) write_etags: bool,
+    pub(crate) on_rejection: OnRejection,
 }
 
 /// Applies [`Conditional`] to a service: ETag generation and RFC 9110 precondition
@@ -75,6 +79,8 @@ impl ConditionalLayer {
                 etag_methods: vec![Method::GET, Method::HEAD],
                 require_precondition: false,
                 backend: Backend::None,
+                write_etags: true,
+                on_rejection: OnRejection::default(),
             },
             make_key: PathAndQuery,
         }
@@ -103,8 +109,10 @@ impl<K, E> ConditionalLayer<K, E> {
         self
     }
 
-    /// The request methods whose responses get a generated ETag (default: GET, HEAD). Adding
-    /// PUT makes the layer hash a PUT's response body and record it as the new validator.
+    /// The request methods whose responses get a generated ETag (default: GET, HEAD). A
+    /// successful PUT or PATCH gets one anyway, unless [`write_etags`](Self::write_etags) is
+    /// off (see [the crate docs](crate#the-etag-of-a-write)); listing another method (POST)
+    /// makes the layer hash its response bodies too.
     ///
     /// With HEAD in the list, the inner service is asked for a GET in place of each HEAD (its
     /// body hashed when needed, then dropped), so that a HEAD carries the GET's fields, ETag
@@ -120,6 +128,40 @@ impl<K, E> ConditionalLayer<K, E> {
     /// `428 Precondition Required` (RFC 6585 §3), before the handler runs.
     pub fn require_precondition(mut self, require: bool) -> Self {
         self.config.require_precondition = require;
+        self
+    }
+
+    /// Whether a successful `PUT` or `PATCH` response gets the new `ETag` when the handler
+    /// did not set one (default: yes), so that the client can send it in its next `If-Match`
+    /// without a GET first. See [the crate docs](crate#the-etag-of-a-write).
+    pub fn write_etags(mut self, enabled: bool) -> Self {
+        self.config.write_etags = enabled;
+        self
+    }
+
+    /// Builds the layer's own `412 Precondition Failed` and `428 Precondition Required`
+    /// responses (default: no body; [`problem_json`](crate::problem_json) gives a small
+    /// RFC 9457 problem details object). The hook gets the status; the layer keeps that status whatever the
+    /// response says. A `304` never has a body.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Response, StatusCode, header};
+    /// use turret_conditional::ConditionalLayer;
+    ///
+    /// let layer = ConditionalLayer::new().on_rejection(|status: StatusCode| {
+    ///     let mut res = Response::new(Bytes::from(format!(r#"{{"error":{}}}"#, status.as_u16())));
+    ///     res.headers_mut()
+    ///         .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    ///     res
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn on_rejection<F>(mut self, f: F) -> Self
+    where
+        F: Fn(StatusCode) -> Response<Bytes> + Send + Sync + 'static,
+    {
+        self.config.on_rejection = OnRejection::new(f);
         self
     }
 
@@ -151,6 +193,8 @@ impl<K, E> ConditionalLayer<K, E> {
             etag_methods,
             require_precondition,
             backend,
+            write_etags,
+            on_rejection,
             ..
         } = self.config;
         ConditionalLayer {
@@ -162,6 +206,8 @@ impl<K, E> ConditionalLayer<K, E> {
                 etag_methods,
                 require_precondition,
                 backend,
+                write_etags,
+                on_rejection,
             },
             make_key: self.make_key,
         }

@@ -155,6 +155,33 @@
 //! [`require_precondition`](ConditionalLayer::require_precondition), unsafe requests without a
 //! precondition get 428 (RFC 6585).
 //!
+//! The layer's own 412 and 428 have no body unless
+//! [`on_rejection`](ConditionalLayer::on_rejection) builds one: [`problem_json`] gives a
+//! small RFC 9457 problem details object (`application/problem+json`: `type`, `title`,
+//! `status`, `detail`), or build your own.
+//!
+//! # The ETag of a write
+//!
+//! A successful `PUT` or `PATCH` response carries the new `ETag`, so a client can send it in
+//! its next `If-Match` without reading the resource again (on by default;
+//! [`write_etags(false)`](ConditionalLayer::write_etags) turns it off):
+//!
+//! - the handler's own `ETag` (or `Last-Modified`) always wins, as on reads;
+//! - with a [`ValidatorSource`], the layer asks it for the target's validators after the
+//!   write (as for a GET's `If-Range`) and sends what it answers: the source's versions are
+//!   the truth;
+//! - otherwise (the built-in store, or neither), a `200` with a non-empty body of known size
+//!   up to [`max_body_size`](ConditionalLayer::max_body_size) gets the tag hashed from that
+//!   body — the tag a GET gets when the handler answers a write with the new
+//!   representation, as axum handlers returning `Json(product)` from both routes do. The
+//!   store records it as the new validators. A `204`, an empty or a streamed body gets no tag
+//!   (the store then records "changed, no validator known", and the next `If-Match` makes the
+//!   layer learn the current one with a GET).
+//!
+//! A handler whose write response is *not* the representation a GET returns (a summary, a
+//! message) should set its own `ETag` or turn this off: the hashed tag would then name bytes
+//! no GET returns, and an `If-Match` with it fails once a GET has recorded the real one.
+//!
 //! # Degraded mode
 //!
 //! When the Redis store (or a source) fails, the layer fails open: writes reach the handler
@@ -180,6 +207,7 @@ mod headers;
 mod layer;
 mod policy;
 mod precondition;
+mod rejection;
 mod service;
 mod store;
 
@@ -188,6 +216,7 @@ pub use etag::{MakeEtag, Sha256Etag};
 pub use future::ResponseFuture;
 pub use layer::{ConditionalLayer, DEFAULT_MAX_BODY_SIZE};
 pub use policy::{MakeResourceKey, PathAndQuery};
+pub use rejection::{PROBLEM_JSON, problem_json};
 pub use service::Conditional;
 pub use store::{
     BoxError, DEFAULT_CLAIM_TTL, DEFAULT_MAX_ENTRIES, DEFAULT_RECORD_TTL, ResourceState,
