@@ -119,7 +119,7 @@ pub(crate) fn tags(ctx: &Ctx, headers: &HeaderMap) -> Vec<String> {
     for name in &ctx.shared.tag_fields {
         for value in headers.get_all(name) {
             let Ok(value) = value.to_str() else { continue };
-            for tag in value.split([' ', ',', '\t']).filter(|t| !t.is_empty()) {
+            for tag in split_tags(value) {
                 if !tags.iter().any(|t| t == tag) {
                     tags.push(tag.to_owned());
                 }
@@ -127,6 +127,12 @@ pub(crate) fn tags(ctx: &Ctx, headers: &HeaderMap) -> Vec<String> {
         }
     }
     tags
+}
+
+/// The tags of one tag field's value: separated by spaces, commas or tabs (as CDNs write
+/// `Surrogate-Key` and `Cache-Tag`). A purge request's `Surrogate-Key` is split the same way.
+pub(crate) fn split_tags(value: &str) -> impl Iterator<Item = &str> {
+    value.split([' ', ',', '\t']).filter(|t| !t.is_empty())
 }
 
 /// The stale-serving windows of a stored response (RFC 5861), zero when it forbids stale

@@ -52,7 +52,7 @@ pin_project! {
         // A successful write's response, held until what it invalidates is invalidated
         // (RFC 9111 §4.4).
         Invalidating {
-            pending: Vec<StorageFuture<()>>,
+            pending: Vec<StorageFuture<usize>>,
             res: Option<Response<ResponseBody<B>>>,
             shared: Arc<Shared>,
         },

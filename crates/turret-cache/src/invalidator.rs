@@ -43,25 +43,28 @@ impl fmt::Debug for CacheInvalidator {
 
 impl CacheInvalidator {
     /// Removes every stored response for the absolute `uri` (its key as a GET with that
-    /// target and host, under the policy of its path).
-    pub fn invalidate(&self, uri: &Uri) -> StorageFuture<()> {
+    /// target and host, under the policy of its path, every Vary variant). Returns how many
+    /// keys held responses (1 or 0).
+    pub fn invalidate(&self, uri: &Uri) -> StorageFuture<usize> {
         self.by_uri(uri, Purge::Remove)
     }
 
-    /// Marks every stored response for `uri` stale (a soft purge).
-    pub fn soft_purge(&self, uri: &Uri) -> StorageFuture<()> {
+    /// Marks every stored response for `uri` stale (a soft purge); returns how many keys
+    /// held responses.
+    pub fn soft_purge(&self, uri: &Uri) -> StorageFuture<usize> {
         self.by_uri(uri, Purge::MarkStale(self.shared.clock.now()))
     }
 
-    /// Removes every stored response tagged `tag`.
-    pub fn invalidate_tag(&self, tag: &str) -> StorageFuture<()> {
+    /// Removes every stored response tagged `tag`; returns how many keys held them.
+    pub fn invalidate_tag(&self, tag: &str) -> StorageFuture<usize> {
         tracing::debug!(tag, "invalidating a tag");
         metrics::counter!("turret_cache_tag_invalidations_total").increment(1);
         self.shared.storage.invalidate_tag(tag, Purge::Remove)
     }
 
-    /// Marks every stored response tagged `tag` stale (a soft purge).
-    pub fn soft_purge_tag(&self, tag: &str) -> StorageFuture<()> {
+    /// Marks every stored response tagged `tag` stale (a soft purge); returns how many keys
+    /// held them.
+    pub fn soft_purge_tag(&self, tag: &str) -> StorageFuture<usize> {
         tracing::debug!(tag, "soft-purging a tag");
         metrics::counter!("turret_cache_tag_invalidations_total").increment(1);
         self.shared
@@ -69,8 +72,9 @@ impl CacheInvalidator {
             .invalidate_tag(tag, Purge::MarkStale(self.shared.clock.now()))
     }
 
-    /// Removes every stored response carrying any of `tags`.
-    pub fn invalidate_tags<I, T>(&self, tags: I) -> StorageFuture<()>
+    /// Removes every stored response carrying any of `tags`; returns how many keys held
+    /// them (a key with two of the tags counts twice on Redis, once it is gone in memory).
+    pub fn invalidate_tags<I, T>(&self, tags: I) -> StorageFuture<usize>
     where
         I: IntoIterator<Item = T>,
         T: AsRef<str>,
@@ -85,17 +89,17 @@ impl CacheInvalidator {
     /// Invalidates the tags registered for `event` with
     /// [`ResponseCacheLayer::on_event`](crate::ResponseCacheLayer::on_event); nothing for an
     /// unknown event.
-    pub fn emit(&self, event: &str) -> StorageFuture<()> {
+    pub fn emit(&self, event: &str) -> StorageFuture<usize> {
         match self.shared.events.get(event) {
             Some(tags) => self.invalidate_tags(tags),
             None => {
                 tracing::debug!(event, "no cache tags registered for this event");
-                StorageFuture::ready(Ok(()))
+                StorageFuture::ready(Ok(0))
             }
         }
     }
 
-    fn by_uri(&self, uri: &Uri, purge: Purge) -> StorageFuture<()> {
+    fn by_uri(&self, uri: &Uri, purge: Purge) -> StorageFuture<usize> {
         let policies = &self.shared.policies;
         let policy = policies.for_path(uri.path());
         match policies.key(policy, uri, &HeaderMap::new()) {
@@ -103,16 +107,21 @@ impl CacheInvalidator {
                 tracing::debug!(%key, ?purge, "invalidating on request of the application");
                 self.shared.storage.invalidate(&key, purge)
             }
-            None => StorageFuture::ready(Ok(())),
+            None => StorageFuture::ready(Ok(0)),
         }
     }
 }
 
-/// All of `pending`, in order; the first error is returned after every one ran.
-pub(crate) fn join(mut pending: Vec<StorageFuture<()>>) -> StorageFuture<()> {
+/// All of `pending`, in order, their counts summed; the first error is returned after every
+/// one ran.
+pub(crate) fn join(mut pending: Vec<StorageFuture<usize>>) -> StorageFuture<usize> {
     let mut first_error = None;
+    let mut total = 0;
     pending.retain_mut(|f| match f.take_ready() {
-        Some(Ok(())) => false,
+        Some(Ok(n)) => {
+            total += n;
+            false
+        }
         Some(Err(e)) => {
             first_error.get_or_insert(e);
             false
@@ -120,15 +129,18 @@ pub(crate) fn join(mut pending: Vec<StorageFuture<()>>) -> StorageFuture<()> {
         None => true,
     });
     if pending.is_empty() {
-        return StorageFuture::ready(first_error.map_or(Ok(()), Err));
+        return StorageFuture::ready(first_error.map_or(Ok(total), Err));
     }
     StorageFuture::new(async move {
         for f in pending {
-            if let Err(e) = f.await {
-                first_error.get_or_insert(e);
+            match f.await {
+                Ok(n) => total += n,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        first_error.map_or(Ok(total), Err)
     })
 }
 
@@ -143,7 +155,7 @@ pub(crate) struct Invalidate {
 
 /// Starts invalidating the target URI, same-origin `Location` / `Content-Location`, and the
 /// tags of the layer's write rules.
-pub(crate) fn invalidations(inv: &Invalidate, headers: &HeaderMap) -> Vec<StorageFuture<()>> {
+pub(crate) fn invalidations(inv: &Invalidate, headers: &HeaderMap) -> Vec<StorageFuture<usize>> {
     let policies = &inv.shared.policies;
     let origin = (inv.origin.0.as_str(), inv.origin.1.as_str());
     let mut keys: Vec<String> = inv.key.iter().cloned().collect();

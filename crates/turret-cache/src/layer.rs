@@ -225,13 +225,13 @@ impl ResponseCacheLayer {
     /// message, another route). `uri` must be absolute (`http://shop.example/products?page=2`):
     /// the key is the one the layer builds for a GET with that target and `Host`. Shorthand
     /// for [`invalidator().invalidate(uri)`](CacheInvalidator::invalidate).
-    pub fn invalidate(&self, uri: &Uri) -> StorageFuture<()> {
+    pub fn invalidate(&self, uri: &Uri) -> StorageFuture<usize> {
         self.invalidator().invalidate(uri)
     }
 
     /// Removes every stored response tagged `tag`, on every instance sharing the storage.
     /// Shorthand for [`invalidator().invalidate_tag(tag)`](CacheInvalidator::invalidate_tag).
-    pub fn invalidate_tag(&self, tag: &str) -> StorageFuture<()> {
+    pub fn invalidate_tag(&self, tag: &str) -> StorageFuture<usize> {
         self.invalidator().invalidate_tag(tag)
     }
 

@@ -153,6 +153,7 @@ mod lease;
 mod lookup;
 mod miss;
 mod policy;
+mod purge;
 #[cfg(feature = "redis")]
 mod redis_storage;
 mod respond;
@@ -173,6 +174,7 @@ pub use layer::{
     DEFAULT_MAX_ENTRY_SIZE, ResponseCacheLayer, SetCookie,
 };
 pub use policy::{MakeCacheKey, Policy, QueryKey};
+pub use purge::{InvalidPurgeToken, MAX_PURGE_TAGS, MAX_PURGE_TARGET, PurgeAuth, PurgeService};
 #[cfg(feature = "redis")]
 pub use redis_storage::RedisStorage;
 pub use service::ResponseCache;

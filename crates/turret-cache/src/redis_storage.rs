@@ -295,25 +295,22 @@ fn variants_of(key: &str, reply: redis::Value) -> Variants {
         .collect()
 }
 
-async fn invalidate(redis: &Redis, key: &str, purge: Purge) -> Result<(), StorageError> {
+/// Invalidates one key; how many keys held responses (1 or 0).
+async fn invalidate(redis: &Redis, key: &str, purge: Purge) -> Result<usize, StorageError> {
     let entry = entry_key(redis, key);
-    match purge {
-        Purge::Remove => {
-            let _: i64 = redis
-                .query(redis::cmd("DEL").arg(&entry))
-                .await
-                .map_err(StorageError::new)?;
-        }
-        Purge::MarkStale(at) => {
-            let _: i64 = MARK_STALE
-                .key(&entry)
-                .arg(millis(at))
-                .invoke(redis)
-                .await
-                .map_err(StorageError::new)?;
-        }
-    }
-    Ok(())
+    let held: i64 = match purge {
+        Purge::Remove => redis
+            .query(redis::cmd("DEL").arg(&entry))
+            .await
+            .map_err(StorageError::new)?,
+        Purge::MarkStale(at) => MARK_STALE
+            .key(&entry)
+            .arg(millis(at))
+            .invoke(redis)
+            .await
+            .map_err(StorageError::new)?,
+    };
+    Ok(usize::from(held > 0))
 }
 
 /// Members of a `ZSCAN` reply page: `[cursor, [member, score, member, score, …]]`.
@@ -357,9 +354,10 @@ fn scan_page(reply: redis::Value) -> Result<(u64, Scored), StorageError> {
     Ok((cursor, members))
 }
 
-async fn invalidate_tag(redis: Redis, tag: String, purge: Purge) -> Result<(), StorageError> {
+async fn invalidate_tag(redis: Redis, tag: String, purge: Purge) -> Result<usize, StorageError> {
     let index = tag_key(&redis, &tag);
     let mut cursor = 0u64;
+    let mut held = 0;
     loop {
         let reply: redis::Value = redis
             .query(
@@ -399,9 +397,12 @@ async fn invalidate_tag(redis: Redis, tag: String, purge: Purge) -> Result<(), S
                         continue;
                     }
                 };
-                if let Err(e) = result {
-                    failed.push(i);
-                    first_error.get_or_insert(e);
+                match result {
+                    Ok(n) => held += n,
+                    Err(e) => {
+                        failed.push(i);
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
             if let Some(e) = first_error {
@@ -415,7 +416,7 @@ async fn invalidate_tag(redis: Redis, tag: String, purge: Purge) -> Result<(), S
             }
         }
         if next == 0 {
-            return Ok(());
+            return Ok(held);
         }
         cursor = next;
     }
@@ -487,13 +488,13 @@ impl CacheStorage for RedisStorage {
         })
     }
 
-    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<()> {
+    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<usize> {
         let redis = self.redis.clone();
         let key = key.to_owned();
         StorageFuture::new(async move { invalidate(&redis, &key, purge).await })
     }
 
-    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<()> {
+    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<usize> {
         StorageFuture::new(invalidate_tag(self.redis.clone(), tag.to_owned(), purge))
     }
 }

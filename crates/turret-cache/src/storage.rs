@@ -38,13 +38,13 @@ pub trait CacheStorage: Send + Sync + 'static {
 
     /// Removes every response stored under `key` (RFC 9111 §4.4), or with
     /// [`Purge::MarkStale`] keeps them stale (a soft purge: they can still be served stale
-    /// while one request revalidates).
-    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<()>;
+    /// while one request revalidates). Returns how many keys held responses: 1 or 0.
+    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<usize>;
 
     /// Does [`invalidate`](Self::invalidate) for every key holding a response stored with
-    /// `tag` (see [`CachedResponse::tags`]). A storage keeps its tag index bounded: entries
-    /// that expire or are evicted leave it.
-    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<()>;
+    /// `tag` (see [`CachedResponse::tags`]), and returns how many keys held responses. A
+    /// storage keeps its tag index bounded: entries that expire or are evicted leave it.
+    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<usize>;
 }
 
 /// How an invalidation treats the stored responses.
@@ -67,11 +67,11 @@ impl<T: CacheStorage + ?Sized> CacheStorage for Arc<T> {
         (**self).put(key, response, ttl)
     }
 
-    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<()> {
+    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<usize> {
         (**self).invalidate(key, purge)
     }
 
-    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<()> {
+    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<usize> {
         (**self).invalidate_tag(tag, purge)
     }
 }
@@ -347,14 +347,16 @@ impl CacheStorage for MemoryStorage {
         StorageFuture::ready(Ok(()))
     }
 
-    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<()> {
+    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<usize> {
+        let mut held = 0;
         match purge {
-            Purge::Remove => self.cache.invalidate(key),
+            Purge::Remove => held = usize::from(self.cache.remove(key).is_some()),
             Purge::MarkStale(at) => {
                 self.cache.entry_by_ref(key).and_compute_with(|existing| {
                     let Some(existing) = existing else {
                         return Op::Nop;
                     };
+                    held = 1;
                     let slot = existing.into_value();
                     let variants: Vec<Arc<CachedResponse>> = slot
                         .variants
@@ -368,15 +370,18 @@ impl CacheStorage for MemoryStorage {
                 });
             }
         }
-        StorageFuture::ready(Ok(()))
+        StorageFuture::ready(Ok(held))
     }
 
-    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<()> {
+    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<usize> {
+        let mut held = 0;
         for key in self.tags.keys(tag) {
             // Synchronous: done when it returns.
-            drop(self.invalidate(&key, purge));
+            if let Some(Ok(n)) = self.invalidate(&key, purge).take_ready() {
+                held += n;
+            }
         }
-        StorageFuture::ready(Ok(()))
+        StorageFuture::ready(Ok(held))
     }
 }
 
@@ -446,8 +451,19 @@ mod tests {
     fn invalidate_removes_every_variant() {
         let s = MemoryStorage::default();
         done(s.put("k", response(None, "x"), Duration::from_secs(60)));
-        done(s.invalidate("k", Purge::Remove));
+        done(s.put(
+            "k",
+            response(Some("text/html"), "y"),
+            Duration::from_secs(60),
+        ));
+        assert_eq!(
+            done(s.invalidate("k", Purge::Remove)),
+            1,
+            "one key held them"
+        );
         assert!(get(&s, "k").is_empty());
+        assert_eq!(done(s.invalidate("k", Purge::Remove)), 0, "nothing left");
+        assert_eq!(done(s.invalidate("k", Purge::MarkStale(Duration::ZERO))), 0);
     }
 
     fn tagged(body: &'static str, tags: &[&str]) -> Arc<CachedResponse> {
@@ -462,7 +478,7 @@ mod tests {
         done(s.put("a", tagged("a", &["products", "product:1"]), ttl));
         done(s.put("b", tagged("b", &["products"]), ttl));
         done(s.put("c", tagged("c", &["categories"]), ttl));
-        done(s.invalidate_tag("products", Purge::Remove));
+        assert_eq!(done(s.invalidate_tag("products", Purge::Remove)), 2);
         assert!(get(&s, "a").is_empty());
         assert!(get(&s, "b").is_empty());
         assert_eq!(get(&s, "c").len(), 1);

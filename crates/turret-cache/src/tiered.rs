@@ -339,7 +339,7 @@ impl CacheStorage for TieredStorage {
         })
     }
 
-    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<()> {
+    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<usize> {
         let inner = self.inner.clone();
         let key = key.to_owned();
         StorageFuture::new(async move {
@@ -354,11 +354,12 @@ impl CacheStorage for TieredStorage {
                     instance: inner.instance,
                 })
                 .await;
-            l2.and(published)
+            // The L2 holds every key of the fleet: its count is the answer.
+            l2.and_then(|n| published.map(|()| n))
         })
     }
 
-    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<()> {
+    fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<usize> {
         let inner = self.inner.clone();
         let tag = tag.to_owned();
         StorageFuture::new(async move {
@@ -373,7 +374,8 @@ impl CacheStorage for TieredStorage {
                     instance: inner.instance,
                 })
                 .await;
-            l2.and(published)
+            // The L2 holds every key of the fleet: its count is the answer.
+            l2.and_then(|n| published.map(|()| n))
         })
     }
 }

@@ -407,32 +407,38 @@ async fn tag_invalidation(storage: &RedisStorage, keys: &[String]) {
             .unwrap();
     }
     let at = received + Duration::from_secs(1);
-    storage
+    let half = keys.len().div_ceil(2);
+    let marked = storage
         .invalidate_tag("products", Purge::MarkStale(at))
         .await
         .unwrap();
+    assert_eq!(marked, half, "the count of keys soft-purged");
     for (i, key) in keys.iter().enumerate() {
         let got = storage.get(key).await.unwrap();
         assert_eq!(got.len(), 1, "{key}: a soft purge keeps the response");
         assert_eq!(got[0].ttl(at).is_none(), i % 2 == 0, "{key}");
     }
 
-    storage
+    let removed = storage
         .invalidate_tag("products", Purge::Remove)
         .await
         .unwrap();
+    assert_eq!(removed, half, "the count of keys removed");
     for (i, key) in keys.iter().enumerate() {
         let got = storage.get(key).await.unwrap();
         assert_eq!(got.is_empty(), i % 2 == 0, "{key}");
     }
-    storage.invalidate_tag("all", Purge::Remove).await.unwrap();
+    // Only the keys still holding responses count.
+    let rest = storage.invalidate_tag("all", Purge::Remove).await.unwrap();
+    assert_eq!(rest, keys.len() - half);
     for key in keys {
         assert!(storage.get(key).await.unwrap().is_empty(), "{key}");
     }
-    storage
+    let none = storage
         .invalidate_tag("unknown", Purge::Remove)
         .await
         .unwrap();
+    assert_eq!(none, 0);
 }
 
 #[tokio::test]
@@ -470,8 +476,9 @@ async fn invalidate_tag_on_a_cluster_reaches_keys_in_every_slot() {
         .await
         .unwrap();
     assert_eq!(bodies(&storage.get(KEY).await.unwrap()), ["x"]);
-    storage.invalidate(KEY, Purge::Remove).await.unwrap();
+    assert_eq!(storage.invalidate(KEY, Purge::Remove).await.unwrap(), 1);
     assert!(storage.get(KEY).await.unwrap().is_empty());
+    assert_eq!(storage.invalidate(KEY, Purge::Remove).await.unwrap(), 0);
 }
 
 #[tokio::test]

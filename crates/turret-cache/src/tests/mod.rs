@@ -681,10 +681,10 @@ impl CacheStorage for Broken {
     fn put(&self, _: &str, _: Arc<CachedResponse>, _: Duration) -> StorageFuture<()> {
         StorageFuture::new(async { Err(StorageError::new("down")) })
     }
-    fn invalidate(&self, _: &str, _: Purge) -> StorageFuture<()> {
+    fn invalidate(&self, _: &str, _: Purge) -> StorageFuture<usize> {
         StorageFuture::ready(Err(StorageError::new("down")))
     }
-    fn invalidate_tag(&self, _: &str, _: Purge) -> StorageFuture<()> {
+    fn invalidate_tag(&self, _: &str, _: Purge) -> StorageFuture<usize> {
         StorageFuture::ready(Err(StorageError::new("down")))
     }
 }
@@ -977,11 +977,11 @@ async fn a_storage_failing_behind_a_local_tier_logs_one_line_per_change_of_state
         fn put(&self, _: &str, _: Arc<CachedResponse>, _: Duration) -> StorageFuture<()> {
             StorageFuture::ready(Ok(()))
         }
-        fn invalidate(&self, _: &str, _: Purge) -> StorageFuture<()> {
-            StorageFuture::ready(Ok(()))
+        fn invalidate(&self, _: &str, _: Purge) -> StorageFuture<usize> {
+            StorageFuture::ready(Ok(0))
         }
-        fn invalidate_tag(&self, _: &str, _: Purge) -> StorageFuture<()> {
-            StorageFuture::ready(Ok(()))
+        fn invalidate_tag(&self, _: &str, _: Purge) -> StorageFuture<usize> {
+            StorageFuture::ready(Ok(0))
         }
     }
 
