@@ -42,6 +42,14 @@ pub(crate) struct Config {
     /// the client gets a 504; the body then streams for as long as it takes.
     #[arg(long, env = "ORIGIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub(crate) origin_timeout: Duration,
+
+    /// Enables `PURGE` for operators holding this token (`Authorization: Bearer TOKEN`; at
+    /// least 16 visible characters): `PURGE /path?query` removes that URL's stored
+    /// responses, `PURGE` with `Surrogate-Key: a b` every response tagged `a` or `b`,
+    /// `Soft-Purge: 1` marks them stale instead; fleet-wide with `--redis-url`. Absent:
+    /// `PURGE` is refused with 405. A `PURGE` is never forwarded to the origin.
+    #[arg(long, env = "PURGE_TOKEN", hide_env_values = true)]
+    pub(crate) purge_token: Option<String>,
 }
 
 /// The origin: scheme `http`, an authority, nothing else.

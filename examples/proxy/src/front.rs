@@ -31,8 +31,8 @@ use bytes::Bytes;
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version,
     header::{
-        AUTHORIZATION, CONNECTION, CONTENT_TYPE, COOKIE, HOST, MAX_FORWARDS, PROXY_AUTHORIZATION,
-        TRANSFER_ENCODING,
+        ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, COOKIE, HOST, MAX_FORWARDS,
+        PROXY_AUTHORIZATION, TRANSFER_ENCODING,
     },
     uri::Authority,
 };
@@ -41,7 +41,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tower_service::Service;
 
-use turret_cache::{ResponseBody, ResponseCache};
+use turret_cache::{PurgeService, ResponseBody, ResponseCache};
 
 use crate::{
     config::Origin,
@@ -60,21 +60,25 @@ pub(crate) type FrontBody = Either<Either<ResponseBody<ProxyBody>, ProxyBody>, F
 #[derive(Debug, Clone)]
 pub(crate) struct Front {
     cache: ResponseCache<Forward>,
+    purge: Option<PurgeService>,
     forward: Forward,
     origin: Arc<Origin>,
     peer: SocketAddr,
 }
 
 impl Front {
-    /// Requests from `peer` through `cache` (whose inner service is `forward`) to `origin`.
+    /// Requests from `peer` through `cache` (whose inner service is `forward`) to `origin`;
+    /// `PURGE` answered by `purge` (405 without it).
     pub(crate) fn new(
         cache: ResponseCache<Forward>,
+        purge: Option<PurgeService>,
         origin: Arc<Origin>,
         peer: SocketAddr,
     ) -> Self {
         Self {
             forward: cache.get_ref().clone(),
             cache,
+            purge,
             origin,
             peer,
         }
@@ -106,6 +110,24 @@ impl Service<Request<Incoming>> for Front {
                 refusal.text,
                 true,
             ))));
+        }
+        if req.method().as_str() == "PURGE" {
+            // Never forwarded: answered here, by the purge service or with a 405.
+            let Some(purge) = self.purge.clone() else {
+                let mut res = own(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "PURGE is not enabled on this proxy (start it with --purge-token)\n",
+                    false,
+                );
+                res.headers_mut().insert(
+                    ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"),
+                );
+                return Box::pin(std::future::ready(Ok(res)));
+            };
+            // The target rewritten as for the cache, so that the purge names the same key.
+            let req = prepare(req, &self.origin, self.peer);
+            return Box::pin(async move { Ok(purge.purge(req).await.map(Either::Right)) });
         }
         if let Some(res) = max_forwards(&mut req) {
             return Box::pin(std::future::ready(Ok(res)));

@@ -20,6 +20,7 @@ mod proxy;
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
+use turret_cache::{PurgeAuth, PurgeService};
 use turret_redis::{Redis, RedisConfig};
 
 use crate::{config::Config, forward::Forward};
@@ -51,6 +52,13 @@ async fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     let cache = cache::layer(&config, redis);
+    let purge = match &config.purge_token {
+        Some(token) => {
+            let auth = PurgeAuth::bearer(token).map_err(|e| format!("--purge-token: {e}"))?;
+            Some(PurgeService::new(cache.invalidator(), auth).for_request_target())
+        }
+        None => None,
+    };
     let forward = Forward::new(config.origin_timeout);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -66,9 +74,10 @@ async fn run(config: Config) -> Result<(), String> {
         origin = %config.origin.authority,
         redis = config.redis_url.is_some(),
         max_entry_size = config.max_entry_size.0,
+        purge = purge.is_some(),
         "serving"
     );
-    proxy::serve(listener, config.origin, cache, forward, shutdown()).await;
+    proxy::serve(listener, config.origin, cache, purge, forward, shutdown()).await;
     Ok(())
 }
 

@@ -26,7 +26,7 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use turret_cache::ResponseCacheLayer;
+use turret_cache::{PurgeService, ResponseCacheLayer};
 
 use crate::{config::Origin, forward::Forward, front::Front, headers};
 
@@ -35,12 +35,13 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open connections may finish their requests after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `listener` until `shutdown` resolves, then lets open connections finish (at most
+/// Serves `listener` (with `PURGE` answered by `purge` when given) until `shutdown` resolves, then lets open connections finish (at most
 /// 10 s).
 pub(crate) async fn serve(
     listener: TcpListener,
     origin: Origin,
     cache: ResponseCacheLayer,
+    purge: Option<PurgeService>,
     forward: Forward,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -65,7 +66,7 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let per_connection = Front::new(service.clone(), origin.clone(), peer);
+        let per_connection = Front::new(service.clone(), purge.clone(), origin.clone(), peer);
         let conn = http.serve_connection(
             TokioIo::new(stream),
             TowerToHyperService::new(per_connection),

@@ -177,6 +177,14 @@ async fn handle(
             format!("#{n}"),
         ),
         "/head" => respond(200, &[("cache-control", "max-age=60")], "head body"),
+        "/tagged" => respond(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("surrogate-key", "t-a shared"),
+            ],
+            format!("{path} #{n}"),
+        ),
         "/etag" => {
             let fields = [("cache-control", "max-age=1"), ("etag", "\"v1\"")];
             if parts
@@ -296,6 +304,7 @@ impl Proxy {
             .env_remove("MAX_ENTRY_SIZE")
             .env_remove("CACHE_SIZE")
             .env_remove("ORIGIN_TIMEOUT")
+            .env_remove("PURGE_TOKEN")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -781,6 +790,117 @@ async fn two_proxies_on_one_redis_share_the_cache_and_its_invalidations() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+const PURGE_TOKEN: &str = "proxy-purge-token-41c9e2";
+const BEARER: (&str, &str) = ("authorization", "Bearer proxy-purge-token-41c9e2");
+
+/// How many `PURGE` requests reached the origin (none may).
+fn purges_forwarded(origin: &Origin) -> usize {
+    let seen = origin.state.seen.lock().expect("lock");
+    seen.iter().filter(|s| s.method.as_str() == "PURGE").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_without_a_configured_token_is_405_and_never_forwarded() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let http = Http::new(&proxy);
+    http.get("/max-age").await;
+    let res = http.send("PURGE", "/max-age", &[BEARER], "").await;
+    assert_eq!(res.status, 405);
+    assert!(res.header("allow").contains("GET"), "{:?}", res.headers);
+    assert_eq!(http.get("/max-age").await.header("x-cache"), "HIT");
+    assert_eq!(purges_forwarded(&origin), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_with_the_token_removes_a_url_or_a_tag_and_is_never_forwarded() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &["--purge-token", PURGE_TOKEN]);
+    let http = Http::new(&proxy);
+    http.get("/max-age").await;
+    assert_eq!(http.get("/max-age").await.header("x-cache"), "HIT");
+
+    let missing = http.send("PURGE", "/max-age", &[], "").await;
+    assert_eq!(missing.status, 401);
+    assert!(missing.header("www-authenticate").starts_with("Bearer"));
+    let wrong = ("authorization", "Bearer proxy-purge-token-41c9e3");
+    assert_eq!(
+        http.send("PURGE", "/max-age", &[wrong], "").await.status,
+        403
+    );
+    assert_eq!(http.get("/max-age").await.header("x-cache"), "HIT");
+
+    let res = http.send("PURGE", "/max-age", &[BEARER], "").await;
+    assert_eq!((res.status, res.body.as_str()), (200, r#"{"purged":1}"#));
+    let after = http.get("/max-age").await;
+    assert_eq!(
+        (after.header("x-cache"), after.body.as_str()),
+        ("MISS", "/max-age #2")
+    );
+
+    // By tag, whatever the target (the client's Host spelling does not matter either).
+    http.get("/tagged").await;
+    assert_eq!(http.get("/tagged").await.header("x-cache"), "HIT");
+    let by_tag = http
+        .send(
+            "PURGE",
+            "/",
+            &[BEARER, ("surrogate-key", "t-a"), ("host", "other:1")],
+            "",
+        )
+        .await;
+    assert_eq!(by_tag.body, r#"{"purged":1}"#);
+    assert_eq!(http.get("/tagged").await.header("x-cache"), "MISS");
+    // Soft: kept, but stale: the next request goes to the origin.
+    assert_eq!(http.get("/tagged").await.header("x-cache"), "HIT");
+    let soft = http
+        .send(
+            "PURGE",
+            "/",
+            &[BEARER, ("surrogate-key", "shared"), ("soft-purge", "1")],
+            "",
+        )
+        .await;
+    assert_eq!(soft.body, r#"{"purged":1}"#);
+    assert_ne!(http.get("/tagged").await.header("x-cache"), "HIT");
+    assert_eq!(origin.count("/tagged"), 3);
+    assert_eq!(purges_forwarded(&origin), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_proxy_is_seen_on_the_other_on_one_redis() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let origin = Origin::start().await;
+    let args = ["--redis-url", url.as_str(), "--purge-token", PURGE_TOKEN];
+    let (a, b) = (
+        Proxy::start(&origin.url(), &args),
+        Proxy::start(&origin.url(), &args),
+    );
+    let (on_a, on_b) = (Http::new(&a), Http::new(&b));
+    on_a.get("/max-age").await;
+    assert_eq!(on_b.get("/max-age").await.header("x-cache"), "HIT");
+    assert_eq!(
+        on_b.get("/max-age").await.header("x-cache"),
+        "HIT",
+        "in b's L1 now"
+    );
+    let res = on_a.send("PURGE", "/max-age", &[BEARER], "").await;
+    assert_eq!(res.body, r#"{"purged":1}"#);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if on_b.get("/max-age").await.header("x-cache") == "MISS" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never saw the purge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(purges_forwarded(&origin), 0);
 }
 
 // ---------------------------------------------------------------------------------------
