@@ -118,6 +118,19 @@ impl ShopCache {
     }
 
     /// Whether the cache is on (the handlers tag their responses only for it).
+    /// The operators' purge service (`/admin/purge`) behind `auth`; `None` with the cache
+    /// off.
+    pub(crate) fn purge_service(
+        &self,
+        auth: turret_cache::PurgeAuth,
+    ) -> Option<turret_cache::PurgeService> {
+        let inner = self.inner.as_ref()?;
+        Some(turret_cache::PurgeService::new(
+            inner.invalidator.clone(),
+            auth,
+        ))
+    }
+
     pub(crate) fn is_on(&self) -> bool {
         self.inner.is_some()
     }

@@ -84,6 +84,13 @@ pub(crate) struct Config {
     /// new random name per start.
     #[arg(long, env = "WRITE_BEHIND_CONSUMER")]
     pub(crate) write_behind_consumer: Option<String>,
+
+    /// Mounts the response cache's purge service at `/admin/purge` for operators holding
+    /// this token (`Authorization: Bearer TOKEN`, at least 16 visible characters): `POST
+    /// /admin/purge?url=/products/7`, or with `Surrogate-Key: product:7` for tags;
+    /// `Soft-Purge: 1` marks stale instead. Absent: no such route (404).
+    #[arg(long, env = "PURGE_TOKEN", hide_env_values = true)]
+    pub(crate) purge_token: Option<String>,
 }
 
 /// The counting algorithms of `turret_ratelimit`, as flag values.

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! `/health` and `/metrics` are outside the conditional layer and exempt from the rate
-//! limit.
+//! limit; `/admin/purge` (with `--purge-token`) is outside the cache and conditional layers.
 
 use axum::{
     Json, Router,
@@ -23,6 +23,7 @@ use axum::{
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
+use turret_cache::PurgeAuth;
 use turret_redis::Redis;
 
 use crate::{
@@ -87,6 +88,14 @@ pub(crate) fn app(
     app = app
         .route("/health", get(health))
         .route("/metrics", get(metrics));
+    // Outside the cache and conditional layers (a purge is never cached, and names no
+    // resource of its own), inside the rate limit (it slows down token guessing).
+    if let Some(token) = &config.purge_token {
+        let auth = PurgeAuth::bearer(token).map_err(|e| format!("--purge-token: {e}"))?;
+        if let Some(purge) = state.cache.purge_service(auth) {
+            app = app.route_service("/admin/purge", purge);
+        }
+    }
     if !config.no_rate_limit {
         app = layers::rate_limit(app, config, redis)?;
     }

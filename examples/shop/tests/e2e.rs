@@ -1442,3 +1442,55 @@ fn a_put_writes_the_product_through_the_data_cache() {
         "the write-through value was not read"
     );
 }
+
+#[test]
+fn operators_purge_cached_products_by_url_or_tag_with_the_token() {
+    let token = "shop-operator-token-93be01";
+    let bearer = format!("Bearer {token}");
+    let shop = Shop::start(&["--purge-token", token, "--rate-limit", "1000/60s"]);
+    assert_eq!(shop.get("/products/7").header("x-cache"), Some("MISS"));
+    assert_eq!(shop.get("/products/7").header("x-cache"), Some("HIT"));
+
+    let purge = |path: &str, headers: &[(&str, &str)]| shop.request("POST", path, headers, "");
+    let missing = purge("/admin/purge?url=/products/7", &[]);
+    assert_eq!(missing.status, 401);
+    let wrong = purge(
+        "/admin/purge?url=/products/7",
+        &[("authorization", "Bearer shop-operator-token-93be02")],
+    );
+    assert_eq!(wrong.status, 403);
+    assert_eq!(shop.get("/products/7").header("x-cache"), Some("HIT"));
+
+    let by_url = purge(
+        "/admin/purge?url=/products/7",
+        &[("authorization", &bearer)],
+    );
+    assert_eq!(
+        (by_url.status, by_url.body.as_str()),
+        (200, r#"{"purged":1}"#)
+    );
+    assert_eq!(shop.get("/products/7").header("x-cache"), Some("MISS"));
+
+    shop.get("/products/8");
+    assert_eq!(shop.get("/products/8").header("x-cache"), Some("HIT"));
+    let by_tag = purge(
+        "/admin/purge",
+        &[("authorization", &bearer), ("surrogate-key", "product:8")],
+    );
+    assert_eq!(by_tag.body, r#"{"purged":1}"#);
+    assert_eq!(shop.get("/products/8").header("x-cache"), Some("MISS"));
+
+    // Off by default: no such route.
+    let plain = Shop::start(&[]);
+    assert_eq!(
+        plain
+            .request(
+                "POST",
+                "/admin/purge?url=/products/7",
+                &[("authorization", &bearer)],
+                ""
+            )
+            .status,
+        404
+    );
+}
