@@ -365,6 +365,44 @@ impl ResponseCacheLayer {
         self
     }
 
+    /// Keeps entries on this Redis for a fleet: [`TieredStorage`](crate::TieredStorage) (a
+    /// memory L1 in each instance, kept coherent by pub/sub invalidation) and a
+    /// [`fill_lease`](Self::fill_lease) on the same Redis, so that a miss is filled once for
+    /// the whole fleet. The layer's type does not change.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, redis: turret_redis::Redis) -> Self {
+        let wait = self.shared.lease_wait;
+        self.settings().storage = Arc::new(crate::TieredStorage::new(redis.clone()));
+        self.fill_lease(LeaseLock::redis(redis), wait)
+    }
+
+    /// [`redis`](Self::redis) when there is one (`Some`), the storage already set otherwise
+    /// (memory, from [`ResponseCacheLayer::new`]): the choice a configuration makes at run
+    /// time (`REDIS_URL` set or not), in one call.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), turret_redis::Error> {
+    /// use std::time::Duration;
+    /// use turret_cache::{Policy, ResponseCacheLayer};
+    /// use turret_redis::{Redis, RedisConfig};
+    ///
+    /// let redis = match std::env::var("REDIS_URL") {
+    ///     Ok(url) => Some(Redis::connect(RedisConfig::from_url(&url)?).await?),
+    ///     Err(_) => None,
+    /// };
+    /// let cache = ResponseCacheLayer::new()
+    ///     .backend_from(redis)
+    ///     .route("/products/*", Policy::new("products").ttl(Duration::from_secs(300)));
+    /// # let _ = cache; Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn backend_from(self, redis: Option<turret_redis::Redis>) -> Self {
+        match redis {
+            Some(redis) => self.redis(redis),
+            None => self,
+        }
+    }
+
     /// The clock used for ages and freshness (default [`SystemClock`]).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.settings().clock = Arc::new(clock);

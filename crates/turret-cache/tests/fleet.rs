@@ -386,3 +386,52 @@ async fn an_uncacheable_url_is_not_serialised_behind_the_fleet_fill_lease() {
     assert_eq!(origin.most.load(Ordering::SeqCst), 10);
     assert_eq!(origin.calls.load(Ordering::SeqCst), 20);
 }
+
+/// An instance whose backend is chosen at run time: `backend_from(Some(redis))` or `None`.
+async fn chosen(url: Option<&str>) -> ResponseCacheLayer {
+    let redis = match url {
+        Some(url) => Some(Redis::connect(config(url)).await.unwrap()),
+        None => None,
+    };
+    ResponseCacheLayer::new().backend_from(redis)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backend_from_some_shares_one_cache_and_one_fill_for_the_fleet() {
+    let server = RedisServer::start();
+    let origin = Origin::new(Duration::from_millis(200), "max-age=60");
+    let mut services = Vec::new();
+    for _ in 0..4 {
+        let layer = chosen(Some(&server.url())).await;
+        services.push(layer.layer(serve(origin.clone())));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let svc = services[i % 4].clone();
+        tasks.push(tokio::spawn(async move { fetch(svc, "/products/9").await }));
+    }
+    for task in tasks {
+        let (status, _, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "v1");
+    }
+    assert_eq!(
+        origin.calls(),
+        1,
+        "one fill for the fleet: the lease is on Redis too"
+    );
+    let keys: usize = server.cmd(&["DBSIZE"]);
+    assert!(keys >= 1, "the entry is on Redis");
+}
+
+#[tokio::test]
+async fn backend_from_none_keeps_a_cache_per_instance_in_memory() {
+    let origin = Origin::new(Duration::ZERO, "max-age=60");
+    let a = chosen(None).await.layer(serve(origin.clone()));
+    let b = chosen(None).await.layer(serve(origin.clone()));
+    assert_eq!(fetch(a.clone(), "/products/9").await.1, "MISS");
+    assert_eq!(fetch(a, "/products/9").await.1, "HIT");
+    // The other instance has its own memory: its first read is a miss.
+    assert_eq!(fetch(b, "/products/9").await.1, "MISS");
+    assert_eq!(origin.calls(), 2);
+}
