@@ -85,8 +85,16 @@
 //!   a stored response that does not fit is revalidated. `max-stale` accepts a stale one;
 //!   `only-if-cached` gets a 504 when nothing fits (RFC 9111 §5.2.1).
 //! - `If-None-Match` / `If-Modified-Since` are answered from storage: a 304 without calling
-//!   the inner service when the client's copy is current (RFC 9110 §13.2.2). `If-Match`,
-//!   `If-Unmodified-Since` and `If-Range` go to the origin as sent.
+//!   the inner service when the client's copy is current (RFC 9110 §13.2.2). `If-Match`
+//!   and `If-Unmodified-Since` go to the origin as sent.
+//! - `Range` (RFC 9110 §14): a single `bytes` range of a stored `200` is answered `206` from
+//!   storage (`Content-Range`, the stored validators; `Cache-Status` says `hit`), an
+//!   unsatisfiable one `416` with `Content-Range: bytes */LEN`, a malformed one or several
+//!   ranges the whole `200`; `If-Range` with a strong `ETag` or a strong `Last-Modified`
+//!   date is evaluated against the stored response (no match: the whole `200`). On a miss the
+//!   cache asks the origin for the whole representation (without `Range` / `If-Range`),
+//!   stores it and answers the range from it; a `206` from the origin (a hit-for-miss URL,
+//!   which is sent on as the client asked) passes through unstored. `HEAD` ignores `Range`.
 //! - A 2xx or 3xx to an unsafe or unknown method invalidates the target URI and the
 //!   same-origin `Location` / `Content-Location` (§4.4), plus the tags of the layer's
 //!   [`invalidate_on_write`](ResponseCacheLayer::invalidate_on_write) rules.
@@ -154,6 +162,7 @@ mod lookup;
 mod miss;
 mod policy;
 mod purge;
+mod range;
 #[cfg(feature = "redis")]
 mod redis_storage;
 mod respond;

@@ -18,6 +18,7 @@ use crate::{
     lease::LeaseOutcome,
     lookup::{Ctx, Lookup, select},
     policy::Outcome,
+    range,
     respond::{
         annotate, cannot_revalidate, from_storage, gateway_timeout, hit, push_u64, reuse,
         serve_stale, staleness,
@@ -318,6 +319,10 @@ where
         }
         _ => validate::strip_client_conditionals(req.headers_mut()),
     }
+    // The whole representation is asked for, to be stored; the client's range is answered
+    // from it (RFC 9111 §3.4 allows it; Varnish does the same).
+    req.headers_mut().remove(header::RANGE);
+    req.headers_mut().remove(header::IF_RANGE);
     let ctx = Arc::new(ctx);
     let Some(flights) = ctx.shared.flights.clone() else {
         let done = exchange(&ctx, inner, req, stale.clone(), Fill::Client).await;
@@ -366,7 +371,9 @@ where
                 }
                 Ok(Some(entry)) if entry.matches(&client) => {
                     tracing::debug!(key = %ctx.key, "served from a coalesced exchange");
-                    return Ok(collapsed(&ctx, reuse(entry, now, false, &client), member));
+                    let res =
+                        range::apply(entry, &client, false, reuse(entry, now, false, &client));
+                    return Ok(collapsed(&ctx, res, member));
                 }
                 _ => {}
             }
@@ -437,6 +444,10 @@ fn finish<B: Body, E>(
             Some(entry) if validate::is_conditional(client) => reuse(entry, now, false, client),
             _ => res,
         };
+        let res = match &entry {
+            Some(entry) => range::apply(entry, client, false, res),
+            None => res,
+        };
         return Ok(collapsed(ctx, res, member));
     };
     if let Some(entry) = &entry
@@ -444,6 +455,9 @@ fn finish<B: Body, E>(
         && validate::client_copy_is_current(entry.headers(), client)
     {
         res = reuse(entry, now, false, client);
+    }
+    if let Some(entry) = &entry {
+        res = range::apply(entry, client, false, res);
     }
     let mut member = member.to_owned();
     if stale.is_some() {

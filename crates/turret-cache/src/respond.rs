@@ -15,7 +15,7 @@ use crate::{
     layer::Shared,
     lookup::{Ctx, Lookup, select},
     policy::Outcome,
-    validate,
+    range, validate,
 };
 
 /// The cache's identifier in `Cache-Status`.
@@ -79,7 +79,11 @@ pub(crate) fn hit<B: Body>(
     policy.count(Outcome::Hit);
     tracing::debug!(%key, "cache hit");
     let conditional = entry.status() == StatusCode::OK && validate::is_conditional(request);
-    if !head && !conditional && !entry.headers().contains_key(CACHE_STATUS) {
+    if !head
+        && !conditional
+        && !entry.headers().contains_key(CACHE_STATUS)
+        && !request.contains_key(header::RANGE)
+    {
         // The common hit: the prepared fields, three values replaced in place.
         let mut res = Response::new(ResponseBody::full(entry.body().clone()));
         *res.status_mut() = entry.status();
@@ -94,7 +98,7 @@ pub(crate) fn hit<B: Body>(
         .append(CACHE_STATUS, hit_status(ttl.as_secs()));
     res.headers_mut()
         .insert(X_CACHE, HeaderValue::from_static("HIT"));
-    res
+    range::apply(entry, request, head, res)
 }
 
 /// `turret; hit; ttl=N`; the first hour's values are made once each and shared.
@@ -259,7 +263,7 @@ pub(crate) fn serve_stale<B: Body>(
     let mut res = reuse(entry, now, ctx.head, request);
     let member = format!("{detail}; ttl=-{}", staleness(entry, now).as_secs());
     annotate(&ctx.shared, &mut res, &member, "STALE");
-    res
+    range::apply(entry, request, ctx.head, res)
 }
 
 /// RFC 9111 §5.2.1.7: `only-if-cached` and nothing fits, a locally generated 504, so no

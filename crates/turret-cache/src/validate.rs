@@ -50,9 +50,10 @@ const CONDITIONALS: [HeaderName; 5] = [
 ];
 
 /// Whether the request carries a precondition the cache does not evaluate itself
-/// (`If-Match`, `If-Unmodified-Since`, `If-Range`): such requests go to the origin as sent.
+/// (`If-Match`, `If-Unmodified-Since`): such requests go to the origin as sent. (`If-Range`
+/// the cache evaluates against what it stores, with the `Range` it goes with.)
 pub(crate) fn has_foreign_precondition(request: &HeaderMap) -> bool {
-    CONDITIONALS[2..].iter().any(|n| request.contains_key(n))
+    CONDITIONALS[2..4].iter().any(|n| request.contains_key(n))
 }
 
 /// Whether the request is a conditional GET the cache answers itself.

@@ -792,6 +792,38 @@ async fn two_proxies_on_one_redis_share_the_cache_and_its_invalidations() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_resumed_with_range_is_answered_from_the_stored_whole() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&origin.url(), &[]);
+    let http = Http::new(&proxy);
+    // The first part: the proxy fetches the whole, stores it, sends the part.
+    let first = http
+        .send("GET", "/max-age", &[("range", "bytes=0-3")], "")
+        .await;
+    assert_eq!((first.status, first.body.as_str()), (206, "/max"));
+    assert_eq!(first.header("content-range"), "bytes 0-3/11");
+    assert!(
+        origin.seen("/max-age")[0].headers.get("range").is_none(),
+        "the origin was asked for the whole"
+    );
+    // The client resumes where it stopped: from storage.
+    let rest = http
+        .send("GET", "/max-age", &[("range", "bytes=4-")], "")
+        .await;
+    assert_eq!((rest.status, rest.body.as_str()), (206, "-age #1"));
+    assert_eq!(rest.header("content-range"), "bytes 4-10/11");
+    assert_eq!(rest.header("x-cache"), "HIT");
+    let past = http
+        .send("GET", "/max-age", &[("range", "bytes=11-")], "")
+        .await;
+    assert_eq!(
+        (past.status, past.header("content-range")),
+        (416, "bytes */11")
+    );
+    assert_eq!(origin.count("/max-age"), 1);
+}
+
 const PURGE_TOKEN: &str = "proxy-purge-token-41c9e2";
 const BEARER: (&str, &str) = ("authorization", "Bearer proxy-purge-token-41c9e2");
 
