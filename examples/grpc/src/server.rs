@@ -46,7 +46,7 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 use tonic_prost::ProstCodec;
-use turret_ratelimit::{HeaderKey, RateLimitLayer, RedisBackend};
+use turret_ratelimit::{HeaderKey, RateLimitLayer};
 use turret_redis::{Redis, RedisConfig};
 use turret_stampede::{CacheKey, StampedeCache};
 
@@ -96,26 +96,18 @@ pub async fn serve(
         None => None,
     };
     let service = CatalogService::new(config.slow_read, config.list_ttl, redis.clone());
+    // One quota per key for the fleet when Redis is configured (the same layer type either
+    // way); while Redis is down each server limits on its own.
     let limit = RateLimitLayer::new(config.rate_limit)
         .key(HeaderKey::new(API_KEY))
-        .exempt(STATS);
-    let server = Server::builder().layer(InterceptorLayer::new(require_api_key));
-    let incoming = TcpIncoming::from(listener);
-    let served = match redis {
-        None => {
-            server
-                .layer(limit)
-                .serve_with_incoming_shutdown(service, incoming, shutdown)
-                .await
-        }
-        // One quota per key for the fleet; while Redis is down each server limits on its own.
-        Some(redis) => {
-            server
-                .layer(limit.backend(RedisBackend::new(redis)).fallback_to_memory())
-                .serve_with_incoming_shutdown(service, incoming, shutdown)
-                .await
-        }
-    };
+        .exempt(STATS)
+        .backend_from(redis)
+        .fallback_to_memory();
+    let served = Server::builder()
+        .layer(InterceptorLayer::new(require_api_key))
+        .layer(limit)
+        .serve_with_incoming_shutdown(service, TcpIncoming::from(listener), shutdown)
+        .await;
     served.map_err(|e| format!("server: {e}"))
 }
 
