@@ -6,7 +6,7 @@
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{Request, Response, StatusCode};
-use tokio::sync::Notify;
+use tokio::sync::{Semaphore, watch};
 use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
 use turret_ratelimit::{
     AnyBackend, ConcurrencyLimitLayer, PeerIp, PermitBody, Quota, RateLimitLayer, ResponseBody,
@@ -123,14 +123,34 @@ fn any_backend_converts_from_an_option_of_redis() {
     assert!(matches!(AnyBackend::from(None), AnyBackend::Memory(_)));
 }
 
-/// A concurrency-limited instance whose handler waits for `release` on `/slow`.
-fn concurrency_instance(layer: ConcurrencyLimitLayer<PeerIp>, release: Arc<Notify>) -> CSvc {
+/// The slow request's handler: tells the test it is running (its slot is held by then),
+/// then waits until the test opens the gate.
+#[derive(Clone)]
+struct Gate {
+    entered: Arc<Semaphore>,
+    open: watch::Receiver<bool>,
+}
+
+impl Gate {
+    fn new() -> (Self, watch::Sender<bool>) {
+        let (tx, rx) = watch::channel(false);
+        let gate = Gate {
+            entered: Arc::new(Semaphore::new(0)),
+            open: rx,
+        };
+        (gate, tx)
+    }
+}
+
+/// A concurrency-limited instance whose handler holds `/slow` requests at `gate`.
+fn concurrency_instance(layer: ConcurrencyLimitLayer<PeerIp>, gate: Gate) -> CSvc {
     BoxCloneService::new(ServiceBuilder::new().layer(layer).service(service_fn(
         move |req: Request<String>| {
-            let release = release.clone();
+            let mut gate = gate.clone();
             async move {
                 if req.uri().path() == "/slow" {
-                    release.notified().await;
+                    gate.entered.add_permits(1);
+                    let _ = gate.open.wait_for(|open| *open).await;
                 }
                 Ok::<_, Infallible>(Response::new(String::from("ok")))
             }
@@ -146,12 +166,17 @@ fn request(path: &str) -> Request<String> {
 }
 
 /// Whether instance `b` admits a request while instance `a` holds the key's one slot.
-async fn second_admitted_while_first_in_flight(a: CSvc, b: CSvc, release: Arc<Notify>) -> bool {
+async fn second_admitted_while_first_in_flight(
+    a: CSvc,
+    b: CSvc,
+    gate: &Gate,
+    open: &watch::Sender<bool>,
+) -> bool {
     let slow = tokio::spawn(a.oneshot(request("/slow")));
-    // Until the slow request holds its slot (on Redis, a round trip).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The slow request is in its handler: it holds its slot.
+    gate.entered.acquire().await.unwrap().forget();
     let second = b.oneshot(request("/fast")).await.unwrap().status();
-    release.notify_waiters();
+    open.send(true).unwrap();
     let first = slow.await.unwrap().unwrap();
     assert_eq!(first.status(), StatusCode::OK);
     match second {
@@ -163,26 +188,26 @@ async fn second_admitted_while_first_in_flight(a: CSvc, b: CSvc, release: Arc<No
 
 #[tokio::test]
 async fn concurrency_backend_from_none_counts_per_instance() {
-    let release = Arc::new(Notify::new());
+    let (gate, open) = Gate::new();
     let layer = || ConcurrencyLimitLayer::new("exports", 1).backend_from(None);
-    let a = concurrency_instance(layer(), release.clone());
-    let b = concurrency_instance(layer(), release.clone());
-    assert!(second_admitted_while_first_in_flight(a, b, release).await);
+    let a = concurrency_instance(layer(), gate.clone());
+    let b = concurrency_instance(layer(), gate.clone());
+    assert!(second_admitted_while_first_in_flight(a, b, &gate, &open).await);
 }
 
 #[tokio::test]
 async fn concurrency_backend_from_some_counts_for_the_fleet_on_redis() {
     let server = RedisServer::start();
-    let release = Arc::new(Notify::new());
+    let (gate, open) = Gate::new();
     let a = concurrency_instance(
         ConcurrencyLimitLayer::new("exports", 1).backend_from(Some(connect(&server.url()).await)),
-        release.clone(),
+        gate.clone(),
     );
     let b = concurrency_instance(
         ConcurrencyLimitLayer::new("exports", 1).redis(connect(&server.url()).await),
-        release.clone(),
+        gate.clone(),
     );
-    assert!(!second_admitted_while_first_in_flight(a.clone(), b.clone(), release.clone()).await);
+    assert!(!second_admitted_while_first_in_flight(a, b.clone(), &gate, &open).await);
     // The slot is given back once the first response is dropped (on Redis, by a detached
     // `ZREM`): the second instance admits again.
     let mut again = StatusCode::TOO_MANY_REQUESTS;
