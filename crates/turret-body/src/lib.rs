@@ -73,6 +73,136 @@ pin_project! {
             read: Chunks,
             rest: Rest<B>,
         },
+        Tee {
+            #[pin]
+            body: B,
+            tee: Tee,
+        },
+    }
+}
+
+/// The bytes of all tees in flight against one limit, shared by the tees of a layer: a tee
+/// that would take the total past it stops collecting (its body still streams).
+#[derive(Debug)]
+pub struct TeeBudget {
+    used: std::sync::atomic::AtomicU64,
+    limit: u64,
+}
+
+impl TeeBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            used: std::sync::atomic::AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    /// The bytes the tees in flight hold now.
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    fn try_take(&self, n: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// What a tee hands its owner once: the whole body (ended cleanly, no trailers, within its
+/// limits), or nothing (over a limit, an error, trailers, or dropped before its end).
+pub type TeeDone = Box<dyn FnOnce(Option<Bytes>) + Send + Sync>;
+
+/// A copy of a body's data taken as the body streams ([`ResponseBody::tee`]): at most `max`
+/// bytes, within a shared [`TeeBudget`].
+pub struct Tee {
+    chunks: Option<VecDeque<Bytes>>,
+    len: u64,
+    max: u64,
+    budget: std::sync::Arc<TeeBudget>,
+    done: Option<TeeDone>,
+}
+
+impl fmt::Debug for Tee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tee")
+            .field("collecting", &self.chunks.is_some())
+            .field("len", &self.len)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tee {
+    /// Collects at most `max` bytes within `budget`; `done` is called once, at the body's
+    /// end (with the bytes) or when collecting stops (with `None`).
+    pub fn new(
+        max: u64,
+        budget: std::sync::Arc<TeeBudget>,
+        done: impl FnOnce(Option<Bytes>) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            chunks: Some(VecDeque::new()),
+            len: 0,
+            max,
+            budget,
+            done: Some(Box::new(done)),
+        }
+    }
+
+    fn data(&mut self, data: &Bytes) {
+        let Some(chunks) = &mut self.chunks else {
+            return;
+        };
+        let n = data.len() as u64;
+        if self.len.saturating_add(n) > self.max || !self.budget.try_take(n) {
+            self.abandon();
+            return;
+        }
+        self.len += n;
+        if n > 0 {
+            chunks.push_back(data.clone());
+        }
+    }
+
+    fn abandon(&mut self) {
+        if self.chunks.take().is_some() {
+            self.budget.give_back(self.len);
+            self.len = 0;
+        }
+        if let Some(done) = self.done.take() {
+            done(None);
+        }
+    }
+
+    fn end(&mut self) {
+        let Some(chunks) = self.chunks.take() else {
+            return;
+        };
+        self.budget.give_back(self.len);
+        let bytes = concat(&chunks);
+        if let Some(done) = self.done.take() {
+            done(Some(bytes));
+        }
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        self.abandon();
     }
 }
 
@@ -134,6 +264,14 @@ impl<B: Body> ResponseBody<B> {
         Self::partial(read, Rest::Error(Some(error)))
     }
 
+    /// `body` streamed through untouched while `tee` keeps a copy of its data (a cache
+    /// storing a response of unknown length as it reaches the client).
+    pub fn tee(body: B, tee: Tee) -> Self {
+        Self {
+            kind: Kind::Tee { body, tee },
+        }
+    }
+
     fn partial(read: VecDeque<Bytes>, rest: Rest<B>) -> Self {
         Self {
             kind: Kind::Partial {
@@ -156,6 +294,7 @@ impl<B: Body> fmt::Debug for ResponseBody<B> {
             Kind::Inner { .. } => "Inner",
             Kind::Full { .. } => "Full",
             Kind::Partial { .. } => "Partial",
+            Kind::Tee { .. } => "Tee",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
     }
@@ -207,12 +346,38 @@ impl<B: Body> Body for ResponseBody<B> {
                     Rest::Done => Poll::Ready(None),
                 }
             }
+            KindProj::Tee { mut body, tee } => match ready!(body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let frame = into_bytes(frame);
+                    match frame.data_ref() {
+                        Some(data) => tee.data(data),
+                        // Trailers: an entry stores none.
+                        None => tee.abandon(),
+                    }
+                    // A consumer may stop polling once the body says it is at its end
+                    // (hyper does): the copy is complete now.
+                    if body.is_end_stream() {
+                        tee.end();
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Some(Err(e)) => {
+                    tee.abandon();
+                    Poll::Ready(Some(Err(e)))
+                }
+                None => {
+                    tee.end();
+                    Poll::Ready(None)
+                }
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
+            // Not at the end while the copy is open: the end must be polled to finish it.
+            Kind::Tee { body, tee } => tee.chunks.is_none() && body.is_end_stream(),
             Kind::Full { data, trailers } => data.is_empty() && trailers.is_none(),
             Kind::Partial { read, rest } => {
                 read.is_empty()
@@ -231,7 +396,7 @@ impl<B: Body> Body for ResponseBody<B> {
     /// (hyper would send it with that `Content-Length`, and the truncation would be invisible).
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Inner { body } => body.size_hint(),
+            Kind::Inner { body } | Kind::Tee { body, .. } => body.size_hint(),
             Kind::Full { data, .. } => SizeHint::with_exact(data.len()),
             Kind::Partial { read, rest } => {
                 let read = read.len();

@@ -322,3 +322,101 @@ fn concat_copies_only_several_chunks() {
     assert_eq!(many, "ab");
     assert!(concat(&VecDeque::new()).is_empty());
 }
+
+mod tee {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::{Tee, TeeBudget};
+
+    fn data(s: &'static str) -> Item {
+        Ok(Frame::data(s.as_bytes()))
+    }
+
+    /// A tee whose outcome lands in the returned slot (`Some(None)`: abandoned).
+    fn tee(max: u64, budget: &Arc<TeeBudget>) -> (Tee, Arc<Mutex<Option<Option<Bytes>>>>) {
+        let slot = Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        let tee = Tee::new(max, budget.clone(), move |bytes| {
+            let mut out = out.lock().unwrap();
+            assert!(out.is_none(), "done called twice");
+            *out = Some(bytes);
+        });
+        (tee, slot)
+    }
+
+    #[tokio::test]
+    async fn the_body_streams_unchanged_and_the_copy_is_handed_over_at_its_end() {
+        let budget = Arc::new(TeeBudget::new(1024));
+        let (body, _) = Script::new([data("hello "), data("world")], SizeHint::new());
+        let (tee, slot) = tee(100, &budget);
+        let body = ResponseBody::tee(body, tee);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello world");
+        assert_eq!(
+            *slot.lock().unwrap(),
+            Some(Some(Bytes::from("hello world")))
+        );
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn past_its_limit_the_copy_is_abandoned_and_the_body_still_streams() {
+        let budget = Arc::new(TeeBudget::new(1024));
+        let (body, _) = Script::new([data("0123"), data("4567"), data("89")], SizeHint::new());
+        let (tee, slot) = tee(6, &budget);
+        let body = ResponseBody::tee(body, tee);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "0123456789");
+        assert_eq!(*slot.lock().unwrap(), Some(None));
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_shared_budget_bounds_every_tee_in_flight() {
+        let budget = Arc::new(TeeBudget::new(10));
+        let (a, _) = Script::new([data("012345"), data("6")], SizeHint::new());
+        let (b, _) = Script::new([data("abcdef"), data("g")], SizeHint::new());
+        let (tee_a, slot_a) = tee(100, &budget);
+        let (tee_b, slot_b) = tee(100, &budget);
+        let mut a = ResponseBody::tee(a, tee_a);
+        let mut b = ResponseBody::tee(b, tee_b);
+        // A takes 6 of the 10 bytes; B's 6 would pass the budget: B stops collecting.
+        a.frame().await.unwrap().unwrap();
+        assert_eq!(budget.used(), 6);
+        b.frame().await.unwrap().unwrap();
+        assert_eq!(*slot_b.lock().unwrap(), Some(None));
+        assert_eq!(budget.used(), 6);
+        assert_eq!(a.collect().await.unwrap().to_bytes(), "6");
+        assert_eq!(*slot_a.lock().unwrap(), Some(Some(Bytes::from("0123456"))));
+        assert_eq!(b.collect().await.unwrap().to_bytes(), "g");
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_error_trailers_or_a_drop_abandon_the_copy() {
+        let budget = Arc::new(TeeBudget::new(1024));
+        let (failing, _) = Script::new([data("part"), Err("reset")], SizeHint::new());
+        let (t, slot) = tee(100, &budget);
+        let failing = ResponseBody::tee(failing, t);
+        assert!(failing.collect().await.is_err());
+        assert_eq!(*slot.lock().unwrap(), Some(None));
+
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", HeaderValue::from_static("1"));
+        let (with_trailers, _) =
+            Script::new([data("a"), Ok(Frame::trailers(trailers))], SizeHint::new());
+        let (t, slot) = tee(100, &budget);
+        let body = ResponseBody::tee(with_trailers, t);
+        let collected = body.collect().await.unwrap();
+        assert!(collected.trailers().is_some());
+        assert_eq!(*slot.lock().unwrap(), Some(None));
+
+        let (cut, _) = Script::new([data("abc"), data("def")], SizeHint::new());
+        let (t, slot) = tee(100, &budget);
+        let mut body = ResponseBody::tee(cut, t);
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(budget.used(), 3);
+        drop(body);
+        assert_eq!(*slot.lock().unwrap(), Some(None), "the client went away");
+        assert_eq!(budget.used(), 0);
+    }
+}
