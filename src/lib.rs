@@ -45,8 +45,11 @@
 //! }
 //! ```
 //!
-//! The README has the layer order (what goes outside what, and why), per-route stacks
-//! (`route_layer`, `Router::nest`) and the way from one instance to a fleet.
+//! The README has the [layer order](https://github.com/turret-rs/turret#layer-order) (what
+//! goes outside what, and why), [per-route
+//! stacks](https://github.com/turret-rs/turret#per-route-stacks) (`route_layer`,
+//! `Router::nest`) and the way [from one instance to a
+//! fleet](https://github.com/turret-rs/turret#from-one-instance-to-a-fleet).
 //!
 //! # Features
 //!
