@@ -7,6 +7,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body::Body;
 
+use turret_body::Tee;
+
 use crate::{
     CachedResponse, Purge, ResponseBody,
     admit::{self, admit, response_directives, stored_headers, tags},
@@ -72,12 +74,32 @@ pub(crate) async fn store<B: Body>(
         response_time,
     )
     .and_then(|admission| match body.size_hint().exact() {
-        Some(size) if size <= shared.max_entry_size => Ok(admission),
+        Some(size) if size <= shared.max_entry_size.min(shared.stream_above) => {
+            Ok((admission, false))
+        }
+        Some(size) if size <= shared.max_entry_size => Ok((admission, true)),
         Some(_) => Err("too-large"),
-        None => Err("unknown-size"),
+        // Of unknown length: streamed, and stored if it ends within the bound.
+        None => Ok((admission, true)),
     });
     let admission = match admitted {
-        Ok(admission) => admission,
+        Ok((admission, true)) => {
+            let res = Response::from_parts(parts, ());
+            return (
+                Stored::Nothing,
+                stream_fill(
+                    ctx,
+                    request_headers,
+                    request_time,
+                    response_time,
+                    admission,
+                    tags,
+                    res,
+                    body,
+                ),
+            );
+        }
+        Ok((admission, false)) => admission,
         Err(why) => {
             tracing::debug!(%key, why, "response not stored");
             let stored = match fill {
@@ -101,31 +123,132 @@ pub(crate) async fn store<B: Body>(
             Response::from_parts(parts, collected.into_body()),
         );
     };
-    let mut stored_headers = stored_headers(&parts.headers, &admission.cc, shared.rules.set_cookie);
-    for name in &ctx.policy.key_headers {
-        stored_headers.append(
-            header::VARY,
-            HeaderValue::from_str(name.as_str()).unwrap_or(HeaderValue::from_static("*")),
-        );
-    }
-    let entry = Arc::new(
-        CachedResponse::new(
-            parts.status,
-            stored_headers,
-            bytes,
-            request_headers,
-            request_time,
-            response_time,
-            admission.lifetime,
-            admission.initial_age,
-        )
-        .with_tags(tags),
-    );
+    let entry = Arc::new(entry_of(
+        ctx,
+        parts.status,
+        &parts.headers,
+        &admission,
+        bytes,
+        request_headers,
+        (request_time, response_time),
+        tags,
+    ));
     let stored = match put(ctx, entry, admission.ttl).await {
         Some(entry) => Stored::Entry(entry),
         None => Stored::Nothing,
     };
     (stored, Response::from_parts(parts, collected.into_body()))
+}
+
+/// The entry to store for a response: its stored fields (§3.1, plus the policy's key
+/// fields as `Vary`), `bytes`, the request's fields for Vary, the exchange's times.
+#[allow(clippy::too_many_arguments)]
+fn entry_of(
+    ctx: &Ctx,
+    status: StatusCode,
+    headers: &HeaderMap,
+    admission: &admit::Admission,
+    bytes: Bytes,
+    request_headers: &HeaderMap,
+    (request_time, response_time): (Duration, Duration),
+    tags: Vec<String>,
+) -> CachedResponse {
+    let mut stored = stored_headers(headers, &admission.cc, ctx.shared.rules.set_cookie);
+    for name in &ctx.policy.key_headers {
+        stored.append(
+            header::VARY,
+            HeaderValue::from_str(name.as_str()).unwrap_or(HeaderValue::from_static("*")),
+        );
+    }
+    CachedResponse::new(
+        status,
+        stored,
+        bytes,
+        request_headers,
+        request_time,
+        response_time,
+        admission.lifetime,
+        admission.initial_age,
+    )
+    .with_tags(tags)
+}
+
+/// A streaming fill: the body goes to the client frame by frame as the origin sends it,
+/// and a [`Tee`] keeps a copy — at most `max_entry_size`, within the layer's budget of fill
+/// bytes in flight. A copy that completes is stored (on a spawned task); one that passes a
+/// bound, ends in an error or trailers, or whose client goes away first is dropped, and the
+/// body still streams. With the budget spent, the response passes through uncached.
+#[allow(clippy::too_many_arguments)]
+fn stream_fill<B: Body>(
+    ctx: &Ctx,
+    request_headers: &HeaderMap,
+    request_time: Duration,
+    response_time: Duration,
+    admission: admit::Admission,
+    tags: Vec<String>,
+    res: Response<()>,
+    body: B,
+) -> Response<ResponseBody<B>> {
+    let (parts, ()) = res.into_parts();
+    let budget = ctx.shared.fill_budget.clone();
+    if budget.used() >= budget.limit() {
+        metrics::counter!("turret_cache_streamed_fills_total", "outcome" => "budget").increment(1);
+        tracing::debug!(key = %ctx.key, "fill budget spent: streamed uncached");
+        return Response::from_parts(parts, ResponseBody::inner(body));
+    }
+    // What the entry needs, taken now: the tee hands over the bytes from inside the body.
+    let entry_ctx = Ctx {
+        shared: ctx.shared.clone(),
+        policy: ctx.policy.clone(),
+        key: ctx.key.clone(),
+        directives: ctx.directives.clone(),
+        head: false,
+    };
+    let (status, headers, request_headers) =
+        (parts.status, parts.headers.clone(), request_headers.clone());
+    let started = ctx.shared.clock.now();
+    let tee = Tee::new(ctx.shared.max_entry_size, budget, move |bytes| {
+        let Some(bytes) = bytes else {
+            metrics::counter!("turret_cache_streamed_fills_total", "outcome" => "abandoned")
+                .increment(1);
+            tracing::debug!(key = %entry_ctx.key, "streaming fill abandoned: not stored");
+            return;
+        };
+        let ttl = admission.ttl;
+        let entry = Arc::new(entry_of(
+            &entry_ctx,
+            status,
+            &headers,
+            &admission,
+            bytes,
+            &request_headers,
+            (request_time, response_time),
+            tags,
+        ));
+        metrics::counter!("turret_cache_streamed_fills_total", "outcome" => "stored").increment(1);
+        let took = entry_ctx.shared.clock.now().saturating_sub(started);
+        tracing::debug!(key = %entry_ctx.key, ?took, "streaming fill complete");
+        // A synchronous storage (memory) has stored it when `put` returns: the next request
+        // is a hit. Another finishes on a task of its own.
+        let mut pending = entry_ctx
+            .shared
+            .storage
+            .put(&entry_ctx.key, entry.clone(), ttl);
+        match pending.take_ready() {
+            Some(result) => {
+                put_done(&entry_ctx, entry, ttl, result);
+            }
+            None => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let result = pending.await;
+                        put_done(&entry_ctx, entry, ttl, result);
+                    });
+                }
+            }
+        }
+    });
+    Response::from_parts(parts, ResponseBody::tee(body, tee))
 }
 
 /// Leaves a hit-for-miss marker for the URL (no `Vary`: it applies to every request no
@@ -176,7 +299,18 @@ async fn mark_uncacheable(
 
 /// Stores `entry` for `ttl`: the entry when it was stored (a storage error is logged).
 async fn put(ctx: &Ctx, entry: Arc<CachedResponse>, ttl: Duration) -> Option<Arc<CachedResponse>> {
-    match ctx.shared.storage.put(&ctx.key, entry.clone(), ttl).await {
+    let result = ctx.shared.storage.put(&ctx.key, entry.clone(), ttl).await;
+    put_done(ctx, entry, ttl, result)
+}
+
+/// A put's outcome: counted and logged; the entry when it was stored.
+fn put_done(
+    ctx: &Ctx,
+    entry: Arc<CachedResponse>,
+    ttl: Duration,
+    result: Result<(), crate::StorageError>,
+) -> Option<Arc<CachedResponse>> {
+    match result {
         Ok(()) => {
             tracing::debug!(key = %ctx.key, lifetime = ?entry.freshness_lifetime(), ?ttl, "response stored");
             ctx.policy.stored(entry.body().len());

@@ -36,6 +36,9 @@ pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(2);
 /// Responses larger than this are never buffered nor stored (1 MiB).
 pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 1024 * 1024;
 
+/// The default bound on the bytes all streaming fills of a layer hold at once: 64 MiB.
+pub const DEFAULT_FILL_BYTES_IN_FLIGHT: u64 = 64 * 1024 * 1024;
+
 /// What to do with a response carrying `Set-Cookie` (never stored as is: the cookie would be
 /// replayed to every client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +70,11 @@ pub(crate) struct Shared {
     // Settings.
     pub(crate) rules: StoreRules,
     pub(crate) max_entry_size: u64,
+    /// Responses of a known size above this (and within `max_entry_size`) stream while
+    /// they are stored, like those of unknown size; smaller ones are read first.
+    pub(crate) stream_above: u64,
+    /// The bytes all streaming fills may hold at once.
+    pub(crate) fill_budget: Arc<turret_body::TeeBudget>,
     pub(crate) policies: Policies,
     /// How long a response with a validator is kept after it goes stale, to be revalidated
     /// with a conditional request instead of fetched again.
@@ -168,6 +176,8 @@ impl ResponseCacheLayer {
                     set_cookie: SetCookie::Bypass,
                 },
                 max_entry_size: DEFAULT_MAX_ENTRY_SIZE,
+                stream_above: u64::MAX,
+                fill_budget: Arc::new(turret_body::TeeBudget::new(DEFAULT_FILL_BYTES_IN_FLIGHT)),
                 flights: Some(SingleFlight::new()),
                 policies: Policies::default(),
                 keep_for_revalidation: DEFAULT_KEEP_FOR_REVALIDATION,
@@ -191,10 +201,34 @@ impl ResponseCacheLayer {
         Arc::make_mut(&mut self.shared)
     }
 
-    /// Largest body that is buffered and stored (default [`DEFAULT_MAX_ENTRY_SIZE`]); larger
-    /// responses, and responses whose size is not known in advance, stream through.
+    /// Largest body that is stored (default [`DEFAULT_MAX_ENTRY_SIZE`]); larger responses
+    /// stream through. A response whose size is not known in advance (chunked) streams to
+    /// the client as the origin sends it while a copy is kept, and is stored when it ends
+    /// within this bound (a streaming fill); a response of a known size within it is read
+    /// first, then sent (see [`stream_above`](Self::stream_above)).
     pub fn max_entry_size(mut self, bytes: u64) -> Self {
         self.settings().max_entry_size = bytes;
+        self
+    }
+
+    /// Responses of a known size above `bytes` (and within `max_entry_size`) are streaming
+    /// fills too: the client's first byte comes when the origin's does, instead of after the
+    /// whole body (default: never — a known size within the bound is read first, so that
+    /// requests coalesced behind the fill share it). Requests coalesced behind a streaming
+    /// fill are released when its head arrives and fetch for themselves; the requests after
+    /// it completes are hits.
+    pub fn stream_above(mut self, bytes: u64) -> Self {
+        self.settings().stream_above = bytes;
+        self
+    }
+
+    /// The bytes all streaming fills of this layer may hold at once (default
+    /// [`DEFAULT_FILL_BYTES_IN_FLIGHT`]): a fill that would pass it stops collecting (its
+    /// response still streams, uncached), and with the budget spent new fills stream
+    /// uncached. `turret_cache_streamed_fills_total{outcome}` counts `stored`, `abandoned`
+    /// and `budget`.
+    pub fn max_fill_bytes_in_flight(mut self, bytes: u64) -> Self {
+        self.settings().fill_budget = Arc::new(turret_body::TeeBudget::new(bytes));
         self
     }
 

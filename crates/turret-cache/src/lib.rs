@@ -179,8 +179,8 @@ pub use entry::{CachedResponse, DecodeError};
 pub use future::ResponseFuture;
 pub use invalidator::CacheInvalidator;
 pub use layer::{
-    DEFAULT_HIT_FOR_MISS, DEFAULT_KEEP_FOR_REVALIDATION, DEFAULT_LEASE_WAIT,
-    DEFAULT_MAX_ENTRY_SIZE, ResponseCacheLayer, SetCookie,
+    DEFAULT_FILL_BYTES_IN_FLIGHT, DEFAULT_HIT_FOR_MISS, DEFAULT_KEEP_FOR_REVALIDATION,
+    DEFAULT_LEASE_WAIT, DEFAULT_MAX_ENTRY_SIZE, ResponseCacheLayer, SetCookie,
 };
 pub use policy::{MakeCacheKey, Policy, QueryKey};
 pub use purge::{InvalidPurgeToken, MAX_PURGE_TAGS, MAX_PURGE_TARGET, PurgeAuth, PurgeService};

@@ -148,12 +148,15 @@ async fn a_range_miss_fills_the_whole_and_answers_the_range_from_it() {
     assert_eq!(f.origin_calls(), 1);
 }
 
+/// A request's fields, then the status, `Content-Range` and body expected.
+type Row<'a> = (&'a [(&'a str, &'a str)], u16, &'a str, &'a [u8]);
+
 /// One row per rule, all answered from storage after one fill.
 #[tokio::test]
 async fn ranges_on_a_hit_per_rfc_9110_14() {
     let f = Fixture::new();
     f.get(&[]).await;
-    let rows: &[(&[(&str, &str)], u16, &str, &[u8])] = &[
+    let rows: &[Row<'_>] = &[
         (
             &[("range", "bytes=10-19")],
             206,

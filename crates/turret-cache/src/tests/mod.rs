@@ -557,7 +557,7 @@ async fn over_size_response_passes_through_and_is_not_stored() {
 }
 
 #[tokio::test]
-async fn streaming_body_passes_through_chunk_by_chunk() {
+async fn a_streaming_body_passes_through_chunk_by_chunk_and_is_stored_at_its_end() {
     let calls = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
@@ -587,8 +587,11 @@ async fn streaming_body_passes_through_chunk_by_chunk() {
     }
     drop(tx);
     assert!(body.frame().await.is_none());
-    svc.oneshot(get("/events")).await.unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // Stored as it streamed: the next request is a hit with the whole body.
+    let again = svc.oneshot(get("/events")).await.unwrap();
+    assert_eq!(field(&again, "x-cache"), "HIT");
+    assert_eq!(text(again).await, "data: 1\n\ndata: 2\n\n");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]
