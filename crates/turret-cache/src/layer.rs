@@ -222,6 +222,11 @@ impl ResponseCacheLayer {
         self
     }
 
+    /// The bytes the streaming fills of this layer hold now (diagnostics and tests).
+    pub fn fill_bytes_in_flight(&self) -> u64 {
+        self.shared.fill_budget.used()
+    }
+
     /// The bytes all streaming fills of this layer may hold at once (default
     /// [`DEFAULT_FILL_BYTES_IN_FLIGHT`]): a fill that would pass it stops collecting (its
     /// response still streams, uncached), and with the budget spent new fills stream
