@@ -140,8 +140,8 @@ impl<K, E> ConditionalLayer<K, E> {
     }
 
     /// Builds the layer's own `412 Precondition Failed` and `428 Precondition Required`
-    /// responses (default: no body; [`problem_json`](crate::problem_json) gives a small
-    /// RFC 9457 problem details object). The hook gets the status; the layer keeps that status whatever the
+    /// responses (default: [`problem_json`](crate::problem_json), a small RFC 9457 problem
+    /// details object). The hook gets the status; the layer keeps that status whatever the
     /// response says. A `304` never has a body.
     ///
     /// ```

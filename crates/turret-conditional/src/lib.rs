@@ -155,10 +155,9 @@
 //! [`require_precondition`](ConditionalLayer::require_precondition), unsafe requests without a
 //! precondition get 428 (RFC 6585).
 //!
-//! The layer's own 412 and 428 have no body unless
-//! [`on_rejection`](ConditionalLayer::on_rejection) builds one: [`problem_json`] gives a
-//! small RFC 9457 problem details object (`application/problem+json`: `type`, `title`,
-//! `status`, `detail`), or build your own.
+//! The layer's own 412 and 428 carry a small RFC 9457 problem details body
+//! (`application/problem+json`: `type`, `title`, `status`, `detail`; [`problem_json`]);
+//! [`on_rejection`](ConditionalLayer::on_rejection) builds them your way.
 //!
 //! # The ETag of a write
 //!

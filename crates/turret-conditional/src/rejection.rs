@@ -8,8 +8,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 /// The media type of an RFC 9457 problem details object.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// A body for the layer's own `412 Precondition Failed` and `428 Precondition Required`
-/// (`ConditionalLayer::new().on_rejection(problem_json)`): a small RFC 9457 problem details object, `application/problem+json`, with
+/// The layer's default body for its own `412 Precondition Failed` and `428 Precondition
+/// Required`: a small RFC 9457 problem details object, `application/problem+json`, with
 /// `type` (`about:blank`: the status says it all), `title`, `status` and `detail`.
 ///
 /// ```
@@ -71,13 +71,8 @@ impl OnRejection {
 }
 
 impl Default for OnRejection {
-    /// No body: the status alone.
     fn default() -> Self {
-        Self::new(|status| {
-            let mut res = Response::new(Bytes::new());
-            *res.status_mut() = status;
-            res
-        })
+        Self::new(problem_json)
     }
 }
 

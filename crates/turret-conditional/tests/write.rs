@@ -15,7 +15,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
 use turret_conditional::{
-    BoxError, ConditionalLayer, ResourceState, Target, ValidatorStore, Validators, problem_json,
+    BoxError, ConditionalLayer, ResourceState, Target, ValidatorStore, Validators,
 };
 
 type Svc = BoxCloneService<Request<String>, Response<Bytes>, Infallible>;
@@ -199,13 +199,12 @@ fn json(res: &Response<Bytes>) -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn the_layers_412_and_428_are_rfc_9457_problem_details() {
+async fn the_layers_412_and_428_are_rfc_9457_problem_details_by_default() {
     let doc = Doc::new("a");
     let svc = doc.service(
         ConditionalLayer::new()
             .validator_store(ValidatorStore::memory())
-            .require_precondition(true)
-            .on_rejection(problem_json),
+            .require_precondition(true),
     );
     send(&svc, Method::GET, &[], "").await;
     let stale = send(&svc, Method::PUT, &[("if-match", "\"nope\"")], "b").await;

@@ -236,6 +236,8 @@ fn memory_put_answers_the_new_etag_invalidates_and_a_stale_if_match_gets_412() {
     // A writer that read the old version is refused before the handler runs.
     let stale = app.put("/products/3", &[("if-match", &old)], r#"{"name":"Lost","price":1}"#);
     assert_eq!(stale.status, 412);
+    assert_eq!(stale.header("content-type"), Some("application/problem+json"));
+    assert_eq!(stale.json()["status"], 412);
     assert_eq!(app.get("/products/3", &[]).json()["name"], "Lamp");
     // The PUT's own tag is current: no GET needed before the next write.
     let next = app.put("/products/3", &[("if-match", &new)], r#"{"name":"Desk","price":80}"#);
