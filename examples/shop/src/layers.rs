@@ -6,8 +6,6 @@ use axum::{
     Router,
     body::Bytes,
     http::{HeaderValue, Method, Response, StatusCode, header},
-    middleware::map_response,
-    response::IntoResponse,
 };
 use serde_json::json;
 use turret_conditional::{BoxError, ConditionalLayer, ResourceState, Target, Validators};
@@ -17,7 +15,6 @@ use turret_redis::Redis;
 use crate::{
     config::Config,
     db::Db,
-    errors::error_response,
     model::{category_etag, product_etag},
 };
 
@@ -84,13 +81,13 @@ pub(crate) fn conditional<S>(router: Router<S>, db: Db) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let layer = ConditionalLayer::new().validator_source(move |target: Target| {
-        let db = db.clone();
-        async move { resource_state(&db, &target).await }
-    });
-    router
-        .layer(layer)
-        .layer(map_response(json_precondition_failed))
+    let layer = ConditionalLayer::new()
+        .validator_source(move |target: Target| {
+            let db = db.clone();
+            async move { resource_state(&db, &target).await }
+        })
+        .on_rejection(json_rejection);
+    router.layer(layer)
 }
 
 /// What a write's preconditions are evaluated against (RFC 9110 §13.1, §13.2.1):
@@ -133,17 +130,28 @@ fn id_after(path: &str, prefix: &str) -> Option<i64> {
         .filter(|id: &i64| *id > 0)
 }
 
-/// The conditional layer's own 412 has no body: give it the shop's JSON error.
-async fn json_precondition_failed(res: axum::response::Response) -> axum::response::Response {
-    if res.status() == StatusCode::PRECONDITION_FAILED
-        && !res.headers().contains_key(header::CONTENT_TYPE)
-    {
-        return error_response(
-            StatusCode::PRECONDITION_FAILED,
+/// The conditional layer's own 412 (and 428, which the shop does not require) as the
+/// shop's JSON errors, like the handlers' own.
+fn json_rejection(status: StatusCode) -> Response<Bytes> {
+    let (code, message) = if status == StatusCode::PRECONDITION_REQUIRED {
+        (
+            "precondition_required",
+            "send If-Match with the ETag of the version you change",
+        )
+    } else {
+        (
             "precondition_failed",
             "If-Match does not match the current version: GET it again, then retry",
         )
-        .into_response();
-    }
+    };
+    let body = json!({ "error": code, "message": message });
+    let mut res = Response::new(Bytes::from(body.to_string()));
+    *res.status_mut() = status;
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
