@@ -188,7 +188,17 @@ mod tests {
             .arg("5")
             .spawn()
             .expect("spawn sleep");
-        let tree = process_tree(std::process::id());
+        // The kernel's `children` lists may miss a child while other processes are created
+        // or reaped at the same moment (proc(5): "not reliable"; the other tests spawn
+        // processes in parallel): read again for a while.
+        let mut tree = process_tree(std::process::id());
+        for _ in 0..100 {
+            if tree.contains(&child.id()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            tree = process_tree(std::process::id());
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(tree[0], std::process::id());
