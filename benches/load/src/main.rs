@@ -20,6 +20,13 @@
 //! deltas, commands run by scripts included), the server's peak RSS, and the share of the
 //! CPU that other processes used meanwhile.
 //!
+//! The write scenarios (`views-direct`, `views-writebehind-redis`, `views-writebehind-memory`;
+//! `--scenarios views` names all three) are not in the default run: `POST /views/{id}` on a
+//! SQLite file database, directly or through write-behind. Their rows also go to a section of
+//! their own (accepted writes/s against `views-direct`, Redis commands per accepted write),
+//! and after a scenario's last run the driver flushes its queue and checks that the database
+//! counts exactly the writes answered `204`.
+//!
 //! `--quiet N`, on a machine others use: before each scenario, wait until no `rustc` has
 //! run and other processes used under 3% of the CPU for N seconds in a row (3 s before each
 //! measured run), at most `--quiet-limit` seconds (900) per wait, and measure a disturbed run
@@ -64,6 +71,19 @@ const CACHES: &[&str] = &[
 /// The full stack and the FastAPI peers (origin delay 0 ms).
 const FULL_STACK: &[&str] = &["turret-full-stack", "fastapi-stack", "fastapi"];
 
+/// The write scenarios (`POST /views/{id}` on SQLite, directly or through write-behind):
+/// not in the default run; named with `--scenarios`, or all of them as `views`.
+const VIEWS: &[&str] = &[
+    "views-direct",
+    "views-direct-normal",
+    "views-writebehind-redis",
+    "views-writebehind-memory",
+];
+
+fn is_views(scenario: &str) -> bool {
+    scenario.starts_with("views-")
+}
+
 fn default_scenarios() -> Vec<String> {
     let mut all: Vec<String> = LAYERS.iter().map(|s| s.to_string()).collect();
     all.extend(CACHES.iter().map(|s| s.to_string()));
@@ -99,6 +119,28 @@ const WARM_LUA: &str = r#"local n = 0
 request = function()
   n = n + 1
   return wrk.format('GET', '/items/' .. (n % 1000))
+end
+"#;
+
+/// The write scenarios' measured runs: one view of a random product per request. The summary
+/// adds the responses that were not 2xx/3xx (`errors.status`).
+const VIEWS_MEASURE_LUA: &str = r#"math.randomseed(os.time())
+request = function() return wrk.format('POST', '/views/' .. math.random(0, 999)) end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("TURRET-SUMMARY %d %d %d %d %d %d %d %d\n",
+    summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99),
+    latency:percentile(99.9),
+    e.connect + e.read + e.write + e.status + e.timeout, e.status))
+end
+"#;
+
+/// The write scenarios' warm-up: every product in turn.
+const VIEWS_WARM_LUA: &str = r#"local n = 0
+request = function()
+  n = n + 1
+  return wrk.format('POST', '/views/' .. (n % 1000))
 end
 "#;
 
@@ -142,7 +184,15 @@ fn options() -> Options {
                     .collect()
             }
             "--repeat" => o.repeat = value.parse().expect("--repeat n"),
-            "--scenarios" => o.scenarios = value.split(',').map(str::to_owned).collect(),
+            "--scenarios" => {
+                o.scenarios = value
+                    .split(',')
+                    .flat_map(|s| match s {
+                        "views" => VIEWS.iter().map(|v| v.to_string()).collect(),
+                        _ => vec![s.to_owned()],
+                    })
+                    .collect()
+            }
             "--out-dir" => o.out_dir = PathBuf::from(value),
             "--charts-from" => o.charts_from = Some(PathBuf::from(value)),
             "--quiet" => o.quiet = value.parse().expect("--quiet seconds"),
@@ -169,6 +219,8 @@ struct Run {
     /// p50, p95, p99, p99.9 in ms.
     latency: [f64; 4],
     errors: u64,
+    /// Responses with a status of 400 or more (the write scenarios' summary only).
+    status_errors: u64,
     redis_per_request: f64,
     /// Per command name, calls per request (those ≥ 0.005).
     commands: Vec<(String, f64)>,
@@ -201,6 +253,7 @@ fn parse_wrk(out: &str) -> Run {
         run.latency[i] = n[2 + i] as f64 / 1000.0;
     }
     run.errors = n[6];
+    run.status_errors = n.get(7).copied().unwrap_or(0);
     run
 }
 
@@ -287,14 +340,54 @@ fn stop_server(mut server: Child) {
 /// The reply to `GET /__origin_calls`, which every scenario's server answers outside its
 /// middleware.
 fn origin_reply(port: u16) -> Option<String> {
+    http_get(port, "/__origin_calls", Duration::from_secs(5))
+}
+
+/// One `GET` on a fresh connection: the whole reply.
+fn http_get(port: u16, path: &str, timeout: Duration) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
     stream
-        .write_all(b"GET /__origin_calls HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .ok()?;
     let mut reply = String::new();
     let _ = stream.read_to_string(&mut reply);
     Some(reply)
+}
+
+/// What a write scenario's database holds after its queue was flushed (`/__views_total`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ViewsCheck {
+    /// The views the database counts.
+    in_db: i64,
+    /// The writes the server answered `204` for, warm-up included.
+    accepted: u64,
+    /// How long the final flush took.
+    flush_ms: u64,
+}
+
+impl ViewsCheck {
+    fn parse(body: &str) -> Option<Self> {
+        let mut f = body.split_whitespace();
+        Some(Self {
+            in_db: f.next()?.parse().ok()?,
+            accepted: f.next()?.parse().ok()?,
+            flush_ms: f.next()?.parse().ok()?,
+        })
+    }
+
+    fn holds(&self) -> bool {
+        u64::try_from(self.in_db) == Ok(self.accepted)
+    }
+}
+
+/// Flushes a write scenario's queue and reads its database's count.
+fn views_check(port: u16) -> Option<ViewsCheck> {
+    let reply = http_get(port, "/__views_total", Duration::from_secs(120))?;
+    ViewsCheck::parse(reply.split("\r\n\r\n").nth(1)?)
 }
 
 /// Whether the server answers yet.
@@ -521,8 +614,17 @@ fn main() {
     let dir = tempfile_dir();
     let measure = dir.join("measure.lua");
     let warm = dir.join("warm.lua");
-    std::fs::write(&measure, MEASURE_LUA).expect("write wrk script");
-    std::fs::write(&warm, WARM_LUA).expect("write wrk script");
+    let views_measure = dir.join("views-measure.lua");
+    let views_warm = dir.join("views-warm.lua");
+    for (path, script) in [
+        (&measure, MEASURE_LUA),
+        (&warm, WARM_LUA),
+        (&views_measure, VIEWS_MEASURE_LUA),
+        (&views_warm, VIEWS_WARM_LUA),
+    ] {
+        std::fs::write(path, script).expect("write wrk script");
+    }
+    let mut checks: Vec<(String, Option<ViewsCheck>)> = Vec::new();
 
     let steps = o.scenarios.len() * o.connections.len();
     let per_step = o.warmup + o.duration * o.repeat as u64;
@@ -553,6 +655,11 @@ fn main() {
             continue;
         }
         let server = spawn_server(scenario, port, &redis.url());
+        let (measure, warm) = if is_views(scenario) {
+            (&views_measure, &views_warm)
+        } else {
+            (&measure, &warm)
+        };
         let probe = load::Probe {
             server: server.id(),
             redis: redis_pid,
@@ -574,7 +681,7 @@ fn main() {
             waited += quiet(o.quiet);
             eprint!(" warm-up");
             let _ = std::io::stderr().flush();
-            wrk(port, c, o.warmup, &warm);
+            wrk(port, c, o.warmup, warm);
             let mut runs = Vec::new();
             let mut again = 0;
             while runs.len() < o.repeat {
@@ -584,7 +691,7 @@ fn main() {
                 let calls0 = origin_calls(port);
                 let (commands0, per0) = redis_commands(&redis);
                 let before = probe.sample();
-                let mut run = parse_wrk(&wrk(port, c, o.duration, &measure));
+                let mut run = parse_wrk(&wrk(port, c, o.duration, measure));
                 let after = probe.sample();
                 let (commands1, per1) = redis_commands(&redis);
                 let calls1 = origin_calls(port);
@@ -640,6 +747,20 @@ fn main() {
         for row in rows.iter_mut().filter(|r| &r.scenario == scenario) {
             row.rss = rss;
         }
+        if is_views(scenario) {
+            let check = views_check(port);
+            match &check {
+                Some(c) => eprintln!(
+                    "{scenario}: {} writes accepted, the database counts {} ({}; final flush {} ms)",
+                    c.accepted,
+                    c.in_db,
+                    if c.holds() { "equal" } else { "DIFFERENT" },
+                    c.flush_ms
+                ),
+                None => eprintln!("{scenario}: no answer from /__views_total"),
+            }
+            checks.push((scenario.clone(), check));
+        }
         stop_server(server);
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -678,7 +799,7 @@ fn main() {
     }
     let total = started.elapsed();
 
-    let md = report(
+    let mut md = report(
         &o,
         &rows,
         &round_trips,
@@ -687,13 +808,16 @@ fn main() {
         disturbed_runs,
         measured_runs,
     );
+    md.push_str(&views_report(&rows, &checks));
     println!("{md}");
     std::fs::create_dir_all(&o.out_dir).expect("create the output directory");
     let results = o.out_dir.join("results.md");
     std::fs::write(&results, md).expect("write the results table");
 
+    // The charts compare GET scenarios with their ceiling; the write scenarios have none.
     let points: Vec<charts::Point> = rows
         .iter()
+        .filter(|r| !is_views(&r.scenario))
         .map(|r| charts::Point {
             scenario: r.scenario.clone(),
             connections: r.connections,
@@ -710,6 +834,82 @@ fn main() {
         results.display(),
         total.as_secs_f64()
     );
+}
+
+/// Writes a write scenario's server answered `204` (2xx) for, per second, as wrk saw them.
+fn accepted_rps(run: &Run) -> f64 {
+    run.rps * (run.requests.saturating_sub(run.status_errors) as f64 / run.requests.max(1) as f64)
+}
+
+fn accepted_of(rows: &[Row], scenario: &str, c: u32) -> f64 {
+    rows.iter()
+        .find(|r| r.scenario == scenario && r.connections == c)
+        .map_or(f64::NAN, |r| accepted_rps(&r.run))
+}
+
+/// The write scenarios' section: accepted writes per second against the direct `UPDATE`,
+/// Redis commands per accepted write, and whether the database counts every accepted write.
+fn views_report(rows: &[Row], checks: &[(String, Option<ViewsCheck>)]) -> String {
+    let views: Vec<&Row> = rows.iter().filter(|r| is_views(&r.scenario)).collect();
+    if views.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n## Writes: view counting on SQLite\n\n\
+         `POST /views/{id}` over 1,000 products, a SQLite file database (WAL, one \
+         connection). `views-direct`: one `UPDATE … SET views = views + 1` per request, \
+         SQLite's default `synchronous = FULL` (each commit synced to disk); \
+         `views-direct-normal`: the same with `synchronous = NORMAL`; `views-writebehind-*`: \
+         write-behind (fold: sum; one `synchronous = FULL` transaction per batch of up to \
+         4,096 writes, recording the batch id), the queue on a Redis Stream or in memory. \
+         Accepted: answered \
+         `204` (a full queue answers `503`). Redis/write: commands Redis processed per accepted \
+         write, the flusher's included.\n\n\
+         | scenario | conns | accepted writes/s | × views-direct | p50 ms | p99 ms | Redis/write | Redis commands/write | non-2xx or errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---|---:|\n",
+    );
+    for r in &views {
+        let run = &r.run;
+        // Per accepted write: the server's count of them (`/__origin_calls`) in the period.
+        let per_write = |per_request: f64| per_request / run.origin_per_request.max(1e-9);
+        let commands: Vec<String> = run
+            .commands
+            .iter()
+            .map(|(name, per)| format!("{name} {:.3}", per_write(*per)))
+            .collect();
+        md.push_str(&format!(
+            "| {}{} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
+            r.scenario,
+            if run.disturbed { " †" } else { "" },
+            r.connections,
+            accepted_rps(run),
+            Ratio(accepted_rps(run) / accepted_of(rows, "views-direct", r.connections)),
+            run.latency[0],
+            run.latency[2],
+            per_write(run.redis_per_request),
+            if commands.is_empty() {
+                "–".to_owned()
+            } else {
+                commands.join(", ")
+            },
+            run.errors
+        ));
+    }
+    md.push_str("\nThe database after the last run and a final flush:\n\n");
+    for (scenario, check) in checks {
+        md.push_str(&match check {
+            Some(c) => format!(
+                "- `{scenario}`: {} writes accepted (warm-up included), the database counts {} \
+                 (final flush {} ms): {}\n",
+                c.accepted,
+                c.in_db,
+                c.flush_ms,
+                if c.holds() { "equal" } else { "**different**" }
+            ),
+            None => format!("- `{scenario}`: **no answer** from `/__views_total`\n"),
+        });
+    }
+    md
 }
 
 fn ceiling_rps(rows: &[Row], scenario: &str, c: u32) -> f64 {
@@ -794,13 +994,13 @@ fn report(
             .map(|(name, per)| format!("{name} {per:.2}"))
             .collect();
         md.push_str(&format!(
-            "| {}{} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.2} | {} | {} | {:.1} | {:.0}% |\n",
+            "| {}{} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.2} | {} | {} | {:.1} | {:.0}% |\n",
             r.scenario,
             if run.disturbed { " †" } else { "" },
             delay_of(&r.scenario),
             r.connections,
             run.rps,
-            run.rps / ceiling_rps(rows, &r.scenario, r.connections),
+            Ratio(run.rps / ceiling_rps(rows, &r.scenario, r.connections)),
             run.latency[0],
             run.latency[1],
             run.latency[2],
@@ -859,6 +1059,19 @@ fn report(
         }
     }
     md
+}
+
+/// A ratio with two decimals, or `–` when it has no base (the ceiling was not run).
+struct Ratio(f64);
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_finite() {
+            write!(f, "{:.2}", self.0)
+        } else {
+            f.write_str("–")
+        }
+    }
 }
 
 /// What a target asks of its measured value.
@@ -973,6 +1186,31 @@ fn targets(o: &Options, rows: &[Row]) -> Vec<Target> {
                 disturbed: false,
             });
         }
+        for (label, scenario) in [
+            (
+                "write-behind on Redis ÷ direct SQLite UPDATE, accepted writes/s",
+                "views-writebehind-redis",
+            ),
+            (
+                "write-behind in memory ÷ direct SQLite UPDATE, accepted writes/s",
+                "views-writebehind-memory",
+            ),
+        ] {
+            for (base, base_label) in [
+                ("views-direct", ""),
+                ("views-direct-normal", " (synchronous = NORMAL)"),
+            ] {
+                let ratio = accepted_of(rows, scenario, c) / accepted_of(rows, base, c);
+                if ratio.is_finite() {
+                    targets.push(Target {
+                        label: format!("{label}{base_label}, c={c}"),
+                        value: ratio,
+                        goal: Goal::AtLeast(10.0),
+                        disturbed: disturbed(rows, scenario, c) || disturbed(rows, base, c),
+                    });
+                }
+            }
+        }
         if let Some(r) = row("turret-full-stack").filter(|_| c == 400) {
             targets.push(Target {
                 label: format!("full stack with Redis, p99 ms, c={c}"),
@@ -1012,5 +1250,30 @@ mod tests {
         assert!((run.rps - 100_000.0).abs() < 1e-6);
         assert_eq!(run.latency, [0.45, 0.9, 1.3, 4.0]);
         assert_eq!(run.errors, 2);
+        assert_eq!(run.status_errors, 0);
+    }
+
+    #[test]
+    fn accepted_writes_leave_out_the_failed_statuses() {
+        let run = parse_wrk("TURRET-SUMMARY 30000 3000000 450 900 1300 4000 1500 1200\n");
+        assert_eq!((run.errors, run.status_errors), (1500, 1200));
+        assert!((accepted_rps(&run) - 9_600.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_views_check_reads_the_total_and_compares() {
+        let check = ViewsCheck::parse("1200 1200 35").unwrap();
+        assert_eq!(
+            check,
+            ViewsCheck {
+                in_db: 1200,
+                accepted: 1200,
+                flush_ms: 35
+            }
+        );
+        assert!(check.holds());
+        assert!(!ViewsCheck::parse("1201 1200 35").unwrap().holds());
+        assert!(!ViewsCheck::parse("-1 0 0").unwrap().holds());
+        assert_eq!(ViewsCheck::parse("12 x"), None);
     }
 }

@@ -8,6 +8,13 @@
 //!
 //! `GET /__origin_calls` (outside every middleware) answers how many times the origin
 //! handler ran since the process started.
+//!
+//! The `views-…` scenarios serve writes instead (`POST /views/{id}` on a SQLite database,
+//! directly or through write-behind; see `views.rs`); their origin counter counts the
+//! accepted writes.
+
+#[path = "../views.rs"]
+mod views;
 
 use std::{
     net::SocketAddr,
@@ -222,6 +229,9 @@ async fn main() {
     let port: u16 = args.get(2).and_then(|p| p.parse().ok()).unwrap_or(3000);
     let redis_url = args.get(3).cloned().unwrap_or_default();
 
+    if let Some((app, accepted)) = views::app(scenario, &redis_url).await {
+        return serve(app, accepted, port).await;
+    }
     let calls = Arc::new(AtomicU64::new(0));
     let routes = Router::new()
         .route("/items/{id}", get(item))
@@ -319,6 +329,10 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    serve(app, calls, port).await;
+}
+
+async fn serve(app: Router, calls: Arc<AtomicU64>, port: u16) {
     // Outside every middleware: the driver reads it before and after each measured run.
     let app = app.route(
         "/__origin_calls",
