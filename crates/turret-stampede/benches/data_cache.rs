@@ -36,6 +36,13 @@ async fn peer_get_product(id: u64) -> Product {
     product(id)
 }
 
+/// A hand-written `fetch`, borrowing the cache and the options as a handler does.
+async fn fetch_hit(cache: &StampedeCache, options: &Options) -> Result<Product, Infallible> {
+    cache
+        .fetch("product:7", options, || async { Ok(product(7)) })
+        .await
+}
+
 fn bench_async<F, Fut>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, f: F)
 where
     F: Fn() -> Fut,
@@ -104,26 +111,15 @@ fn hits(c: &mut Criterion) {
             .unwrap();
     });
 
-    let fetch = |cache: &StampedeCache| {
-        let options = options.clone();
-        let cache = cache.clone();
-        move || {
-            let (cache, options) = (cache.clone(), options.clone());
-            async move {
-                let r: Result<Product, Infallible> = cache
-                    .fetch("product:7", &options, || async { Ok(product(7)) })
-                    .await;
-                r
-            }
-        }
-    };
-    bench_async(c, &rt, "memory fetch hit", fetch(&memory));
+    bench_async(c, &rt, "memory fetch hit", || fetch_hit(&memory, &options));
     bench_async(c, &rt, "memory #[cached] hit", || get_product(&memory, 7));
     bench_async(c, &rt, "peer: cached crate #[cached] hit", || {
         peer_get_product(7)
     });
-    bench_async(c, &rt, "two-tier L1 fetch hit", fetch(&tiered));
-    bench_async(c, &rt, "redis fetch hit", fetch(&on_redis));
+    bench_async(c, &rt, "two-tier L1 fetch hit", || {
+        fetch_hit(&tiered, &options)
+    });
+    bench_async(c, &rt, "redis fetch hit", || fetch_hit(&on_redis, &options));
     bench_async(c, &rt, "raw redis GET round trip", || async {
         let v: Option<Vec<u8>> = redis
             .query(redis::cmd("GET").arg("bench:raw"))

@@ -15,7 +15,7 @@ use crate::{
     envelope::{self, FORMAT_VERSION, Header},
     lock::{AnyLock, LeaseLock, LockBackend, deadline_after},
     store::{AnyStore, Entry, Put, StoreError, ValueStore},
-    xfetch::{DEFAULT_BETA, should_refresh_early},
+    xfetch::{self, DEFAULT_BETA},
 };
 
 /// Default bound on how long a miss waits for another instance's computation before it
@@ -266,12 +266,11 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
             let now_ms = to_ms(now);
             let seen = (header.computed_at_ms, header.fence);
             if now_ms < header.expires_at_ms {
-                let early = should_refresh_early(
+                let early = xfetch::draw(
                     now,
                     Duration::from_millis(header.delta_ms),
                     self.beta,
                     Duration::from_millis(header.expires_at_ms),
-                    1.0 - rand::random::<f64>(),
                 );
                 if early {
                     metrics::counter!("turret_stampede_cache_reads_total", "result" => "early_refresh").increment(1);
@@ -292,13 +291,12 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
         metrics::counter!("turret_stampede_cache_reads_total", "result" => "miss").increment(1);
         let runner = self.clone();
         let owned_key = key.to_owned();
-        let result = self
-            .flights
-            .call(flight_key::<T, E>(key), move || {
-                let fut = f();
-                runner.fill_erased::<T, E, Fut>(owned_key, ttl, tags, None, fut)
-            })
-            .await;
+        // Boxed: the miss path's future stays out of the hit's.
+        let result = Box::pin(self.flights.call(flight_key::<T, E>(key), move || {
+            let fut = f();
+            runner.fill_erased::<T, E, Fut>(owned_key, ttl, tags, None, fut)
+        }))
+        .await;
         match result {
             Ok(value) => match value.downcast_ref::<T>() {
                 Some(v) => Ok(v.clone()),
@@ -332,9 +330,15 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
         self.store.invalidate_tag(tag).await
     }
 
-    /// Reads and decodes; every failure is a miss.
+    /// Reads and decodes; every failure is a miss. A store answering from memory
+    /// ([`ValueStore::get_local`]) runs no future; the others' reads are boxed, which keeps
+    /// the futures of `fetch` and `get_or_compute` small (they are moved on every call).
     async fn read<T: DeserializeOwned>(&self, key: &str) -> Option<(Header, T)> {
-        let bytes = match self.store.get(key).await {
+        let got = match self.store.get_local(key) {
+            Some(local) => Ok(local),
+            None => Box::pin(self.store.get(key)).await,
+        };
+        let bytes = match got {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return None,
             Err(e) => {

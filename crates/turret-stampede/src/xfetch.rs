@@ -44,7 +44,31 @@ pub fn should_refresh_early(
     };
     let gap = (expiry - now).as_secs_f64();
     // −ln(rand) ≥ 0, so the left side only grows.
-    delta.as_secs_f64() * beta * -rand.ln() >= gap
+    let weight = if rand == f64::MIN_POSITIVE {
+        MAX_WEIGHT
+    } else {
+        -rand.ln()
+    };
+    delta.as_secs_f64() * beta * weight >= gap
+}
+
+/// `−ln` of the smallest `rand` [`should_refresh_early`] uses (`f64::MIN_POSITIVE`, what it
+/// clamps to): no draw can weigh more.
+const MAX_WEIGHT: f64 = 708.3964185322641;
+
+/// Whether some draw could make [`should_refresh_early`] true (it can be false for every
+/// draw: no computation time, β = 0, or expiry too far away for `−ln(rand)` to reach).
+fn could_refresh_early(now: Duration, delta: Duration, beta: f64, expiry: Duration) -> bool {
+    should_refresh_early(now, delta, beta, expiry, f64::MIN_POSITIVE)
+}
+
+/// XFetch's decision with a fresh uniform draw — made only when some draw could refresh,
+/// so most hits of a value far from its expiry pay no random number (the decision, and its
+/// probability, are the same).
+pub(crate) fn draw(now: Duration, delta: Duration, beta: f64, expiry: Duration) -> bool {
+    could_refresh_early(now, delta, beta, expiry)
+        // `random::<f64>()` is in [0, 1); 1 − it is in (0, 1].
+        && should_refresh_early(now, delta, beta, expiry, 1.0 - rand::random::<f64>())
 }
 
 #[cfg(test)]
@@ -97,6 +121,51 @@ mod tests {
         let one = probability(2.0, 1.0, 1.0, &mut rng, 50_000);
         let high = probability(2.0, 1.0, 3.0, &mut rng, 50_000);
         assert!(low < one && one < high, "{low} {one} {high}");
+    }
+
+    #[test]
+    fn the_largest_weight_is_that_of_the_smallest_draw() {
+        assert_eq!(MAX_WEIGHT, -f64::MIN_POSITIVE.ln());
+        for rand in [
+            f64::MIN_POSITIVE * 2.0,
+            1e-300,
+            1e-20,
+            2f64.powi(-53),
+            0.5,
+            1.0,
+        ] {
+            assert!(-rand.ln() <= MAX_WEIGHT, "{rand}");
+        }
+    }
+
+    #[test]
+    fn no_draw_refreshes_when_none_could() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let s = Duration::from_millis;
+        let (mut never, mut maybe) = (0, 0);
+        for _ in 0..20_000 {
+            let now = s(rng.random_range(0..10_000));
+            let expiry = s(rng.random_range(0..10_000));
+            let delta = s(rng.random_range(0..20));
+            let beta = [0.0, 0.5, 1.0, 3.0][rng.random_range(0..4)];
+            if could_refresh_early(now, delta, beta, expiry) {
+                maybe += 1;
+                continue;
+            }
+            never += 1;
+            for rand in [f64::MIN_POSITIVE, 0.0, 1e-300, 1e-9, 0.5, 1.0, f64::NAN] {
+                assert!(
+                    !should_refresh_early(now, delta, beta, expiry, rand),
+                    "{now:?} {delta:?} {beta} {expiry:?} {rand}"
+                );
+            }
+            assert!(!draw(now, delta, beta, expiry));
+        }
+        // Both kinds were exercised.
+        assert!(never > 1000 && maybe > 1000, "{never} {maybe}");
+        // Close to expiry with a slow computation, the draw still decides.
+        assert!(could_refresh_early(s(100), s(1000), 1.0, s(200)));
+        assert!(!could_refresh_early(s(100), Duration::ZERO, 1.0, s(200)));
     }
 
     #[test]

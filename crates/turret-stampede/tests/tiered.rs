@@ -469,3 +469,27 @@ async fn a_reader_racing_writes_never_goes_back_to_an_older_value_and_sees_the_l
     assert!(reads > WRITES, "the reader ran alongside: {reads} reads");
     assert!(l1_reads > 0, "some reads were L1 hits");
 }
+
+/// `get_local` answers an L1 hit without I/O, exactly as `get` does, and leaves an L1 miss to
+/// `get`; the plain Redis store answers nothing locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_local_answers_l1_hits_only() {
+    let server = RedisServer::start();
+    let (a, b, silent) = fleet(&server.url(), Duration::from_secs(30)).await;
+    a.put("k", entry("v1", 0, &[])).await.unwrap();
+    assert_eq!(
+        b.get_local("k"),
+        None,
+        "not in B's L1 yet: only get can tell"
+    );
+    assert_eq!(filled(&b, "k").await.as_deref(), Some("v1"));
+    assert_eq!(b.get_local("k"), Some(Some(Bytes::from("v1"))));
+    assert_eq!(silent.get_local("k"), None);
+    // A's write evicts B's copy: the local answer goes with it.
+    a.put("k", entry("v2", 0, &[])).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || b.get_local("k").is_none()).await,
+        "B's L1 kept the old value"
+    );
+    assert_eq!(value(&b, "k").await.as_deref(), Some("v2"));
+}

@@ -19,7 +19,7 @@ use crate::{
     clock::to_ms,
     lock::{LockBackend, LockError},
     store::{Put, StoreError, ValueStore},
-    xfetch::should_refresh_early,
+    xfetch,
 };
 
 /// One key's computation in progress in this process (a miss's leader or a refresh).
@@ -135,16 +135,15 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
             let now_ms = to_ms(now);
             let seen = Some((header.computed_at_ms, header.fence));
             if now_ms < header.expires_at_ms {
-                let early = should_refresh_early(
+                let early = xfetch::draw(
                     now,
                     std::time::Duration::from_millis(header.delta_ms),
                     self.beta,
                     std::time::Duration::from_millis(header.expires_at_ms),
-                    1.0 - rand::random::<f64>(),
                 );
                 if early && let Role::Lead(claim) = claim(&self.scoped, &slot_key()) {
                     metrics::counter!("turret_stampede_cache_reads_total", "result" => "early_refresh").increment(1);
-                    let refreshed = self.fill(key, &stored, seen, f()).await;
+                    let refreshed = Box::pin(self.fill(key, &stored, seen, f())).await;
                     drop(claim);
                     return Ok(self.refreshed_or(key, refreshed, value));
                 }
@@ -156,7 +155,7 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
                 metrics::counter!("turret_stampede_cache_reads_total", "result" => "stale")
                     .increment(1);
                 if let Role::Lead(claim) = claim(&self.scoped, &slot_key()) {
-                    let refreshed = self.fill(key, &stored, seen, f()).await;
+                    let refreshed = Box::pin(self.fill(key, &stored, seen, f())).await;
                     drop(claim);
                     return Ok(self.refreshed_or(key, refreshed, value));
                 }
@@ -168,7 +167,8 @@ impl<S: ValueStore, L: LockBackend> StampedeCache<S, L> {
         loop {
             match claim(&self.scoped, &slot_key) {
                 Role::Lead(claim) => {
-                    let result = self.fill(key, &stored, None, f()).await;
+                    // Boxed (as the refreshes above): the hit's future stays small.
+                    let result = Box::pin(self.fill(key, &stored, None, f())).await;
                     if let Ok(value) = &result {
                         *claim
                             .slot

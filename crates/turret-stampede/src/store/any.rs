@@ -58,6 +58,16 @@ impl ValueStore for AnyStore {
         }
     }
 
+    fn get_local(&self, key: &str) -> Option<Option<Bytes>> {
+        match self {
+            AnyStore::Memory(s) => s.get_local(key),
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(s) => s.get_local(key),
+            #[cfg(feature = "redis")]
+            AnyStore::Tiered(s) => s.get_local(key),
+        }
+    }
+
     async fn put(&self, key: &str, entry: Entry<'_>) -> Result<Put, StoreError> {
         match self {
             AnyStore::Memory(s) => s.put(key, entry).await,

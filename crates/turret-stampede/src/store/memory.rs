@@ -48,7 +48,7 @@ impl Expiry<String, Stored> for PerEntryTtl {
 /// first, TinyLFU), each expiring after its own ttl (the wall clock, not Tokio's).
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: moka::sync::Cache<String, Stored>,
+    cache: moka::sync::Cache<String, Stored, foldhash::fast::RandomState>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -76,7 +76,8 @@ impl MemoryStore {
             })
             .expire_after(PerEntryTtl)
             .support_invalidation_closures()
-            .build();
+            // Seeded per store (as the tiered L1): keys hash in a few ns, not SipHash's ~20.
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self { cache }
     }
 }
@@ -84,6 +85,10 @@ impl MemoryStore {
 impl ValueStore for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         Ok(self.cache.get(key).map(|s| s.bytes))
+    }
+
+    fn get_local(&self, key: &str) -> Option<Option<Bytes>> {
+        Some(self.cache.get(key).map(|s| s.bytes))
     }
 
     async fn put(&self, key: &str, entry: Entry<'_>) -> Result<Put, StoreError> {
@@ -117,5 +122,34 @@ impl ValueStore for MemoryStore {
             .invalidate_entries_if(move |_, v| v.tags.contains(&tag))
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(value: &'static str) -> Entry<'static> {
+        Entry {
+            bytes: Bytes::from_static(value.as_bytes()),
+            fence: 0,
+            ttl: Duration::from_secs(60),
+            tags: &[],
+        }
+    }
+
+    #[tokio::test]
+    async fn get_local_is_get_without_a_future() {
+        let store = MemoryStore::default();
+        assert_eq!(
+            store.get_local("k"),
+            Some(None),
+            "a miss is known locally too"
+        );
+        store.put("k", entry("v1")).await.unwrap();
+        assert_eq!(store.get_local("k"), Some(Some(Bytes::from_static(b"v1"))));
+        assert_eq!(store.get_local("k"), Some(store.get("k").await.unwrap()));
+        store.invalidate("k").await.unwrap();
+        assert_eq!(store.get_local("k"), Some(None));
     }
 }

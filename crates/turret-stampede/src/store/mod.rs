@@ -68,6 +68,15 @@ pub trait ValueStore: Send + Sync + 'static {
     /// The stored bytes of `key`, if any.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
 
+    /// The answer [`ValueStore::get`] would give, if this store has it in process memory
+    /// without any I/O: `Some(Some(bytes))` stored, `Some(None)` not stored; `None` when only
+    /// `get` can tell (the default). The cache asks it first, so that a memory hit runs no
+    /// future of the store's (and a hit's future stays small).
+    fn get_local(&self, key: &str) -> Option<Option<Bytes>> {
+        let _ = key;
+        None
+    }
+
     /// Stores `entry` unless the stored value carries a larger fence (an `entry.fence` of 0
     /// is never refused).
     fn put(

@@ -320,6 +320,13 @@ impl ValueStore for TieredStore {
         Ok(Some(stored.bytes))
     }
 
+    /// An L1 hit; an L1 miss needs `get` (the L2).
+    fn get_local(&self, key: &str) -> Option<Option<Bytes>> {
+        let bytes = self.inner.l1.get(key)?;
+        metrics::counter!("turret_stampede_l1_hits_total").increment(1);
+        Some(Some(bytes))
+    }
+
     async fn put(&self, key: &str, entry: Entry<'_>) -> Result<Put, StoreError> {
         let inner = &*self.inner;
         let local = Fill {
