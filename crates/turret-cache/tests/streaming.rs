@@ -166,3 +166,27 @@ async fn fifty_concurrent_large_fills_stay_within_the_fill_budget() {
     }
     assert!((1..50).contains(&hits), "{hits} of 50 stored");
 }
+
+#[tokio::test]
+async fn a_fill_whose_client_goes_away_is_abandoned_and_gives_its_bytes_back() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = ResponseCacheLayer::new();
+    let svc = layer.layer(origin(calls.clone(), 4, 1_000, Duration::from_millis(20)));
+    let mut body = svc.clone().oneshot(get("/cut")).await.unwrap().into_body();
+    // One chunk in, then the client hangs up.
+    body.frame().await.unwrap().unwrap();
+    assert_eq!(layer.fill_bytes_in_flight(), 1_000);
+    drop(body);
+    assert_eq!(layer.fill_bytes_in_flight(), 0);
+    let next = svc.oneshot(get("/cut")).await.unwrap();
+    assert_ne!(
+        next.headers().get("x-cache").unwrap(),
+        "HIT",
+        "a cut fill was stored"
+    );
+    assert_eq!(
+        next.into_body().collect().await.unwrap().to_bytes().len(),
+        4_000
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
