@@ -856,8 +856,8 @@ fn views_report(rows: &[Row], checks: &[(String, Option<ViewsCheck>)]) -> String
     }
     let mut md = String::from(
         "\n## Writes: view counting on SQLite\n\n\
-         `POST /views/{id}` over 1,000 products, a SQLite file database (WAL, one \
-         connection). `views-direct`: one `UPDATE … SET views = views + 1` per request, \
+         `POST /views/{id}` over 1,000 products, a SQLite file database (WAL; the direct \
+         scenarios on sqlx's default pool of 10 connections). `views-direct`: one `UPDATE … SET views = views + 1` per request, \
          SQLite's default `synchronous = FULL` (each commit synced to disk); \
          `views-direct-normal`: the same with `synchronous = NORMAL`; `views-writebehind-*`: \
          write-behind (fold: sum; one `synchronous = FULL` transaction per batch of up to \
