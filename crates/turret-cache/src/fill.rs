@@ -207,7 +207,10 @@ fn stream_fill<B: Body>(
     let (status, headers, request_headers) =
         (parts.status, parts.headers.clone(), request_headers.clone());
     let started = ctx.shared.clock.now();
+    let gauge_budget = budget.clone();
     let tee = Tee::new(ctx.shared.max_entry_size, budget, move |bytes| {
+        // Read when a fill ends: the bytes the other fills still hold.
+        metrics::gauge!("turret_cache_fill_bytes_in_flight").set(gauge_budget.used() as f64);
         let Some(bytes) = bytes else {
             metrics::counter!("turret_cache_streamed_fills_total", "outcome" => "abandoned")
                 .increment(1);

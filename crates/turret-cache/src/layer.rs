@@ -231,7 +231,8 @@ impl ResponseCacheLayer {
     /// [`DEFAULT_FILL_BYTES_IN_FLIGHT`]): a fill that would pass it stops collecting (its
     /// response still streams, uncached), and with the budget spent new fills stream
     /// uncached. `turret_cache_streamed_fills_total{outcome}` counts `stored`, `abandoned`
-    /// and `budget`.
+    /// and `budget`; the gauge `turret_cache_fill_bytes_in_flight` is the budget in use, read
+    /// as each fill ends.
     pub fn max_fill_bytes_in_flight(mut self, bytes: u64) -> Self {
         self.settings().fill_budget = Arc::new(turret_body::TeeBudget::new(bytes));
         self
