@@ -49,9 +49,14 @@
 //! `must-revalidate` (§3.5), and with explicit freshness, or else a heuristically cacheable
 //! status (RFC 9110 §15.1) and either [`heuristic_freshness`](ResponseCacheLayer::heuristic_freshness)
 //! (off by default) or a default TTL ([`ResponseCacheLayer::default_ttl`], [`Policy::ttl`]).
-//! An unqualified `no-cache` response is stored and revalidated on every reuse. Its body's
-//! exact size must be known and at most [`max_entry_size`](ResponseCacheLayer::max_entry_size);
-//! everything else (SSE, downloads, streams) passes through untouched, without buffering.
+//! An unqualified `no-cache` response is stored and revalidated on every reuse. Its body
+//! must be at most [`max_entry_size`](ResponseCacheLayer::max_entry_size): a body of a known
+//! size within it is read, stored, then sent; a body of unknown size (SSE, chunked
+//! downloads) streams to the client as it arrives while a bounded copy is kept, stored
+//! when the body ends within the bound (a streaming fill:
+//! [`max_fill_bytes_in_flight`](ResponseCacheLayer::max_fill_bytes_in_flight) bounds all
+//! copies; [`stream_above`](ResponseCacheLayer::stream_above) streams large known sizes
+//! too); anything larger streams through untouched.
 //! `Connection` and the fields it lists, the proxy authentication fields and the fields named
 //! by a qualified `private` / `no-cache` are removed from the stored copy.
 //!

@@ -29,8 +29,9 @@ pub(crate) struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub(crate) redis_url: Option<String>,
 
-    /// Largest response body stored (`1MiB`, `512KiB`, `1048576`); bigger responses, and
-    /// responses whose size is not known in advance, stream through unstored.
+    /// Largest response body stored (`1MiB`, `512KiB`, `1048576`); bigger responses stream
+    /// through unstored. A chunked response (size not known in advance) streams to the
+    /// client as the origin sends it and is stored if it ends within this size.
     #[arg(long, env = "MAX_ENTRY_SIZE", default_value = "1MiB")]
     pub(crate) max_entry_size: ByteSize,
 
