@@ -4,40 +4,19 @@
 
 use std::{
     convert::Infallible,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tower::{Layer, ServiceExt, service_fn};
 use turret_cache::ResponseCacheLayer;
-
-/// A chunked body (no size hint) fed by a channel.
-struct Chunked(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl Body for Chunked {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::new()
-    }
-}
+use turret_testkit::body::Streaming;
 
 fn get(path: &str) -> Request<()> {
     Request::get(path)
@@ -55,15 +34,15 @@ fn origin(
     gap: Duration,
 ) -> impl tower::Service<
     Request<()>,
-    Response = Response<Chunked>,
+    Response = Response<Streaming>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Chunked>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<Streaming>, Infallible>> + Send,
 > + Clone
 + Send
 + 'static {
     service_fn(move |_req: Request<()>| {
         calls.fetch_add(1, Ordering::SeqCst);
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (tx, body) = Streaming::channel(1);
         tokio::spawn(async move {
             for i in 0..chunks {
                 tokio::time::sleep(gap).await;
@@ -77,7 +56,7 @@ fn origin(
             }
         });
         async move {
-            let mut res = Response::new(Chunked(rx));
+            let mut res = Response::new(body);
             res.headers_mut().insert(
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("max-age=600"),
