@@ -84,7 +84,6 @@ pub(crate) async fn store<B: Body>(
     });
     let admission = match admitted {
         Ok((admission, true)) => {
-            let res = Response::from_parts(parts, ());
             return (
                 Stored::Nothing,
                 stream_fill(
@@ -94,7 +93,7 @@ pub(crate) async fn store<B: Body>(
                     response_time,
                     admission,
                     tags,
-                    res,
+                    parts,
                     body,
                 ),
             );
@@ -186,10 +185,9 @@ fn stream_fill<B: Body>(
     response_time: Duration,
     admission: admit::Admission,
     tags: Vec<String>,
-    res: Response<()>,
+    parts: http::response::Parts,
     body: B,
 ) -> Response<ResponseBody<B>> {
-    let (parts, ()) = res.into_parts();
     let budget = ctx.shared.fill_budget.clone();
     if budget.used() >= budget.limit() {
         metrics::counter!("turret_cache_streamed_fills_total", "outcome" => "budget").increment(1);

@@ -32,7 +32,9 @@ pub(crate) struct Data {
 impl Data {
     /// Per the flags: off (every read queries), in this process, or two tiers on `redis`.
     pub(crate) fn new(db: Db, enabled: bool, redis: Option<Redis>) -> Self {
-        let cache = match redis {
+        // Off: the memory cache, never used (a two-tier store would subscribe to Redis for
+        // nothing).
+        let cache = match redis.filter(|_| enabled) {
             Some(redis) => StampedeCache::tiered(TieredStore::new(redis.clone()), redis),
             None => StampedeCache::new(),
         };
