@@ -6,8 +6,9 @@
 //! "default";q=100;w=60`, `RateLimit: "default";r=0;t=12`) plus the de-facto
 //! `X-RateLimit-Limit`, `-Remaining` and `-Reset` (delay-seconds). Admitted responses carry the
 //! same fields ([`HeaderMode`]). A gRPC request (`content-type: application/grpc…`) is refused
-//! with a trailers-only response, HTTP 200 and `grpc-status: 8` (RESOURCE_EXHAUSTED); a
-//! missing key gives `grpc-status: 13` (INTERNAL) and a fail-closed refusal `14` (UNAVAILABLE)
+//! with a trailers-only response, HTTP 200 and `grpc-status: 8` (RESOURCE_EXHAUSTED), with the
+//! retry delay as a `google.rpc.RetryInfo` in `grpc-status-details-bin` (a `google.rpc.Status`,
+//! so clients' retry policies can read it); a missing key gives `grpc-status: 13` (INTERNAL) and a fail-closed refusal `14` (UNAVAILABLE)
 //! where an HTTP client gets 500 and 503.
 //!
 //! The decision is made in `call`, per key, so it holds behind axum's per-request cloning
@@ -91,6 +92,7 @@ mod body;
 mod clock;
 mod concurrency;
 mod future;
+mod grpc;
 mod headers;
 mod key;
 mod layer;

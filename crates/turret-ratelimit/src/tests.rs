@@ -272,6 +272,10 @@ async fn grpc_refusal_is_trailers_only_resource_exhausted() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["grpc-status"], "8");
     assert_eq!(res.headers()["content-type"], "application/grpc");
+    // The retry delay travels as a google.rpc.Status (decoded in the gRPC example's tests),
+    // base64 without padding as gRPC emits `-bin` metadata.
+    let details = res.headers()["grpc-status-details-bin"].to_str().unwrap();
+    assert!(!details.is_empty() && !details.contains('='), "{details}");
     assert!(
         res.into_body()
             .collect()

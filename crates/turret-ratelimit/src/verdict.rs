@@ -1,13 +1,16 @@
 //! What happens to a request once decided: the decision (or the backend's failure) turned
 //! into "call the inner service" or "answer with this refusal".
 
-use std::{sync::atomic::Ordering, time::Instant};
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::{
-    BackendError, Decision, headers,
+    BackendError, Decision, grpc, headers,
     on_limited::{Limited, OnLimited},
     state::{FailureMode, Shared},
 };
@@ -82,7 +85,7 @@ pub(crate) fn verdict<K, Bk, L: OnLimited>(
     metrics.limited.increment(1);
     tracing::debug!(policy = %policy.name, key, "rate limit: refused");
     let mut res = if grpc {
-        grpc_refusal()
+        grpc_refusal(decision.retry_after)
     } else {
         shared.on_limited.on_limited(&Limited {
             policy,
@@ -100,9 +103,17 @@ pub(crate) fn verdict<K, Bk, L: OnLimited>(
     Verdict::Refuse(res)
 }
 
-/// A trailers-only gRPC response: HTTP 200, `grpc-status: 8` (RESOURCE_EXHAUSTED).
-fn grpc_refusal() -> Response<Bytes> {
-    grpc_error("8", "rate%20limit%20exceeded")
+/// A trailers-only gRPC response: HTTP 200, `grpc-status: 8` (RESOURCE_EXHAUSTED), and the
+/// retry delay as a `google.rpc.RetryInfo` in `grpc-status-details-bin`.
+fn grpc_refusal(retry_after: Option<Duration>) -> Response<Bytes> {
+    let mut res = grpc_error("8", "rate%20limit%20exceeded");
+    if let Some(retry) = retry_after {
+        res.headers_mut().insert(
+            "grpc-status-details-bin",
+            grpc::status_details(8, "rate limit exceeded", retry),
+        );
+    }
+    res
 }
 
 /// A trailers-only gRPC response with `grpc-status: code` and a percent-encoded message:

@@ -12,9 +12,28 @@ use std::{
 };
 
 use grpc_example::{client::CatalogClient, proto::ListProductsResponse};
+use prost::Message as _;
 use tempfile::TempDir;
 use tonic::Code;
 use turret_testkit::RedisServer;
+
+/// `google.rpc.Status` (google/rpc/status.proto), the message in `grpc-status-details-bin`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+/// `google.rpc.RetryInfo` (google/rpc/error_details.proto).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<prost_types::Duration>,
+}
 
 /// A running server process; killed (and its log printed if the test failed) on drop.
 struct Server {
@@ -133,6 +152,32 @@ async fn calls_are_answered_until_the_quota_then_resource_exhausted_per_key() {
         metadata(refused.metadata(), "ratelimit").contains("r=0"),
         "{:?}",
         refused.metadata()
+    );
+
+    // The retry delay as google.rpc.RetryInfo in grpc-status-details-bin, for retry policies.
+    let status = RpcStatus::decode(refused.details()).expect("a google.rpc.Status");
+    assert_eq!(status.code, Code::ResourceExhausted as i32);
+    assert_eq!(status.message, "rate limit exceeded");
+    assert_eq!(status.details.len(), 1, "{status:?}");
+    assert_eq!(
+        status.details[0].type_url,
+        "type.googleapis.com/google.rpc.RetryInfo"
+    );
+    let info = RetryInfo::decode(status.details[0].value.as_slice()).expect("a RetryInfo");
+    let delay = info.retry_delay.expect("retry_delay");
+    let delay = Duration::new(
+        u64::try_from(delay.seconds).expect("non-negative"),
+        u32::try_from(delay.nanos).expect("non-negative"),
+    );
+    // Retry-After is the delay rounded up to whole seconds.
+    assert!(delay > Duration::ZERO, "{delay:?}");
+    assert!(
+        delay <= Duration::from_secs(retry_after),
+        "{delay:?} vs {retry_after}"
+    );
+    assert!(
+        delay > Duration::from_secs(retry_after - 1),
+        "{delay:?} vs {retry_after}"
     );
 
     // Another key has its own quota.
