@@ -53,8 +53,98 @@ where
 /// The peer's IP address, from a `SocketAddr` request extension, or from axum's
 /// `ConnectInfo<SocketAddr>` (feature `axum`; serve with
 /// `into_make_service_with_connect_info::<SocketAddr>()`).
+///
+/// IPv6 clients are grouped by prefix ([`PeerIp::ipv6_prefix`], /64 by default: one ordinary
+/// IPv6 allocation is one client, not 2^64 of them); IPv4 clients are keyed by their address,
+/// and IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) count as IPv4.
+///
+/// ```
+/// use turret_ratelimit::{KeyExtractor, PeerIp};
+///
+/// let from = |peer: &str| {
+///     let mut req = http::Request::new(());
+///     req.extensions_mut().insert(peer.parse::<std::net::SocketAddr>().unwrap());
+///     PeerIp::new().extract(&req).unwrap()
+/// };
+/// assert_eq!(from("[2001:db8:1:2::7]:443"), "2001:db8:1:2::/64");
+/// assert_eq!(from("[2001:db8:1:2:ffff::1]:443"), "2001:db8:1:2::/64");
+/// assert_eq!(from("[::ffff:192.0.2.1]:443"), "192.0.2.1");
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PeerIp;
+pub struct PeerIp {
+    v6: Ipv6Prefix,
+}
+
+impl PeerIp {
+    /// Keys by the peer address, IPv6 by its /64.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Groups IPv6 clients by their first `bits` bits (1 to 128; 128 keys each address on its
+    /// own). Default 64. IPv4 is unaffected.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Result<Self, InvalidIpv6Prefix> {
+        self.v6 = Ipv6Prefix::new(bits)?;
+        Ok(self)
+    }
+}
+
+/// The IPv6 prefix length that groups clients: 1 to 128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ipv6Prefix(u8);
+
+impl Default for Ipv6Prefix {
+    fn default() -> Self {
+        Self(DEFAULT_IPV6_PREFIX)
+    }
+}
+
+/// The IPv6 prefix length clients are grouped by unless configured: /64, the size of one
+/// ordinary IPv6 subnet (RFC 4291 §2.5.4; what an ISP hands one customer's network at least).
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+impl Ipv6Prefix {
+    fn new(bits: u8) -> Result<Self, InvalidIpv6Prefix> {
+        if (1..=128).contains(&bits) {
+            Ok(Self(bits))
+        } else {
+            Err(InvalidIpv6Prefix { bits })
+        }
+    }
+
+    /// The key of an address: IPv4 (mapped or not) as the address, IPv6 as its network and
+    /// prefix length (`2001:db8::/64`), or the bare address at /128.
+    fn key(self, ip: IpAddr) -> String {
+        match canonical(ip) {
+            IpAddr::V6(v6) if self.0 < 128 => {
+                let mask = u128::MAX << (128 - u32::from(self.0));
+                let net = std::net::Ipv6Addr::from(u128::from(v6) & mask);
+                format!("{net}/{}", self.0)
+            }
+            ip => ip_key(ip),
+        }
+    }
+}
+
+/// An IPv6 prefix length outside 1–128 (0 would put every IPv6 client in one bucket: use
+/// [`GlobalKey`] for one quota shared by all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidIpv6Prefix {
+    bits: u8,
+}
+
+impl fmt::Display for InvalidIpv6Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "IPv6 prefix /{} is not between /1 and /128 (the default /64 groups one subnet; /128 \
+             keys each address)",
+            self.bits
+        )
+    }
+}
+
+impl std::error::Error for InvalidIpv6Prefix {}
 
 /// What `PeerIp` and `ClientIp` say when a request carries no peer address, naming the fix
 /// for this build: without the `axum` feature axum's `ConnectInfo` cannot be read at all.
@@ -88,7 +178,7 @@ pub(crate) fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
 impl<B> KeyExtractor<B> for PeerIp {
     fn extract(&self, req: &Request<B>) -> Result<String, MissingKey> {
         peer_ip(req)
-            .map(|ip| ip_key(canonical(ip)))
+            .map(|ip| self.v6.key(ip))
             .ok_or(MissingKey::new(NO_PEER_ADDRESS))
     }
 }
@@ -101,7 +191,8 @@ impl<B> KeyExtractor<B> for PeerIp {
 /// chain is walked from the right — the hop the trusted proxy appended — skipping trusted proxies; the first
 /// untrusted address is the client. Entries a client wrote on the left can never be chosen
 /// while an untrusted hop stands to their right, so a client cannot pick its own key.
-/// A malformed entry stops the walk at the last good hop.
+/// A malformed entry stops the walk at the last good hop. The client found is keyed as by
+/// [`PeerIp`]: IPv6 by its /64 ([`ClientIp::ipv6_prefix`]), IPv4 (mapped too) by its address.
 ///
 /// ```
 /// use turret_ratelimit::{ClientIp, KeyExtractor};
@@ -116,6 +207,7 @@ impl<B> KeyExtractor<B> for PeerIp {
 pub struct ClientIp {
     trusted: Arc<[IpNet]>,
     header: ForwardingHeader,
+    v6: Ipv6Prefix,
 }
 
 /// Which forwarding header the trusted proxies append to (see [`ClientIp::header`]).
@@ -147,7 +239,15 @@ impl ClientIp {
         Ok(Self {
             trusted: trusted.into(),
             header: ForwardingHeader::default(),
+            v6: Ipv6Prefix::default(),
         })
+    }
+
+    /// Groups IPv6 clients by their first `bits` bits (1 to 128), as [`PeerIp::ipv6_prefix`].
+    /// Default 64. Which proxies are trusted is decided on whole addresses, never on the prefix.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Result<Self, InvalidIpv6Prefix> {
+        self.v6 = Ipv6Prefix::new(bits)?;
+        Ok(self)
     }
 
     /// The header the trusted proxies append the client address to (default
@@ -202,7 +302,7 @@ impl ClientIp {
 impl<B> KeyExtractor<B> for ClientIp {
     fn extract(&self, req: &Request<B>) -> Result<String, MissingKey> {
         self.client_ip(req)
-            .map(ip_key)
+            .map(|ip| self.v6.key(ip))
             .ok_or(MissingKey::new(NO_PEER_ADDRESS))
     }
 }
@@ -416,7 +516,9 @@ mod tests {
         // Behind a proxy that appends X-Forwarded-For, a client-written Forwarded is ignored.
         assert_eq!(proxies().extract(&r).unwrap(), "7.7.7.7");
         let forwarded = proxies().header(ForwardingHeader::Forwarded);
-        assert_eq!(forwarded.extract(&r).unwrap(), "2001:db8::7");
+        assert_eq!(forwarded.extract(&r).unwrap(), "2001:db8::/64");
+        let exact = forwarded.ipv6_prefix(128).unwrap();
+        assert_eq!(exact.extract(&r).unwrap(), "2001:db8::7");
     }
 
     #[test]
@@ -469,8 +571,8 @@ mod tests {
         let r = req("192.0.2.1:9", &[("x-api-key", "abc")]);
         assert_eq!(HeaderKey::new("x-api-key").extract(&r).unwrap(), "abc");
         assert!(HeaderKey::new("x-user").extract(&r).is_err());
-        assert_eq!(PeerIp.extract(&r).unwrap(), "192.0.2.1");
-        assert!(PeerIp.extract(&Request::new(())).is_err());
+        assert_eq!(PeerIp::new().extract(&r).unwrap(), "192.0.2.1");
+        assert!(PeerIp::new().extract(&Request::new(())).is_err());
         assert!(ClientIp::trusting(["nope"]).is_err());
     }
 
@@ -481,7 +583,77 @@ mod tests {
         r.extensions_mut().insert(axum::extract::ConnectInfo(
             "192.0.2.44:80".parse::<SocketAddr>().unwrap(),
         ));
-        assert_eq!(PeerIp.extract(&r).unwrap(), "192.0.2.44");
+        assert_eq!(PeerIp::new().extract(&r).unwrap(), "192.0.2.44");
+    }
+
+    #[test]
+    fn ipv6_clients_in_one_prefix_share_a_key_and_other_prefixes_do_not() {
+        let peer = |ip: &str| PeerIp::new().extract(&req(ip, &[])).unwrap();
+        assert_eq!(
+            peer("[2001:db8:aa:bb::1]:1"),
+            peer("[2001:db8:aa:bb:ffff:ffff:ffff:ffff]:2")
+        );
+        assert_eq!(peer("[2001:db8:aa:bb::1]:1"), "2001:db8:aa:bb::/64");
+        assert_ne!(peer("[2001:db8:aa:bb::1]:1"), peer("[2001:db8:aa:bc::1]:1"));
+        // A configured /48 groups more; /128 keys each address.
+        let p48 = PeerIp::new().ipv6_prefix(48).unwrap();
+        let r = |ip: &str| req(ip, &[]);
+        assert_eq!(
+            p48.extract(&r("[2001:db8:aa:bb::1]:1")).unwrap(),
+            p48.extract(&r("[2001:db8:aa:ff::1]:1")).unwrap()
+        );
+        assert_eq!(
+            p48.extract(&r("[2001:db8:aa::]:1")).unwrap(),
+            "2001:db8:aa::/48"
+        );
+        let p128 = PeerIp::new().ipv6_prefix(128).unwrap();
+        assert_ne!(
+            p128.extract(&r("[2001:db8::1]:1")).unwrap(),
+            p128.extract(&r("[2001:db8::2]:1")).unwrap()
+        );
+        // An odd length masks inside a group of 16 bits.
+        let p1 = PeerIp::new().ipv6_prefix(1).unwrap();
+        assert_eq!(p1.extract(&r("[ffff::1]:1")).unwrap(), "8000::/1");
+        // ClientIp groups the client it finds the same way (and IPv4 stays whole).
+        let behind = |xff: &str| proxies().extract(&req("10.0.0.1:1", &[("x-forwarded-for", xff)]));
+        assert_eq!(behind("2001:db8:1:2::9").unwrap(), "2001:db8:1:2::/64");
+        assert_eq!(behind("2001:db8:1:2::9"), behind("2001:db8:1:2:abcd::1"));
+        assert_ne!(behind("2001:db8:1:2::9"), behind("2001:db8:1:3::9"));
+        assert_eq!(behind("203.0.113.9").unwrap(), "203.0.113.9");
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_counts_as_the_ipv4_address() {
+        for prefix in [1, 64, 128] {
+            let peer = PeerIp::new().ipv6_prefix(prefix).unwrap();
+            let mapped = peer.extract(&req("[::ffff:192.0.2.1]:1", &[])).unwrap();
+            let v4 = peer.extract(&req("192.0.2.1:1", &[])).unwrap();
+            assert_eq!(mapped, v4);
+            assert_eq!(v4, "192.0.2.1");
+            // Another IPv4 address in the mapped range's /64 is another client.
+            let other = peer.extract(&req("[::ffff:192.0.2.2]:1", &[])).unwrap();
+            assert_ne!(other, v4);
+        }
+        let behind = proxies().extract(&req(
+            "10.0.0.1:1",
+            &[("x-forwarded-for", "::ffff:198.51.100.3")],
+        ));
+        assert_eq!(behind.unwrap(), "198.51.100.3");
+    }
+
+    #[test]
+    fn ipv6_prefix_outside_1_to_128_is_rejected_with_a_clear_error() {
+        for bits in [0, 129, 255] {
+            let err = PeerIp::new().ipv6_prefix(bits).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("/{bits} is not between /1 and /128")),
+                "{err}"
+            );
+            assert!(proxies().ipv6_prefix(bits).is_err());
+        }
+        assert!(PeerIp::new().ipv6_prefix(128).is_ok());
+        assert!(PeerIp::new().ipv6_prefix(1).is_ok());
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl RateLimitLayer {
                 policies: policies.into_iter().collect(),
                 exempt: Vec::new(),
                 allow: Vec::new(),
-                key: PeerIp,
+                key: PeerIp::new(),
                 backend: AnyBackend::default(),
                 on_limited: DefaultOnLimited,
                 header_mode: HeaderMode::Always,

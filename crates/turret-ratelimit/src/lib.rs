@@ -120,7 +120,10 @@ pub use concurrency::{
 };
 pub use future::ResponseFuture;
 pub use headers::HeaderMode;
-pub use key::{ClientIp, ForwardingHeader, GlobalKey, HeaderKey, KeyExtractor, MissingKey, PeerIp};
+pub use key::{
+    ClientIp, DEFAULT_IPV6_PREFIX, ForwardingHeader, GlobalKey, HeaderKey, InvalidIpv6Prefix,
+    KeyExtractor, MissingKey, PeerIp,
+};
 pub use layer::RateLimitLayer;
 pub use on_limited::{DefaultOnLimited, Limited, OnLimited};
 pub use policy::{Policy, RequestHead};

@@ -450,7 +450,7 @@ fn a_missing_peer_address_names_the_fix_for_this_build() {
     use crate::{ClientIp, KeyExtractor, PeerIp};
     let req = Request::new(());
     for what in [
-        PeerIp.extract(&req).unwrap_err().to_string(),
+        PeerIp::new().extract(&req).unwrap_err().to_string(),
         <ClientIp as KeyExtractor<()>>::extract(&ClientIp::trusting(["10.0.0.0/8"]).unwrap(), &req)
             .unwrap_err()
             .to_string(),

@@ -39,11 +39,24 @@ pub(crate) struct Config {
     #[arg(long, env = "RATE_LIMIT_ALGORITHM", value_enum, default_value_t = RateAlgorithm::SlidingLog)]
     pub(crate) rate_limit_algorithm: RateAlgorithm,
 
-    /// Proxies whose `Forwarded` / `X-Forwarded-For` fields are believed, as CIDRs or
+    /// Proxies whose forwarding field (`--forwarded-header`) is believed, as CIDRs or
     /// addresses separated by commas (e.g. `10.0.0.0/8,192.168.1.7`). None by default: the
     /// client is the peer address.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
     pub(crate) trusted_proxies: Vec<String>,
+
+    /// The field the trusted proxies append the client's address to: `x-forwarded-for`, or
+    /// `forwarded` (RFC 7239 `Forwarded: for=…`). Only that one is read; the other is the
+    /// client's to forge. The chain is walked from the right: the first address that is not a
+    /// trusted proxy is the client.
+    #[arg(long, env = "FORWARDED_HEADER", value_enum, default_value_t = ForwardedHeader::XForwardedFor)]
+    pub(crate) forwarded_header: ForwardedHeader,
+
+    /// IPv6 clients share a quota per prefix of this many bits (1–128; 128: one per address).
+    /// IPv4 clients have one each; IPv4-mapped IPv6 addresses count as IPv4.
+    #[arg(long, env = "IPV6_PREFIX", default_value_t = turret_ratelimit::DEFAULT_IPV6_PREFIX,
+          value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub(crate) ipv6_prefix: u8,
 
     /// How long product responses stay in the response cache (`300`, `300s`, `5m`, `1h`).
     /// Categories stay 1 hour.
@@ -117,6 +130,24 @@ impl From<RateAlgorithm> for turret_ratelimit::Algorithm {
     }
 }
 
+/// The forwarding fields `ClientIp` can read, as flag values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1` (nginx, HAProxy, most load balancers).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
+}
+
+impl From<ForwardedHeader> for turret_ratelimit::ForwardingHeader {
+    fn from(h: ForwardedHeader) -> Self {
+        match h {
+            ForwardedHeader::XForwardedFor => Self::XForwardedFor,
+            ForwardedHeader::Forwarded => Self::Forwarded,
+        }
+    }
+}
+
 /// Parses `300`, `300s`, `500ms`, `5m`, `5min`, `1h` (a bare number is seconds).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -185,5 +216,30 @@ mod tests {
         let c =
             Config::try_parse_from(["shop", "--trusted-proxies", "10.0.0.0/8,127.0.0.1"]).unwrap();
         assert_eq!(c.trusted_proxies, ["10.0.0.0/8", "127.0.0.1"]);
+        assert_eq!(c.forwarded_header, ForwardedHeader::XForwardedFor);
+        assert_eq!(c.ipv6_prefix, 64);
+        let c = Config::try_parse_from([
+            "shop",
+            "--forwarded-header",
+            "forwarded",
+            "--ipv6-prefix",
+            "48",
+        ])
+        .unwrap();
+        assert_eq!(c.forwarded_header, ForwardedHeader::Forwarded);
+        assert_eq!(c.ipv6_prefix, 48);
+    }
+
+    #[test]
+    fn bad_forwarding_flags_are_refused_with_what_is_allowed() {
+        for bad in ["0", "129", "300", "x"] {
+            let err = Config::try_parse_from(["shop", "--ipv6-prefix", bad]).unwrap_err();
+            assert!(err.to_string().contains("--ipv6-prefix"), "{err}");
+        }
+        let err = Config::try_parse_from(["shop", "--ipv6-prefix", "129"]).unwrap_err();
+        assert!(err.to_string().contains("1..=128"), "{err}");
+        let err = Config::try_parse_from(["shop", "--forwarded-header", "x-real-ip"]).unwrap_err();
+        assert!(err.to_string().contains("x-forwarded-for"), "{err}");
+        assert!(err.to_string().contains("forwarded"), "{err}");
     }
 }

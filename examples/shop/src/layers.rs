@@ -33,7 +33,7 @@ where
         .rate_limit
         .with_algorithm(config.rate_limit_algorithm.into());
     let layer = RateLimitLayer::new(quota)
-        .key(ClientIp::trusting(&config.trusted_proxies)?)
+        .key(client_ip(config)?)
         .exempt("/health")
         .exempt("/metrics")
         .on_limited(too_many_requests);
@@ -45,6 +45,15 @@ where
         ),
         None => router.layer(layer),
     })
+}
+
+/// The client's address: the peer, or behind `--trusted-proxies` the rightmost untrusted
+/// address of `--forwarded-header`; IPv6 grouped by `--ipv6-prefix`.
+fn client_ip(config: &Config) -> Result<ClientIp, String> {
+    ClientIp::trusting(&config.trusted_proxies)?
+        .header(config.forwarded_header.into())
+        .ipv6_prefix(config.ipv6_prefix)
+        .map_err(|e| e.to_string())
 }
 
 /// The 429 body; the layer adds `Retry-After`, `RateLimit`, `RateLimit-Policy` and

@@ -29,14 +29,31 @@ struct Shop {
 impl Shop {
     /// A shop on its own new SQLite database.
     fn start(args: &[&str]) -> Shop {
+        Shop::start_env(args, &[])
+    }
+
+    /// A shop on its own new SQLite database, with these environment variables set.
+    fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Shop {
         let dir = TempDir::new().expect("temp dir");
-        let mut shop = Shop::spawn(&db_url(dir.path()), dir.path(), "shop", args).wait_ready();
+        let mut shop =
+            Shop::spawn_env(&db_url(dir.path()), dir.path(), "shop", args, envs).wait_ready();
         shop._dir = Some(dir);
         shop
     }
 
     /// Starts the process without waiting for it (see [`Shop::wait_ready`]).
     fn spawn(database_url: &str, log_dir: &Path, name: &str, args: &[&str]) -> Starting {
+        Shop::spawn_env(database_url, log_dir, name, args, &[])
+    }
+
+    /// [`Shop::spawn`] with these environment variables set.
+    fn spawn_env(
+        database_url: &str,
+        log_dir: &Path,
+        name: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Starting {
         let log = log_dir.join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_shop"))
@@ -46,6 +63,10 @@ impl Shop {
             .env_remove("DATABASE_URL")
             .env_remove("RATE_LIMIT")
             .env_remove("CACHE_TTL")
+            .env_remove("TRUSTED_PROXIES")
+            .env_remove("FORWARDED_HEADER")
+            .env_remove("IPV6_PREFIX")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -569,6 +590,150 @@ fn forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
             .status,
         429
     );
+}
+
+#[test]
+fn behind_an_rfc_7239_proxy_each_client_has_its_own_quota_and_a_forged_element_opens_none() {
+    // The proxy (loopback) appends `Forwarded: for=…`; with `x-forwarded-for` (the default)
+    // the shop does not read it, so every client is the proxy itself.
+    let statuses = |shop: &Shop, forwarded: &[&str]| -> Vec<u16> {
+        forwarded
+            .iter()
+            .map(|f| shop.get_with("/products/1", &[("forwarded", f)]).status)
+            .collect()
+    };
+    let xff = Shop::start(&["--rate-limit", "2/60s", "--trusted-proxies", "127.0.0.1/32"]);
+    assert_eq!(
+        statuses(&xff, &["for=1.1.1.1", "for=2.2.2.2", "for=3.3.3.3"]),
+        [200, 200, 429]
+    );
+
+    let shop = Shop::start(&[
+        "--rate-limit",
+        "2/60s",
+        "--trusted-proxies",
+        "127.0.0.1/32",
+        "--forwarded-header",
+        "forwarded",
+    ]);
+    // Each forwarded client has its own quota (IPv6 in RFC 7239's quoted form too).
+    assert_eq!(
+        statuses(
+            &shop,
+            &[
+                "for=1.1.1.1",
+                "for=2.2.2.2;proto=https",
+                "for=1.1.1.1",
+                "for=\"[2001:db8::7]:443\"",
+                "For=2.2.2.2",
+            ]
+        ),
+        [200, 200, 200, 200, 200]
+    );
+    // 1.1.1.1 has spent its 2. A forged leftmost element (the client's own, followed by
+    // what the proxy appended) is never chosen, whatever it names; neither is a forged
+    // X-Forwarded-For, which this shop does not read.
+    assert_eq!(
+        statuses(
+            &shop,
+            &[
+                "for=9.9.9.9, for=1.1.1.1",
+                "for=\"[2001:db8:ffff::1]\", for=1.1.1.1"
+            ]
+        ),
+        [429, 429]
+    );
+    let forged_xff = shop.get_with(
+        "/products/1",
+        &[("x-forwarded-for", "8.8.8.8"), ("forwarded", "for=1.1.1.1")],
+    );
+    assert_eq!(forged_xff.status, 429);
+    // The forged names got no quota of their own: 9.9.9.9 is still whole.
+    assert_eq!(statuses(&shop, &["for=9.9.9.9", "for=9.9.9.9"]), [200, 200]);
+    // Trusted proxies in the chain are skipped: the client is the first untrusted address
+    // from the right.
+    assert_eq!(statuses(&shop, &["for=5.5.5.5, for=127.0.0.1"]), [200]);
+    assert_eq!(
+        statuses(&shop, &["for=5.5.5.5, for=127.0.0.1"]),
+        [200],
+        "the first untrusted address from the right is 5.5.5.5"
+    );
+    assert_eq!(statuses(&shop, &["for=5.5.5.5"]), [429]);
+}
+
+#[test]
+fn ipv6_clients_share_a_quota_per_prefix() {
+    // Behind the trusted loopback proxy, so the test can name IPv6 clients.
+    let statuses = |shop: &Shop, clients: &[&str]| -> Vec<u16> {
+        clients
+            .iter()
+            .map(|ip| {
+                shop.get_with("/products/1", &[("x-forwarded-for", ip)])
+                    .status
+            })
+            .collect()
+    };
+    let shop = Shop::start(&["--rate-limit", "2/60s", "--trusted-proxies", "127.0.0.1/32"]);
+    // Two addresses of one /64 are one client: the third request of the /64 is refused.
+    assert_eq!(
+        statuses(
+            &shop,
+            &["2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "2001:db8:1:2::3"]
+        ),
+        [200, 200, 429]
+    );
+    // Another /64 has its own quota; an IPv4-mapped address is the IPv4 client.
+    assert_eq!(
+        statuses(
+            &shop,
+            &[
+                "2001:db8:1:3::1",
+                "2001:db8:1:3::2",
+                "::ffff:192.0.2.7",
+                "192.0.2.7"
+            ]
+        ),
+        [200, 200, 200, 200]
+    );
+    assert_eq!(statuses(&shop, &["::ffff:192.0.2.7"]), [429]);
+
+    // IPV6_PREFIX=128 (the flag's environment fallback): each address on its own.
+    let shop = Shop::start_env(
+        &["--rate-limit", "2/60s", "--trusted-proxies", "127.0.0.1/32"],
+        &[("IPV6_PREFIX", "128")],
+    );
+    assert_eq!(
+        statuses(
+            &shop,
+            &[
+                "2001:db8:1:2::1",
+                "2001:db8:1:2::1",
+                "2001:db8:1:2::2",
+                "2001:db8:1:2::2"
+            ]
+        ),
+        [200, 200, 200, 200]
+    );
+    assert_eq!(statuses(&shop, &["2001:db8:1:2::1"]), [429]);
+}
+
+#[test]
+fn a_bad_ipv6_prefix_or_forwarded_header_stops_the_shop_with_a_clear_error() {
+    for (flag, value, says) in [
+        ("--ipv6-prefix", "0", "1..=128"),
+        ("--ipv6-prefix", "129", "1..=128"),
+        ("--forwarded-header", "x-real-ip", "x-forwarded-for"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_shop"))
+            .args([flag, value])
+            .env_remove("IPV6_PREFIX")
+            .env_remove("FORWARDED_HEADER")
+            .output()
+            .expect("run the shop binary");
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag) && stderr.contains(says), "{stderr}");
+    }
 }
 
 /// Sends `n` requests to `path` at once (threads released together by a barrier).

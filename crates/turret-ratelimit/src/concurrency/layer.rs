@@ -68,7 +68,7 @@ impl ConcurrencyLimitLayer {
             shared: Arc::new(Shared {
                 name: name.into(),
                 max,
-                key: PeerIp,
+                key: PeerIp::new(),
                 backend: AnyConcurrency::default(),
                 exempt: Vec::new(),
                 failure: FailureMode::Open,
