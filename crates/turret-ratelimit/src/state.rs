@@ -2,12 +2,16 @@
 //! failure modes they choose, and the runtime state (the offender cache, the degraded flag).
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     sync::{Arc, Mutex, atomic::AtomicBool},
     time::Instant,
 };
 
-use crate::{HeaderMode, MemoryBackend, Policy};
+use crate::{
+    HeaderMode, MemoryBackend, Policy,
+    backend::memory::{MAX_KEY_BYTES, long_key_digest},
+};
 
 /// What to do when the backend (Redis) cannot decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,7 +35,10 @@ pub enum MissingKeyAction {
 }
 
 /// Local memory of clients refused until a known time, so that a flood from one client is
-/// refused without asking Redis (bounded; never refuses past the time Redis gave).
+/// refused without asking Redis (bounded; never refuses past the time Redis gave). Keys the
+/// client may choose the length of (an API key header) are kept as the memory backend keeps
+/// them: as they are up to 128 bytes, as a 33-byte digest beyond, so the cache's memory is
+/// bounded by its entry count whatever clients send.
 #[derive(Debug, Default)]
 pub(crate) struct Offenders {
     map: Mutex<HashMap<(Arc<str>, String), Instant>>,
@@ -42,7 +49,7 @@ const MAX_OFFENDERS: usize = 100_000;
 impl Offenders {
     pub(crate) fn blocked_until(&self, policy: &Arc<str>, key: &str) -> Option<Instant> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let until = *map.get(&(policy.clone(), key.to_owned()))?;
+        let until = *map.get(&(policy.clone(), bounded(key).into_owned()))?;
         (until > Instant::now()).then_some(until)
     }
 
@@ -55,7 +62,16 @@ impl Offenders {
                 return;
             }
         }
-        map.insert((policy.clone(), key.to_owned()), until);
+        map.insert((policy.clone(), bounded(key).into_owned()), until);
+    }
+}
+
+/// The key as the offender cache keeps it: the memory backend's bound and digest.
+fn bounded(key: &str) -> Cow<'_, str> {
+    if key.len() > MAX_KEY_BYTES {
+        Cow::Owned(long_key_digest(key))
+    } else {
+        Cow::Borrowed(key)
     }
 }
 
@@ -77,4 +93,32 @@ pub(crate) struct Shared<K, Bk, L> {
     pub(crate) offenders: Arc<Offenders>,
     /// Whether the backend failed on its last decision (one log line per change).
     pub(crate) degraded: Arc<AtomicBool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn offenders_keep_long_client_keys_as_digests_and_tell_them_apart() {
+        let offenders = Offenders::default();
+        let policy: Arc<str> = Arc::from("default");
+        let until = Instant::now() + Duration::from_secs(60);
+        let long_a = "a".repeat(64 * 1024);
+        let long_b = format!("{}b", "a".repeat(64 * 1024 - 1));
+        let at_bound = "k".repeat(MAX_KEY_BYTES);
+        offenders.block(&policy, &long_a, until);
+        offenders.block(&policy, &at_bound, until);
+        assert_eq!(offenders.blocked_until(&policy, &long_a), Some(until));
+        assert_eq!(offenders.blocked_until(&policy, &at_bound), Some(until));
+        // Another long key, the same but for its last byte, is not blocked by the first.
+        assert_eq!(offenders.blocked_until(&policy, &long_b), None);
+        let map = offenders.map.lock().unwrap();
+        let mut lengths: Vec<usize> = map.keys().map(|(_, k)| k.len()).collect();
+        lengths.sort_unstable();
+        // 33 bytes for the 64 KiB key; the key at the bound as it is.
+        assert_eq!(lengths, [33, MAX_KEY_BYTES]);
+    }
 }

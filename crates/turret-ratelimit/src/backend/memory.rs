@@ -450,11 +450,11 @@ impl MemoryBackend {
 }
 
 /// Keys longer than this are kept as [`long_key_digest`].
-const MAX_KEY_BYTES: usize = 128;
+pub(crate) const MAX_KEY_BYTES: usize = 128;
 
 /// `#` and the first 128 bits of the key's SHA-256 in hex: 33 bytes whatever the key's
 /// length. Distinct long keys share a quota only on a 128-bit SHA-256 prefix collision.
-fn long_key_digest(key: &str) -> String {
+pub(crate) fn long_key_digest(key: &str) -> String {
     use sha2::{Digest, Sha256};
     use std::fmt::Write as _;
     let digest = Sha256::digest(key.as_bytes());
