@@ -480,9 +480,93 @@ async fn redis_stopped_with_fallback_limits_locally() {
     assert_eq!(ok, 3, "{statuses:?}");
 }
 
+fn acquire(b: &turret_ratelimit::RedisConcurrency) -> turret_ratelimit::AcquireFuture {
+    use turret_ratelimit::ConcurrencyBackend;
+    match b.acquire("p", "ghost", 1) {
+        turret_ratelimit::Acquire::Pending(f) => f,
+        turret_ratelimit::Acquire::Ready(_) => unreachable!("redis decides asynchronously"),
+    }
+}
+
+/// Two instances on one Redis, at most one request per client in flight, leases of
+/// `lease`; a request whose `x-hold` header is set waits in the handler until `gate` gives
+/// it a permit, after telling `entered`.
+fn held_concurrency_fleet(
+    redis: [Redis; 2],
+    lease: Duration,
+    gate: Arc<tokio::sync::Semaphore>,
+    entered: Arc<tokio::sync::Notify>,
+) -> Vec<BoxCloneService<Request<String>, Response<turret_ratelimit::PermitBody<String>>, Infallible>>
+{
+    use turret_ratelimit::{ConcurrencyLimitLayer, RedisConcurrency};
+    redis
+        .into_iter()
+        .map(|redis| {
+            let (gate, entered) = (gate.clone(), entered.clone());
+            BoxCloneService::new(
+                ServiceBuilder::new()
+                    .layer(
+                        ConcurrencyLimitLayer::new("exports", 1)
+                            .backend(RedisConcurrency::new(redis).lease(lease)),
+                    )
+                    .service(service_fn(move |req: Request<String>| {
+                        let (gate, entered) = (gate.clone(), entered.clone());
+                        async move {
+                            if req.headers().contains_key("x-hold") {
+                                entered.notify_one();
+                                let _permit = gate.acquire().await.unwrap();
+                            }
+                            Ok::<_, Infallible>(Response::new(String::from("ok")))
+                        }
+                    })),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_outliving_its_lease_keeps_its_slot_fleet_wide() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(300);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let redis = [redis(&server.url()).await, redis(&server.url()).await];
+    let fleet = held_concurrency_fleet(redis, lease, gate.clone(), entered.clone());
+    let mut held = get("192.0.2.40");
+    held.headers_mut().insert("x-hold", "1".parse().unwrap());
+    let running = tokio::spawn(fleet[0].clone().oneshot(held));
+    entered.notified().await;
+    // Redis' clock decides when a lease ends, so real time passes here: four lease times,
+    // long past the lease the request started with.
+    for _ in 0..4 {
+        tokio::time::sleep(lease).await;
+        let other = fleet[1].clone().oneshot(get("192.0.2.40")).await.unwrap();
+        assert_eq!(
+            other.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "the running request's slot was freed"
+        );
+    }
+    // Another client is not held up by it.
+    let stranger = fleet[1].clone().oneshot(get("192.0.2.41")).await.unwrap();
+    assert_eq!(stranger.status(), StatusCode::OK);
+    gate.add_permits(1);
+    assert_eq!(running.await.unwrap().unwrap().status(), StatusCode::OK);
+    // Released (the release is sent in the background): the slot is free again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let res = fleet[1].clone().oneshot(get("192.0.2.40")).await.unwrap();
+        if res.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was never given back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_leases_are_shared_by_the_fleet_and_expire() {
-    use turret_ratelimit::{ConcurrencyBackend, ConcurrencyLimitLayer, RedisConcurrency};
+    use turret_ratelimit::{ConcurrencyLimitLayer, RedisConcurrency};
 
     let server = RedisServer::start();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -519,15 +603,26 @@ async fn concurrency_leases_are_shared_by_the_fleet_and_expire() {
         assert_eq!(status.unwrap(), StatusCode::OK);
     }
 
-    // A lease whose holder vanished (its permit never released) expires by itself.
+    // A lease whose instance died holding it (its runtime gone: no release, no extension)
+    // expires by itself.
+    let url = server.url();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let backend =
+                RedisConcurrency::new(redis(&url).await).lease(Duration::from_millis(200));
+            let permit = acquire(&backend).await.unwrap().expect("first slot");
+            std::mem::forget(permit);
+        });
+        // Dropping the runtime ends the instance's tasks, its lease extension among them.
+    })
+    .join()
+    .unwrap();
     let backend =
         RedisConcurrency::new(redis(&server.url()).await).lease(Duration::from_millis(200));
-    let acquire = |b: &RedisConcurrency| match b.acquire("p", "ghost", 1) {
-        turret_ratelimit::Acquire::Pending(f) => f,
-        turret_ratelimit::Acquire::Ready(_) => unreachable!("redis decides asynchronously"),
-    };
-    let permit = acquire(&backend).await.unwrap().expect("first slot");
-    std::mem::forget(permit);
     assert!(acquire(&backend).await.unwrap().is_none());
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(

@@ -23,9 +23,29 @@ return {1, n + 1}",
     )
 });
 
+/// KEYS[1] = the sorted set; ARGV = max, lease id, lease ttl µs. Extends a live lease; one
+/// that is gone (Redis restarted empty, or the lease ran out while Redis was unreachable) is
+/// taken again if a slot is free. Returns 1 when the lease is held, 0 when it is lost.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "ratelimit_concurrency_renew",
+        "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+local ttl = tonumber(ARGV[3])
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], string.format('%.0f', now + ttl), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], math.ceil(ttl / 1000) + 1)
+return 1",
+    )
+});
+
 /// In-flight counts on Redis, shared by the fleet. Each permit is a lease in a sorted
-/// set that expires after the lease time if its instance dies without releasing it; a
-/// request running longer than the lease time stops counting against its key.
+/// set. While its request runs, the instance extends the lease every third of the lease
+/// time, so a request running longer than the lease keeps its slot; if the instance dies,
+/// its leases expire after the lease time. A lease lost in an empty restart of Redis is
+/// taken again at the next extension if a slot is free.
 #[derive(Debug, Clone)]
 pub struct RedisConcurrency {
     redis: Redis,
@@ -41,7 +61,8 @@ impl RedisConcurrency {
         }
     }
 
-    /// How long a lease outlives an instance that died holding it.
+    /// How long a lease outlives an instance that died holding it (extended every third of
+    /// it while the request runs).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease.max(Duration::from_millis(1));
         self
@@ -81,7 +102,10 @@ impl ConcurrencyBackend for RedisConcurrency {
             if granted != 1 {
                 return Ok(None);
             }
+            let renewing = tokio::spawn(renew(redis.clone(), rkey.clone(), id.clone(), max, lease))
+                .abort_handle();
             Ok(Some(Permit::new(in_flight.max(0) as u32, move || {
+                renewing.abort();
                 // Give the slot back without making anyone wait; if this fails, the lease
                 // expires by itself.
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -93,5 +117,37 @@ impl ConcurrencyBackend for RedisConcurrency {
                 }
             })))
         }))
+    }
+}
+
+/// Extends lease `id` every third of the lease time until aborted (the permit's drop). A
+/// failed call is retried at the next tick. A lease lost while its key is full (others took
+/// the slots after an empty restart) is not counted until a slot frees, then taken again.
+async fn renew(redis: Redis, rkey: String, id: String, max: u32, lease_micros: u64) {
+    let every = Duration::from_micros((lease_micros / 3).max(1_000));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lost_logged = false;
+    loop {
+        tick.tick().await;
+        match RENEW
+            .key(&rkey)
+            .arg(max)
+            .arg(&id)
+            .arg(lease_micros)
+            .invoke::<i64>(&redis)
+            .await
+        {
+            Ok(1) => lost_logged = false,
+            Ok(_) => {
+                if !lost_logged {
+                    tracing::warn!(key = %rkey, "concurrency lease lost and its key is full; the running request is no longer counted");
+                    lost_logged = true;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(key = %rkey, error = %e, "concurrency lease extension failed; retrying")
+            }
+        }
     }
 }
