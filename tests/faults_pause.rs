@@ -45,6 +45,20 @@ async fn paused_redis_rate_limiter_fail_closed_answers_503_within_the_command_ti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_redis_concurrency_limit_fail_open_adds_at_most_the_command_timeout() {
+    let server = RedisServer::start();
+    let layer = layers::concurrency(&server.url(), FailureMode::Open).await;
+    print(layer.name, &pause(&server, &layer).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_redis_concurrency_limit_fail_closed_answers_503_within_the_command_timeout() {
+    let server = RedisServer::start();
+    let layer = layers::concurrency(&server.url(), FailureMode::Closed).await;
+    print(layer.name, &pause(&server, &layer).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_rate_limiter_memory_fallback_adds_at_most_the_command_timeout() {
     let server = RedisServer::start();
     let layer = layers::limiter(&server.url(), FailureMode::Open, true).await;

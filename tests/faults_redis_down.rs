@@ -68,6 +68,28 @@ async fn killed_redis_rate_limiter_fail_closed_answers_503_fast_then_admits_agai
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_redis_concurrency_limit_fail_open_admits_everything_then_limits_fleet_wide_again() {
+    let mut server = RedisServer::start();
+    let layer = layers::concurrency(&server.url(), FailureMode::Open).await;
+    let r = kill_and_restart(&mut server, &layer).await;
+    assert_fail_open(layer.name, &r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_redis_concurrency_limit_fail_closed_answers_503_fast_then_admits_again() {
+    let mut server = RedisServer::start();
+    let layer = layers::concurrency(&server.url(), FailureMode::Closed).await;
+    let r = kill_and_restart(&mut server, &layer).await;
+    print(layer.name, &r);
+    assert_eq!(r.five_xx_while_down, r.sent_while_down);
+    assert!(
+        r.max_latency_while_down <= CMD_TIMEOUT + SLACK,
+        "a 503 took {:?}",
+        r.max_latency_while_down
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_redis_rate_limiter_memory_fallback_admits_everything_then_limits_fleet_wide_again()
 {
     let mut server = RedisServer::start();

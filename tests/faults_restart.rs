@@ -505,3 +505,71 @@ async fn no_waiter_is_stuck_across_an_empty_restart_under_load() {
         "[faults] redis restarted empty under load: {across} requests in flight across the restart; slowest request {slowest:?}; fleets back {back:?} after the restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_slot_held_across_an_empty_restart_under_load_is_taken_again() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let (ra, rb) = (connect(&url).await, connect(&url).await);
+    let lease = Duration::from_millis(300);
+    let a = layers::concurrency_service(ra.clone(), FailureMode::Open, lease);
+    let b = layers::concurrency_service(rb.clone(), FailureMode::Open, lease);
+    // Load: fresh clients through A all along.
+    let load = Load::start(
+        8,
+        common::sender(a.clone(), |i| layers::from_ip(&layers::ip(10, i), "/")),
+    );
+
+    let client = "198.18.0.77";
+    let hold = layers::Hold::default();
+    let mut req = layers::from_ip(client, "/");
+    req.extensions_mut().insert(hold.clone());
+    let a_held = a.clone();
+    let running = tokio::spawn(async move { common::outcome(&a_held, req).await });
+    hold.entered.notified().await;
+    assert_eq!(
+        common::outcome(&b, layers::from_ip(client, "/")).await,
+        Outcome::Status(429),
+        "before the restart the held request counts"
+    );
+
+    load.set_phase(Phase::Fault);
+    blocking(|| server.restart());
+    for redis in [&ra, &rb] {
+        reconnected(redis).await;
+    }
+    load.set_phase(Phase::Restored);
+    // The restart emptied Redis; the held request's next lease extension takes its slot
+    // again, so the fleet refuses a second request of the client while it runs.
+    let counted_again = until(recovery_deadline(), async || {
+        common::outcome(&b, layers::from_ip(client, "/")).await == Outcome::Status(429)
+    })
+    .await;
+    assert!(
+        counted_again.is_some(),
+        "the running request's slot was not taken again after the restart"
+    );
+    // And it stays counted, past several lease times.
+    for _ in 0..3 {
+        tokio::time::sleep(lease).await;
+        assert_eq!(
+            common::outcome(&b, layers::from_ip(client, "/")).await,
+            Outcome::Status(429)
+        );
+    }
+    hold.gate.add_permits(1);
+    assert_eq!(running.await.unwrap(), Outcome::Status(200));
+    let report = load.finish().await;
+    assert_eq!(report.hung(), 0, "a load request hung across the restart");
+    let failed = report
+        .samples
+        .iter()
+        .filter(|s| s.outcome != Outcome::Status(200))
+        .count();
+    eprintln!(
+        "[faults] redis restarted empty: concurrency slot taken again {:?} after the reconnect; {} load requests, {failed} not 200 (fail open)",
+        counted_again.unwrap(),
+        report.samples.len(),
+    );
+    assert_eq!(failed, 0, "fail open: every load request is admitted");
+}

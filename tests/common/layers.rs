@@ -17,7 +17,10 @@ use tower::{Layer as _, ServiceExt, service_fn, util::BoxCloneSyncService};
 use turret::{
     cache::{RedisStorage, ResponseCacheLayer, TieredStorage},
     conditional::{ConditionalLayer, ValidatorStore},
-    ratelimit::{FailureMode, Policy, Quota, RateLimitLayer, RedisBackend},
+    ratelimit::{
+        ConcurrencyLimitLayer, FailureMode, Policy, Quota, RateLimitLayer, RedisBackend,
+        RedisConcurrency,
+    },
     redis::Redis,
     stampede::{LeaseLock, StampedeCache},
 };
@@ -142,6 +145,101 @@ pub async fn limits_fleet_wide(a: &LimiterSvc, b: &LimiterSvc, client: &str) -> 
         .filter(|o| **o == Outcome::Status(429))
         .count();
     admitted == QUOTA as usize && limited == 6 - QUOTA as usize
+}
+
+/// A request marked so that the concurrency fault layer's origin holds it: it tells
+/// `entered`, then waits for a permit of `gate`.
+#[derive(Clone)]
+pub struct Hold {
+    pub gate: Arc<tokio::sync::Semaphore>,
+    pub entered: Arc<tokio::sync::Notify>,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self {
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            entered: Arc::default(),
+        }
+    }
+}
+
+/// The concurrency limiter's origin: 200 at once, or held (see [`Hold`]).
+fn holding_origin(
+    req: Request<()>,
+) -> impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static {
+    let hold = req.extensions().get::<Hold>().cloned();
+    async move {
+        if let Some(hold) = hold {
+            hold.entered.notify_one();
+            let _ = hold.gate.acquire().await;
+        }
+        Ok(Response::new(Full::from("done")))
+    }
+}
+
+pub type ConcurrencySvc = Svc<turret::ratelimit::PermitBody<Full<Bytes>>>;
+
+/// At most one request per client in flight, fleet-wide on Redis, leases of `lease`.
+pub fn concurrency_service(redis: Redis, mode: FailureMode, lease: Duration) -> ConcurrencySvc {
+    let layer = ConcurrencyLimitLayer::new("exports", 1)
+        .backend(RedisConcurrency::new(redis).lease(lease))
+        .failure_mode(mode);
+    BoxCloneSyncService::new(layer.layer(service_fn(holding_origin)))
+}
+
+/// The concurrency limiter (`ConcurrencyLimitLayer`, one request per client in flight, leases
+/// on Redis). The load: a fresh client per request, answered at once.
+pub async fn concurrency(url: &str, mode: FailureMode) -> Layer {
+    let (ra, rb) = (connect(url).await, connect(url).await);
+    let lease = Duration::from_secs(2);
+    let a = concurrency_service(ra.clone(), mode, lease);
+    let b = concurrency_service(rb, mode, lease);
+    let send = sender(a.clone(), |i| from_ip(&ip(10, i), "/"));
+    Layer {
+        name: match mode {
+            FailureMode::Open => "concurrency limit (fail open)",
+            FailureMode::Closed => "concurrency limit (fail closed)",
+        },
+        redis: ra,
+        send,
+        healthy: ok,
+        degraded: if mode == FailureMode::Closed {
+            unavailable
+        } else {
+            ok
+        },
+        normal: Arc::new(move |n| {
+            let (a, b) = (a.clone(), b.clone());
+            Box::pin(async move { limits_in_flight_fleet_wide(&a, &b, &ip(198, n)).await })
+        }),
+    }
+}
+
+/// Whether a request of `client` held in `a` makes `b` refuse the same client (one in flight
+/// fleet-wide), and the held one then completes.
+pub async fn limits_in_flight_fleet_wide(
+    a: &ConcurrencySvc,
+    b: &ConcurrencySvc,
+    client: &str,
+) -> bool {
+    let hold = Hold::default();
+    let mut req = from_ip(client, "/");
+    req.extensions_mut().insert(hold.clone());
+    let a = a.clone();
+    let mut running = tokio::spawn(async move { super::outcome(&a, req).await });
+    let entered = tokio::select! {
+        _ = hold.entered.notified() => true,
+        // Refused (or failed) before the handler.
+        _ = &mut running => false,
+    };
+    if !entered {
+        return false;
+    }
+    let other = super::outcome(b, from_ip(client, "/")).await;
+    hold.gate.add_permits(1);
+    let held = running.await.unwrap_or(Outcome::Err);
+    other == Outcome::Status(429) && held == Outcome::Status(200)
 }
 
 pub type CacheSvc = Svc<turret::cache::ResponseBody<Full<Bytes>>>;
