@@ -85,6 +85,10 @@ async fn after_an_empty_restart_the_first_call_of_every_script_succeeds() {
     let versions = layers::Versions::default();
     let cond_a = layers::conditional_service(da.clone(), &versions);
     let cond_b = layers::conditional_service(db.clone(), &versions);
+    let (qa, qb) = (connect(&url).await, connect(&url).await);
+    let lease = Duration::from_secs(10);
+    let conc_a = layers::concurrency_service(qa.clone(), FailureMode::Closed, lease);
+    let conc_b = layers::concurrency_service(qb.clone(), FailureMode::Closed, lease);
     let (sa, sb) = (connect(&url).await, connect(&url).await);
     let (stamp_a, stamp_b) = (
         layers::stampede_cache(sa.clone()),
@@ -109,9 +113,10 @@ async fn after_an_empty_restart_the_first_call_of_every_script_succeeds() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::PRECONDITION_FAILED);
     assert!(layers::shares_values(&stamp_a, &stamp_b, "before").await);
+    assert!(layers::limits_in_flight_fleet_wide(&conc_a, &conc_b, "198.51.100.3").await);
 
     blocking(|| server.restart());
-    for redis in [&la, &lb, &ca, &cb, &da, &db, &sa, &sb] {
+    for redis in [&la, &lb, &ca, &cb, &da, &db, &qa, &qb, &sa, &sb] {
         reconnected(redis).await;
     }
     assert_eq!(
@@ -182,6 +187,12 @@ async fn after_an_empty_restart_the_first_call_of_every_script_succeeds() {
     assert!(
         layers::shares_values(&stamp_a, &stamp_b, "after").await,
         "stampede cache after the restart"
+    );
+
+    // Concurrency limit (fail closed): the acquire script took A's slot, B's was refused.
+    assert!(
+        layers::limits_in_flight_fleet_wide(&conc_a, &conc_b, "198.51.100.4").await,
+        "concurrency limit after the restart"
     );
 
     // The scripts came back through NOSCRIPT → EVAL, not through an explicit SCRIPT LOAD.
