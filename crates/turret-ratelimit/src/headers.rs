@@ -6,7 +6,7 @@ use std::{io::Write as _, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::{Decision, Policy};
+use crate::verdict::Stamp;
 
 /// Which responses carry the rate-limit header fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,21 +32,29 @@ pub(crate) fn ceil_secs(d: Duration) -> u64 {
 }
 
 /// The delay a refused client is told to wait (`Retry-After` and `t`), at least 1 s.
-pub(crate) fn retry_secs(d: &Decision) -> Option<u64> {
-    d.retry_after.map(|r| ceil_secs(r).max(1))
+pub(crate) fn retry_secs(retry_after: Option<Duration>) -> Option<u64> {
+    retry_after.map(|r| ceil_secs(r).max(1))
 }
 
-/// Writes the fields for one decision. On a refusal `t` is the time until the request
-/// would be admitted (equal to `Retry-After`, so `Retry-After` is never earlier than `t`);
-/// on an admission it is the time until the quota is whole again.
+/// Writes the fields for one outcome: `RateLimit-Policy` lists every limit of the plan;
+/// `RateLimit` and `X-RateLimit-*` report the binding limit (on a refusal the one refusing
+/// longest, on an admission the one closest to exhaustion). On a refusal `Retry-After` is
+/// `retry_after`, when every limit would admit the request again, and `t` equals it (so
+/// `Retry-After` is never earlier than `t`); on an admission `t` is the time until the
+/// binding limit is whole again.
 pub(crate) fn write(
     headers: &mut HeaderMap,
-    policy: &Policy,
-    d: &Decision,
+    stamp: &Stamp,
     refused: bool,
+    retry_after: Option<Duration>,
     mode: HeaderMode,
 ) {
-    let retry = if refused { retry_secs(d) } else { None };
+    let d = &stamp.decision;
+    let retry = if refused {
+        retry_secs(retry_after)
+    } else {
+        None
+    };
     if let Some(secs) = retry {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
@@ -58,17 +66,19 @@ pub(crate) fn write(
     if !show {
         return;
     }
+    let Some(limit) = stamp.plan.limits().get(stamp.binding) else {
+        return;
+    };
     let t = retry.unwrap_or_else(|| ceil_secs(d.reset_after));
-    let fields = &policy.fields;
-    headers.insert(RATELIMIT_POLICY.clone(), fields.policy.clone());
+    headers.insert(RATELIMIT_POLICY.clone(), stamp.plan.policy_field().clone());
     // `"name";r=…;t=…`, built once into one buffer that becomes the header value.
-    let mut value = Vec::with_capacity(fields.quoted_name.len() + 24);
-    value.extend_from_slice(&fields.quoted_name);
+    let mut value = Vec::with_capacity(limit.quoted_name.len() + 24);
+    value.extend_from_slice(&limit.quoted_name);
     let _ = write!(value, ";r={};t={t}", d.remaining);
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(RATELIMIT.clone(), v);
     }
-    headers.insert(X_LIMIT.clone(), fields.limit.clone());
+    headers.insert(X_LIMIT.clone(), limit.limit_field.clone());
     headers.insert(X_REMAINING.clone(), HeaderValue::from(d.remaining));
     headers.insert(X_RESET.clone(), HeaderValue::from(t));
 }
@@ -76,7 +86,15 @@ pub(crate) fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Quota;
+    use crate::{Decision, Plan, Quota};
+
+    fn stamp(plan: &Plan, decision: Decision) -> Stamp {
+        Stamp {
+            plan: plan.clone(),
+            binding: 0,
+            decision,
+        }
+    }
 
     fn decision(allowed: bool, remaining: u32, reset_ms: u64, retry_ms: Option<u64>) -> Decision {
         Decision {
@@ -90,13 +108,13 @@ mod tests {
 
     #[test]
     fn allowed_response_fields_are_structured_fields() {
-        let policy = Policy::new("per-ip", Quota::per_minute(100));
+        let plan = Plan::new("per-ip", Quota::per_minute(100));
         let mut h = HeaderMap::new();
         write(
             &mut h,
-            &policy,
-            &decision(true, 42, 30_500, None),
+            &stamp(&plan, decision(true, 42, 30_500, None)),
             false,
+            None,
             HeaderMode::Always,
         );
         assert_eq!(h["ratelimit-policy"], "\"per-ip\";q=100;w=60");
@@ -139,13 +157,13 @@ mod tests {
 
     #[test]
     fn refusal_retry_after_rounds_up_and_matches_t() {
-        let policy = Policy::new("p", Quota::per_second(10));
+        let plan = Plan::new("p", Quota::per_second(10));
         let mut h = HeaderMap::new();
         write(
             &mut h,
-            &policy,
-            &decision(false, 0, 1000, Some(100)),
+            &stamp(&plan, decision(false, 0, 1000, Some(100))),
             true,
+            Some(Duration::from_millis(100)),
             HeaderMode::Always,
         );
         assert_eq!(h["retry-after"], "1", "never 'retry after 0 s'");
@@ -154,9 +172,9 @@ mod tests {
         let mut h = HeaderMap::new();
         write(
             &mut h,
-            &policy,
-            &decision(false, 0, 1000, Some(2001)),
+            &stamp(&plan, decision(false, 0, 1000, Some(2001))),
             true,
+            Some(Duration::from_millis(2001)),
             HeaderMode::Never,
         );
         assert_eq!(h["retry-after"], "3");
@@ -165,7 +183,7 @@ mod tests {
 
     #[test]
     fn policy_names_cannot_break_the_field() {
-        let policy = Policy::new("a\"b\\c d", Quota::per_second(1));
+        let policy = crate::Policy::new("a\"b\\c d", Quota::per_second(1));
         assert_eq!(policy.name(), "a_b_c_d");
     }
 }

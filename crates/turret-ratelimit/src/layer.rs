@@ -77,6 +77,7 @@ impl RateLimitLayer {
                 fallback: None,
                 missing: MissingKeyAction::Reject,
                 offenders: Arc::default(),
+                waiting: Arc::default(),
                 degraded: Arc::default(),
             },
         }
@@ -168,6 +169,7 @@ impl<K, Bk, L> RateLimitLayer<K, Bk, L> {
                 fallback: s.fallback,
                 missing: s.missing,
                 offenders: s.offenders,
+                waiting: s.waiting,
                 degraded: s.degraded,
             },
         }

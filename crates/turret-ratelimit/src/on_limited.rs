@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::{Decision, Policy};
+use crate::{Decision, Limit, Plan, Policy};
 
 /// What a refusal looks like: implemented for closures `Fn(&Limited) -> Response<Bytes>`.
 /// The layer adds `Retry-After` and the rate-limit fields afterwards.
@@ -24,22 +24,29 @@ where
 
 /// What the [`OnLimited`] hook knows about a refusal.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Limited<'a> {
     /// The policy that refused.
     pub policy: &'a Policy,
+    /// The plan the request was decided under.
+    pub plan: &'a Plan,
+    /// The plan's limit that refused (of several, the one it waits longest for).
+    pub limit: &'a Limit,
     /// The client's key.
     pub key: &'a str,
-    /// The decision.
+    /// That limit's decision.
     pub decision: &'a Decision,
 }
 
-/// The default refusal: `429 Too Many Requests`, `text/plain`.
+/// The default refusal: `429 Too Many Requests`, `text/plain`, naming the limit that
+/// refused: `Too Many Requests (limit "default")`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultOnLimited;
 
 impl OnLimited for DefaultOnLimited {
-    fn on_limited(&self, _: &Limited<'_>) -> Response<Bytes> {
-        let mut res = Response::new(Bytes::from_static(b"Too Many Requests\n"));
+    fn on_limited(&self, limited: &Limited<'_>) -> Response<Bytes> {
+        let body = format!("Too Many Requests (limit \"{}\")\n", limited.limit.name());
+        let mut res = Response::new(Bytes::from(body));
         *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         res.headers_mut().insert(
             http::header::CONTENT_TYPE,

@@ -6,20 +6,20 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
 use crate::{
-    Backend, Decide, Decision, KeyExtractor, MissingKey, RequestHead, ResponseBody,
-    future::{Pending, ResponseFuture},
+    Backend, Decide, Decision, KeyExtractor, MissingKey, Outcome, RequestHead, ResponseBody,
+    future::{Delayed, Pending, Reservation, ResponseFuture},
     on_limited::OnLimited,
     state::{MissingKeyAction, Shared},
-    verdict::{Verdict, grpc_error, verdict},
+    verdict::{Asked, Verdict, grpc_error, verdict},
 };
 
 /// The rate-limit middleware: see [`RateLimitLayer`](crate::RateLimitLayer).
@@ -49,17 +49,31 @@ impl<S: std::fmt::Debug, K, Bk, L> std::fmt::Debug for RateLimit<S, K, Bk, L> {
 impl<S, K, Bk, L> RateLimit<S, K, Bk, L> {
     turret_body::inner_service_accessors!();
 
+    /// Calls the inner service at once, or after a delay, or answers with the refusal.
     fn respond<ReqBody>(
         &mut self,
         req: Request<ReqBody>,
         verdict: Verdict,
+        reserve: impl FnOnce(&Arc<Shared<K, Bk, L>>) -> Reservation,
     ) -> ResponseFuture<S, ReqBody, K, Bk, L>
     where
-        S: Service<Request<ReqBody>>,
+        S: Service<Request<ReqBody>> + Clone,
     {
         match verdict {
             Verdict::Refuse(res) => ResponseFuture::ready(res, self.shared.clone()),
-            Verdict::Pass(stamp) => {
+            Verdict::Pass { stamp, delay } if !delay.is_zero() => {
+                // The inner service is ready (`poll_ready`): take it along and leave a clone.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let delayed = Delayed {
+                    req,
+                    inner,
+                    stamp,
+                    reservation: reserve(&self.shared),
+                };
+                ResponseFuture::waiting(delay, delayed, self.shared.clone())
+            }
+            Verdict::Pass { stamp, .. } => {
                 ResponseFuture::call(self.inner.call(req), stamp, self.shared.clone())
             }
         }
@@ -112,11 +126,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
-        let head = RequestHead {
-            method: req.method(),
-            uri: req.uri(),
-            headers: req.headers(),
-        };
+        let head = RequestHead::of(&req);
         if shared.exempt.iter().any(|p| p == head.uri.path()) {
             return ResponseFuture::call(self.inner.call(req), None, self.shared.clone());
         }
@@ -131,7 +141,10 @@ where
                     tracing::error!(policy = %policy.name, %missing, "rate limit: no key for this request; answering 500");
                     report_missing_key(&MISSING_KEY_REPORTED, &policy.name, &missing);
                     let res = if is_grpc(&req) {
-                        grpc_error("13", "rate%20limit%20key%20missing")
+                        grpc_error(
+                            "13",
+                            HeaderValue::from_static("rate%20limit%20key%20missing"),
+                        )
                     } else {
                         let mut res = Response::new(Bytes::from_static(MISSING_KEY_BODY));
                         *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
@@ -145,32 +158,64 @@ where
         if shared.allow.contains(&key) {
             return ResponseFuture::call(self.inner.call(req), None, self.shared.clone());
         }
+        let plan = policy.plan_for(head, &key);
         let cost = policy.cost_of(head);
         let grpc = is_grpc(&req);
 
         if !shared.backend.is_local()
-            && let Some(until) = shared.offenders.blocked_until(&policy.name, &key)
+            && let Some((until, binding)) =
+                shared.offenders.blocked_until(&policy.name, &key, &plan)
         {
             // Refused by Redis until `until`: refuse again without asking.
             let wait = until.saturating_duration_since(Instant::now());
+            let limit = plan.limits().get(binding).map_or(0, |l| l.quota().count());
             let decision = Decision {
                 allowed: false,
-                limit: policy.quota.count(),
+                limit,
                 remaining: 0,
                 reset_after: wait,
                 retry_after: Some(wait),
             };
-            let verdict = verdict(shared, idx, &key, cost, Ok(decision), grpc, None);
-            return self.respond(req, verdict);
+            let outcome = Outcome::refused_by(plan.limits().len(), binding, decision);
+            let asked = Asked {
+                idx,
+                plan: &plan,
+                key: &key,
+                cost,
+                grpc,
+                started: None,
+            };
+            let verdict = verdict(shared, &asked, Ok(outcome));
+            // An offender's refusal is never delayed: nothing to reserve.
+            return self.respond(req, verdict, |_| Reservation::none());
         }
 
+        // Delay mode: a place among the key's waiters, or no delay.
+        let waiter = match policy.delay {
+            Some(_) if plan.is_all_gcra() => shared.waiting.enter(idx, &key, policy.max_waiting),
+            _ => None,
+        };
+        let max_delay = match (&waiter, policy.delay) {
+            (Some(_), Some(delay)) => delay,
+            _ => Duration::ZERO,
+        };
         match shared
             .backend
-            .decide(&policy.name, &key, &policy.quota, cost)
+            .decide(&policy.name, &key, &plan, cost, max_delay)
         {
             Decide::Ready(result) => {
-                let verdict = verdict(shared, idx, &key, cost, result, grpc, None);
-                self.respond(req, verdict)
+                let asked = Asked {
+                    idx,
+                    plan: &plan,
+                    key: &key,
+                    cost,
+                    grpc,
+                    started: None,
+                };
+                let verdict = verdict(shared, &asked, result);
+                self.respond(req, verdict, |shared| {
+                    Reservation::new(shared, idx, &plan, &key, cost, waiter)
+                })
             }
             Decide::Pending(decision) => {
                 // The inner service is driven to readiness by `poll_ready`; take that one and
@@ -181,10 +226,12 @@ where
                     req,
                     inner,
                     idx,
+                    plan,
                     key,
                     cost,
                     grpc,
                     started: Instant::now(),
+                    waiter,
                 };
                 ResponseFuture::deciding(decision, pending, self.shared.clone())
             }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    HeaderMode, MemoryBackend, Policy,
+    HeaderMode, MemoryBackend, Plan, Policy,
     backend::memory::{MAX_KEY_BYTES, long_key_digest},
 };
 
@@ -41,28 +41,117 @@ pub enum MissingKeyAction {
 /// bounded by its entry count whatever clients send.
 #[derive(Debug, Default)]
 pub(crate) struct Offenders {
-    map: Mutex<HashMap<(Arc<str>, String), Instant>>,
+    map: Mutex<HashMap<(Arc<str>, String), Blocked>>,
+}
+
+/// A client refused until `until` under `plan`, by its limit `binding`.
+#[derive(Debug)]
+struct Blocked {
+    until: Instant,
+    plan: Plan,
+    binding: usize,
 }
 
 const MAX_OFFENDERS: usize = 100_000;
 
 impl Offenders {
-    pub(crate) fn blocked_until(&self, policy: &Arc<str>, key: &str) -> Option<Instant> {
+    /// When the key is refused until under `plan` (a plan changed since then, or another
+    /// plan the key has now, is asked again), and by which limit.
+    pub(crate) fn blocked_until(
+        &self,
+        policy: &Arc<str>,
+        key: &str,
+        plan: &Plan,
+    ) -> Option<(Instant, usize)> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let until = *map.get(&(policy.clone(), bounded(key).into_owned()))?;
-        (until > Instant::now()).then_some(until)
+        let blocked = map.get(&(policy.clone(), bounded(key).into_owned()))?;
+        (blocked.until > Instant::now() && blocked.plan == *plan)
+            .then_some((blocked.until, blocked.binding))
     }
 
-    pub(crate) fn block(&self, policy: &Arc<str>, key: &str, until: Instant) {
+    pub(crate) fn block(
+        &self,
+        policy: &Arc<str>,
+        key: &str,
+        plan: &Plan,
+        binding: usize,
+        until: Instant,
+    ) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_OFFENDERS {
             let now = Instant::now();
-            map.retain(|_, t| *t > now);
+            map.retain(|_, b| b.until > now);
             if map.len() >= MAX_OFFENDERS {
                 return;
             }
         }
-        map.insert((policy.clone(), bounded(key).into_owned()), until);
+        let blocked = Blocked {
+            until,
+            plan: plan.clone(),
+            binding,
+        };
+        map.insert((policy.clone(), bounded(key).into_owned()), blocked);
+    }
+}
+
+/// How many requests of each key wait for their turn (delay mode), bounded per key by the
+/// policy and in keys by [`MAX_WAITING_KEYS`].
+#[derive(Debug, Default)]
+pub(crate) struct Waiting {
+    map: Mutex<HashMap<(usize, String), u32>>,
+}
+
+/// Keys with requests waiting at once, at most: beyond, requests are decided without delay.
+const MAX_WAITING_KEYS: usize = 100_000;
+
+impl Waiting {
+    /// A place for one more waiter of `key` under policy `idx`, unless `max` already wait.
+    pub(crate) fn enter(self: &Arc<Self>, idx: usize, key: &str, max: u32) -> Option<Waiter> {
+        let key = bounded(key).into_owned();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_WAITING_KEYS && !map.contains_key(&(idx, key.clone())) {
+            return None;
+        }
+        let n = map.entry((idx, key.clone())).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Waiter {
+            waiting: self.clone(),
+            idx,
+            key,
+        })
+    }
+
+    /// How many wait for `key` under policy `idx`.
+    #[cfg(test)]
+    pub(crate) fn count(&self, idx: usize, key: &str) -> u32 {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(idx, bounded(key).into_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// One waiter's place; dropped, it leaves.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    waiting: Arc<Waiting>,
+    idx: usize,
+    key: String,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut map = self.waiting.map.lock().unwrap_or_else(|e| e.into_inner());
+        let k = (self.idx, std::mem::take(&mut self.key));
+        if let Some(n) = map.get_mut(&k) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&k);
+            }
+        }
     }
 }
 
@@ -91,6 +180,8 @@ pub(crate) struct Shared<K, Bk, L> {
     pub(crate) missing: MissingKeyAction,
     /// Clients Redis refused until a known time.
     pub(crate) offenders: Arc<Offenders>,
+    /// Requests waiting for their turn (delay mode).
+    pub(crate) waiting: Arc<Waiting>,
     /// Whether the backend failed on its last decision (one log line per change).
     pub(crate) degraded: Arc<AtomicBool>,
 }
@@ -105,16 +196,26 @@ mod tests {
     fn offenders_keep_long_client_keys_as_digests_and_tell_them_apart() {
         let offenders = Offenders::default();
         let policy: Arc<str> = Arc::from("default");
+        let plan = Plan::new("default", crate::Quota::per_second(1));
         let until = Instant::now() + Duration::from_secs(60);
         let long_a = "a".repeat(64 * 1024);
         let long_b = format!("{}b", "a".repeat(64 * 1024 - 1));
         let at_bound = "k".repeat(MAX_KEY_BYTES);
-        offenders.block(&policy, &long_a, until);
-        offenders.block(&policy, &at_bound, until);
-        assert_eq!(offenders.blocked_until(&policy, &long_a), Some(until));
-        assert_eq!(offenders.blocked_until(&policy, &at_bound), Some(until));
+        offenders.block(&policy, &long_a, &plan, 0, until);
+        offenders.block(&policy, &at_bound, &plan, 0, until);
+        assert_eq!(
+            offenders.blocked_until(&policy, &long_a, &plan),
+            Some((until, 0))
+        );
+        assert_eq!(
+            offenders.blocked_until(&policy, &at_bound, &plan),
+            Some((until, 0))
+        );
         // Another long key, the same but for its last byte, is not blocked by the first.
-        assert_eq!(offenders.blocked_until(&policy, &long_b), None);
+        assert_eq!(offenders.blocked_until(&policy, &long_b, &plan), None);
+        // Under another plan (changed at run time), the key is asked again.
+        let other = Plan::new("default", crate::Quota::per_second(2));
+        assert_eq!(offenders.blocked_until(&policy, &long_a, &other), None);
         let map = offenders.map.lock().unwrap();
         let mut lengths: Vec<usize> = map.keys().map(|(_, k)| k.len()).collect();
         lengths.sort_unstable();

@@ -72,7 +72,10 @@ async fn requests_beyond_the_quota_get_429_with_exact_fields() {
     assert_eq!(h["x-ratelimit-remaining"], "0");
     assert_eq!(h["x-ratelimit-reset"], "20");
     let body = res.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body, Bytes::from_static(b"Too Many Requests\n"));
+    assert_eq!(
+        body,
+        Bytes::from_static(b"Too Many Requests (limit \"default\")\n")
+    );
 
     // Another client is not affected; after 20 s one more request passes.
     assert_eq!(status(&svc, get("/", "192.0.2.2")).await, StatusCode::OK);

@@ -15,7 +15,8 @@ use std::{
 use http::{Request, Response, StatusCode};
 use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
 use turret_ratelimit::{
-    Algorithm, Backend, Decide, FailureMode, Quota, RateLimitLayer, RedisBackend, ResponseBody,
+    Algorithm, Backend, Decide, FailureMode, Plan, Quota, RateLimitLayer, RedisBackend,
+    ResponseBody,
 };
 use turret_redis::{BreakerConfig, Redis, RedisConfig};
 use turret_testkit::{RedisCluster, RedisServer};
@@ -65,9 +66,9 @@ fn get(ip: &str) -> Request<String> {
 }
 
 async fn decide(backend: &RedisBackend, key: &str, quota: &Quota) -> turret_ratelimit::Decision {
-    match backend.decide("p", key, quota, 1) {
-        Decide::Pending(f) => f.await.unwrap(),
-        Decide::Ready(r) => r.unwrap(),
+    match backend.decide("p", key, &Plan::new("p", *quota), 1, Duration::ZERO) {
+        Decide::Pending(f) => f.await.unwrap().decisions()[0],
+        Decide::Ready(r) => r.unwrap().decisions()[0],
     }
 }
 
@@ -241,7 +242,9 @@ async fn requests_queued_behind_a_cancelled_first_request_are_still_decided() {
     let server = RedisServer::start();
     let backend = RedisBackend::new(redis(&server.url()).await);
     let quota = Quota::per_hour(100);
-    let Decide::Pending(first) = backend.decide("p", "k", &quota, 1) else {
+    let Decide::Pending(first) =
+        backend.decide("p", "k", &Plan::new("p", quota), 1, Duration::ZERO)
+    else {
         panic!("Redis decisions are pending");
     };
     let queued = ask(&backend, "k", &quota, 5);
@@ -285,7 +288,9 @@ async fn requests_queued_behind_a_failing_call_get_its_error() {
     }
     assert_eq!(errors, 50, "every request answered, each with an error");
     // Nothing stays queued: a later decision makes a call of its own (and fails too).
-    let Decide::Pending(later) = backend.decide("p", "k", &quota, 1) else {
+    let Decide::Pending(later) =
+        backend.decide("p", "k", &Plan::new("p", quota), 1, Duration::ZERO)
+    else {
         panic!("Redis decisions are pending");
     };
     assert!(later.await.is_err());
@@ -299,10 +304,12 @@ fn ask(
     n: usize,
 ) -> Vec<turret_ratelimit::DecisionFuture> {
     (0..n)
-        .map(|_| match backend.decide("p", key, quota, 1) {
-            Decide::Pending(f) => f,
-            Decide::Ready(_) => panic!("Redis decisions are pending"),
-        })
+        .map(
+            |_| match backend.decide("p", key, &Plan::new("p", *quota), 1, Duration::ZERO) {
+                Decide::Pending(f) => f,
+                Decide::Ready(_) => panic!("Redis decisions are pending"),
+            },
+        )
         .collect()
 }
 
@@ -312,7 +319,7 @@ async fn futures_join(
 ) -> Vec<turret_ratelimit::Decision> {
     let mut tasks = tokio::task::JoinSet::new();
     for (i, f) in pending.into_iter().enumerate() {
-        tasks.spawn(async move { (i, f.await.unwrap()) });
+        tasks.spawn(async move { (i, f.await.unwrap().decisions()[0]) });
     }
     let mut out = Vec::new();
     while let Some(r) = tasks.join_next().await {

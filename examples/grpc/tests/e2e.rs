@@ -143,7 +143,7 @@ async fn calls_are_answered_until_the_quota_then_resource_exhausted_per_key() {
 
     let refused = alice.get_product(4).await.expect_err("over the quota");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert_eq!(refused.message(), "rate limit exceeded");
+    assert_eq!(refused.message(), "rate limit exceeded: default");
     let retry_after: u64 = metadata(refused.metadata(), "retry-after")
         .parse()
         .expect("retry-after in seconds");
@@ -157,7 +157,7 @@ async fn calls_are_answered_until_the_quota_then_resource_exhausted_per_key() {
     // The retry delay as google.rpc.RetryInfo in grpc-status-details-bin, for retry policies.
     let status = RpcStatus::decode(refused.details()).expect("a google.rpc.Status");
     assert_eq!(status.code, Code::ResourceExhausted as i32);
-    assert_eq!(status.message, "rate limit exceeded");
+    assert_eq!(status.message, "rate limit exceeded: default");
     assert_eq!(status.details.len(), 1, "{status:?}");
     assert_eq!(
         status.details[0].type_url,

@@ -1,7 +1,9 @@
 //! [`AnyBackend`]: the rate-limit backend chosen at run time, one type whatever the backend.
 
+use std::time::Duration;
+
 use super::{Backend, Decide, MemoryBackend};
-use crate::Quota;
+use crate::Plan;
 
 /// A rate-limit backend chosen at run time — memory or Redis — behind one type, so that
 /// [`RateLimitLayer`](crate::RateLimitLayer) is the same type whichever the configuration
@@ -53,11 +55,26 @@ impl From<Option<turret_redis::Redis>> for AnyBackend {
 }
 
 impl Backend for AnyBackend {
-    fn decide(&self, policy: &str, key: &str, quota: &Quota, cost: u32) -> Decide {
+    fn decide(
+        &self,
+        policy: &str,
+        key: &str,
+        plan: &Plan,
+        cost: u32,
+        max_delay: Duration,
+    ) -> Decide {
         match self {
-            AnyBackend::Memory(b) => b.decide(policy, key, quota, cost),
+            AnyBackend::Memory(b) => b.decide(policy, key, plan, cost, max_delay),
             #[cfg(feature = "redis")]
-            AnyBackend::Redis(b) => b.decide(policy, key, quota, cost),
+            AnyBackend::Redis(b) => b.decide(policy, key, plan, cost, max_delay),
+        }
+    }
+
+    fn refund(&self, policy: &str, key: &str, plan: &Plan, cost: u32) {
+        match self {
+            AnyBackend::Memory(b) => b.refund(policy, key, plan, cost),
+            #[cfg(feature = "redis")]
+            AnyBackend::Redis(b) => b.refund(policy, key, plan, cost),
         }
     }
 

@@ -13,11 +13,14 @@ use std::{
     hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
     num::{NonZeroU8, NonZeroU64},
     sync::{Arc, Mutex},
+    time::Duration,
 };
+
+use smallvec::SmallVec;
 
 use super::{Backend, Decide};
 use crate::{
-    Algorithm, Decision, MicrosClock, MonotonicClock, Quota,
+    Algorithm, Decision, MicrosClock, MonotonicClock, Outcome, Plan, Quota,
     algorithm::{fixed_window, gcra, sliding_log, sliding_window},
 };
 
@@ -182,18 +185,12 @@ impl KeyState {
     }
 }
 
-/// Decides on the state kept in a map slot, in place.
-fn decide_in(state: &Cell<KeyState>, now: u64, quota: &Quota, cost: u32) -> Decision {
-    let mut st = state.replace(KeyState::FRESH);
-    let decision = st.decide(now, quota, cost);
-    state.set(st);
-    decision
-}
-
 /// A policy's name and quota, and the backend's hash seed: kept once in a shard and shared
 /// (by [`Arc`]) by the shard's keys decided under them.
 struct Policy {
     name: Box<str>,
+    /// The limit of the policy's plan: empty for the limit named as the policy itself.
+    limit: Box<str>,
     quota: Quota,
     /// The seed the backend hashes keys with: a map that grows hashes its keys again.
     hasher: RandomState,
@@ -207,12 +204,13 @@ const POLICIES_PER_SHARD: usize = 16;
 fn policy_for(
     policies: &mut Vec<Arc<Policy>>,
     name: &str,
+    limit: &str,
     quota: &Quota,
     hasher: &RandomState,
 ) -> Arc<Policy> {
     if let Some(p) = policies
         .iter()
-        .find(|p| p.quota == *quota && *p.name == *name)
+        .find(|p| p.quota == *quota && *p.name == *name && *p.limit == *limit)
     {
         return Arc::clone(p);
     }
@@ -225,6 +223,7 @@ fn policy_for(
     }
     let p = Arc::new(Policy {
         name: name.into(),
+        limit: limit.into(),
         quota: *quota,
         hasher: hasher.clone(),
     });
@@ -305,18 +304,21 @@ impl Hasher for PreHashed {
     }
 }
 
-/// The seeded hash of a policy and key. Both are UTF-8, so neither contains the byte 0xff
-/// that ends each: distinct pairs hash distinct byte strings.
-fn key_hash(hasher: &RandomState, policy: &str, key: &[u8]) -> u64 {
+/// The seeded hash of a policy, limit and key. All are UTF-8, so none contains the byte 0xff
+/// that ends each: distinct triples hash distinct byte strings.
+fn key_hash(hasher: &RandomState, policy: &str, limit: &str, key: &[u8]) -> u64 {
     let mut h = hasher.build_hasher();
     h.write(policy.as_bytes());
+    h.write_u8(0xff);
+    h.write(limit.as_bytes());
     h.write_u8(0xff);
     h.write(key);
     h.write_u8(0xff);
     h.finish()
 }
 
-/// The shard of a key's hash: bits 32 to 37. The map takes a bucket from the low bits and
+/// The shard of a key's hash (of its policy and key, limit part empty, so that every limit
+/// of a plan is decided under one lock): bits 32 to 37. The map takes a bucket from the low bits and
 /// compares the top 7 bits first, so those must not be the same for all keys of a shard.
 fn shard_of(hash: u64) -> usize {
     (hash >> 32) as usize % SHARDS
@@ -393,60 +395,296 @@ impl MemoryBackend {
         self.len() == 0
     }
 
-    /// Decides synchronously.
+    /// Decides one quota synchronously (`policy`'s own limit).
     pub fn decide_now(&self, policy: &str, key: &str, quota: &Quota, cost: u32) -> Decision {
+        let limits = [LimitRef { part: "", quota }];
+        let outcome = self.decide_limits(policy, key, &limits, cost, 0);
+        outcome.decisions()[0]
+    }
+
+    /// Decides every quota of `plan` synchronously, all-or-nothing (see
+    /// [`Backend::decide`]).
+    pub fn decide_plan_now(
+        &self,
+        policy: &str,
+        key: &str,
+        plan: &Plan,
+        cost: u32,
+        max_delay: Duration,
+    ) -> Outcome {
+        let limits: SmallVec<[LimitRef<'_>; 3]> = plan
+            .limits()
+            .iter()
+            .map(|l| LimitRef {
+                part: l.part(policy),
+                quota: l.quota(),
+            })
+            .collect();
+        let max_delay = if plan.is_all_gcra() {
+            u64::try_from(max_delay.as_micros()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        self.decide_limits(policy, key, &limits, cost, max_delay)
+    }
+
+    /// The shard and the hashes of `key`'s limits, `key` bounded as it is kept.
+    fn locate(&self, policy: &str, key: &str, limits: &[LimitRef<'_>]) -> Located {
         // A client may choose its key's length (an API key header): long keys are kept as
         // a digest, so memory per key is bounded whatever the client sends.
-        let digest;
-        let key = if key.len() > MAX_KEY_BYTES {
-            digest = long_key_digest(key);
-            digest.as_str()
+        let key: Box<str> = if key.len() > MAX_KEY_BYTES {
+            long_key_digest(key).into()
         } else {
-            key
+            key.into()
         };
-        let hash = key_hash(&self.hasher, policy, key.as_bytes());
-        let shard = &self.shards[shard_of(hash)];
-        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let shard_hash = key_hash(&self.hasher, policy, "", key.as_bytes());
+        let hashes = limits
+            .iter()
+            .map(|l| {
+                if l.part.is_empty() {
+                    shard_hash
+                } else {
+                    key_hash(&self.hasher, policy, l.part, key.as_bytes())
+                }
+            })
+            .collect();
+        Located {
+            shard: shard_of(shard_hash),
+            key,
+            hashes,
+        }
+    }
+
+    /// The decision over `limits`, all-or-nothing, under the lock of the key's shard.
+    fn decide_limits(
+        &self,
+        policy: &str,
+        key: &str,
+        limits: &[LimitRef<'_>],
+        cost: u32,
+        max_delay_us: u64,
+    ) -> Outcome {
+        let Located { shard, key, hashes } = self.locate(policy, key, limits);
+        let mut shard = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         let ShardState { map, policies } = &mut *shard;
         let now = self.clock.now_micros();
-        // Look up without allocating the owned key.
-        let lookup = MapKeyRef {
-            hash,
+        let lookup = |i: usize| MapKeyRef {
+            hash: hashes[i],
             policy,
+            limit: limits[i].part,
             key: key.as_bytes(),
         };
-        let lookup = &lookup as &dyn KeyPair;
-        match map.get_key_value(lookup) {
-            Some((kept, state)) if kept.policy.quota == *quota => {
-                return decide_in(state, now, quota, cost);
-            }
-            Some(_) => {
-                // Its quota changed: the key starts over under the new one, and is kept even
-                // if refused.
-                if let Some((mut kept, _)) = map.remove_entry(lookup) {
-                    kept.policy = policy_for(policies, policy, quota, &self.hasher);
-                    let mut state = KeyState::new(quota.algorithm());
-                    let decision = state.decide(now, quota, cost);
-                    map.insert(kept, Cell::new(state));
-                    return decision;
+        // Each limit's state: kept under its quota (in place), or new (absent, or kept
+        // under another quota: it starts over).
+        let mut states: SmallVec<[(KeyState, Kept); 3]> = SmallVec::new();
+        let mut cells: SmallVec<[Option<&Cell<KeyState>>; 3]> = SmallVec::new();
+        for (i, l) in limits.iter().enumerate() {
+            let r = lookup(i);
+            let (state, kept, cell) = match map.get_key_value(&r as &dyn KeyPair) {
+                Some((k, cell)) if k.policy.quota == *l.quota => {
+                    (cell.replace(KeyState::FRESH), Kept::Same, Some(cell))
                 }
-            }
-            None => {}
+                Some(_) => (KeyState::new(l.quota.algorithm()), Kept::Other, None),
+                None => (KeyState::new(l.quota.algorithm()), Kept::No, None),
+            };
+            states.push((state, kept));
+            cells.push(cell);
         }
-        if map.len() >= self.max_per_shard {
+        let outcome = decide_states(&mut states, limits, now, cost, max_delay_us);
+        let admitted = outcome.allowed();
+        let mut new = 0;
+        for ((state, _), cell) in states.iter_mut().zip(cells) {
+            match cell {
+                Some(cell) => cell.set(std::mem::replace(state, KeyState::FRESH)),
+                None => new += usize::from(admitted),
+            }
+        }
+        if new == 0 {
+            return outcome;
+        }
+        if map.len() + new > self.max_per_shard {
             make_room(map, now, self.max_per_shard);
         }
-        let mut state = KeyState::new(quota.algorithm());
-        let decision = state.decide(now, quota, cost);
-        if decision.allowed {
-            let kept = MapKey {
-                policy: policy_for(policies, policy, quota, &self.hasher),
-                key: KeyBytes::new(key.as_bytes()),
+        for (i, (state, kept)) in states.into_iter().enumerate() {
+            let r = lookup(i);
+            let entry = match kept {
+                Kept::Same => continue,
+                Kept::Other => map.remove_entry(&r as &dyn KeyPair).map(|(k, _)| k),
+                Kept::No => None,
             };
-            map.insert(kept, Cell::new(state));
+            let mut entry = entry.unwrap_or_else(|| MapKey {
+                policy: policy_for(policies, policy, r.limit, limits[i].quota, &self.hasher),
+                key: KeyBytes::new(key.as_bytes()),
+            });
+            if entry.policy.quota != *limits[i].quota {
+                entry.policy = policy_for(policies, policy, r.limit, limits[i].quota, &self.hasher);
+            }
+            map.insert(entry, Cell::new(state));
         }
-        decision
+        outcome
     }
+
+    /// Gives back a delayed admission's turn on every GCRA limit of `plan`.
+    pub(crate) fn refund_now(&self, policy: &str, key: &str, plan: &Plan, cost: u32) {
+        let limits: SmallVec<[LimitRef<'_>; 3]> = plan
+            .limits()
+            .iter()
+            .map(|l| LimitRef {
+                part: l.part(policy),
+                quota: l.quota(),
+            })
+            .collect();
+        let Located { shard, key, hashes } = self.locate(policy, key, &limits);
+        let shard = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        for (i, l) in limits.iter().enumerate() {
+            if l.quota.algorithm() != Algorithm::Gcra {
+                continue;
+            }
+            let r = MapKeyRef {
+                hash: hashes[i],
+                policy,
+                limit: l.part,
+                key: key.as_bytes(),
+            };
+            if let Some((k, cell)) = shard.map.get_key_value(&r as &dyn KeyPair)
+                && k.policy.quota == *l.quota
+                && let KeyState::Counters(c) = cell.replace(KeyState::FRESH)
+            {
+                let back = l
+                    .quota
+                    .emission_interval_micros()
+                    .saturating_mul(u64::from(cost));
+                cell.set(KeyState::Counters(Counters::from_tat(
+                    c.tat().saturating_sub(back),
+                )));
+            }
+        }
+    }
+}
+
+/// One limit being decided: its part of the key (empty for the policy's own) and quota.
+#[derive(Clone, Copy)]
+struct LimitRef<'a> {
+    part: &'a str,
+    quota: &'a Quota,
+}
+
+/// Where a key's limits are: its shard, the key as kept, and each limit's hash.
+struct Located {
+    shard: usize,
+    key: Box<str>,
+    hashes: SmallVec<[u64; 3]>,
+}
+
+/// Whether a limit's state was in the map under the quota deciding it.
+#[derive(Clone, Copy)]
+enum Kept {
+    /// Kept under this quota.
+    Same,
+    /// Kept under another quota: starts over.
+    Other,
+    /// Not kept.
+    No,
+}
+
+/// Decides a request over every limit's state, all-or-nothing: when a limit refuses, the
+/// others are put back as they were, and report what they have left without the request.
+/// In delay mode (`max_delay_us` above zero, every limit GCRA), a request each limit would
+/// admit within the delay is admitted at the latest of their times, with its turn taken.
+fn decide_states(
+    states: &mut [(KeyState, Kept)],
+    limits: &[LimitRef<'_>],
+    now: u64,
+    cost: u32,
+    max_delay_us: u64,
+) -> Outcome {
+    if max_delay_us > 0
+        && let Some(outcome) = delayed(states, limits, now, cost, max_delay_us)
+    {
+        return outcome;
+    }
+    let mut decisions: SmallVec<[Decision; 3]> = SmallVec::new();
+    let mut undo: SmallVec<[Undo; 3]> = SmallVec::new();
+    for ((state, _), l) in states.iter_mut().zip(limits) {
+        undo.push(match state {
+            KeyState::Counters(c) => Undo::Counters(*c),
+            KeyState::Log(_) => Undo::Log,
+        });
+        decisions.push(state.decide(now, l.quota, cost));
+    }
+    if !decisions.iter().all(|d| d.allowed) {
+        for ((((state, _), l), d), u) in
+            states.iter_mut().zip(limits).zip(&mut decisions).zip(&undo)
+        {
+            if !d.allowed {
+                continue;
+            }
+            match u {
+                Undo::Counters(before) => *state = KeyState::Counters(*before),
+                Undo::Log => {
+                    if let KeyState::Log(log) = state {
+                        for _ in 0..cost {
+                            log.pop_back();
+                        }
+                    }
+                }
+            }
+            // What is left without the request: the same state decided at no cost.
+            *d = state.decide(now, l.quota, 0);
+        }
+    }
+    Outcome::new(decisions, Duration::ZERO)
+}
+
+/// A limit's state before a request, to put back when another limit refuses it.
+enum Undo {
+    /// The counters as they were.
+    Counters(Counters),
+    /// A log: the request's entries are the last ones.
+    Log,
+}
+
+/// Delay mode: `None` when some limit cannot admit the request within `max_delay_us`.
+fn delayed(
+    states: &mut [(KeyState, Kept)],
+    limits: &[LimitRef<'_>],
+    now: u64,
+    cost: u32,
+    max_delay_us: u64,
+) -> Option<Outcome> {
+    let mut wait = 0u64;
+    for ((state, _), l) in states.iter().zip(limits) {
+        let KeyState::Counters(c) = state else {
+            return None;
+        };
+        let (d, _) = gcra(Some(c.tat()), now, l.quota, cost);
+        if !d.allowed {
+            wait = wait.max(u64::try_from(d.retry_after?.as_micros()).ok()?);
+        }
+    }
+    if wait > max_delay_us {
+        return None;
+    }
+    let at = now.checked_add(wait)?;
+    let mut decisions: SmallVec<[Decision; 3]> = SmallVec::new();
+    for ((state, _), l) in states.iter().zip(limits) {
+        let KeyState::Counters(c) = state else {
+            return None;
+        };
+        let (d, new) = gcra(Some(c.tat()), at, l.quota, cost);
+        new?;
+        decisions.push(d);
+    }
+    for (((state, _), l), d) in states.iter_mut().zip(limits).zip(decisions.iter_mut()) {
+        let KeyState::Counters(c) = state else {
+            return None;
+        };
+        if let (_, Some(tat)) = gcra(Some(c.tat()), at, l.quota, cost) {
+            *c = Counters::from_tat(tat);
+        }
+        d.reset_after += Duration::from_micros(wait);
+    }
+    Some(Outcome::new(decisions, Duration::from_micros(wait)))
 }
 
 /// Keys longer than this are kept as [`long_key_digest`].
@@ -470,6 +708,7 @@ pub(crate) fn long_key_digest(key: &str) -> String {
 struct MapKeyRef<'a> {
     hash: u64,
     policy: &'a str,
+    limit: &'a str,
     key: &'a [u8],
 }
 
@@ -484,16 +723,26 @@ impl<'a> std::borrow::Borrow<dyn KeyPair + 'a> for MapKey {
 trait KeyPair {
     fn hash_value(&self) -> u64;
     fn policy(&self) -> &str;
+    fn limit(&self) -> &str;
     fn key(&self) -> &[u8];
 }
 
 impl KeyPair for MapKey {
     fn hash_value(&self) -> u64 {
-        key_hash(&self.policy.hasher, &self.policy.name, self.key.as_bytes())
+        key_hash(
+            &self.policy.hasher,
+            &self.policy.name,
+            &self.policy.limit,
+            self.key.as_bytes(),
+        )
     }
 
     fn policy(&self) -> &str {
         &self.policy.name
+    }
+
+    fn limit(&self) -> &str {
+        &self.policy.limit
     }
 
     fn key(&self) -> &[u8] {
@@ -508,6 +757,10 @@ impl KeyPair for MapKeyRef<'_> {
 
     fn policy(&self) -> &str {
         self.policy
+    }
+
+    fn limit(&self) -> &str {
+        self.limit
     }
 
     fn key(&self) -> &[u8] {
@@ -538,7 +791,9 @@ impl Eq for MapKey {}
 impl PartialEq for dyn KeyPair + '_ {
     fn eq(&self, other: &Self) -> bool {
         // The key first: it is in the map slot, the policy behind a pointer.
-        self.key() == other.key() && self.policy() == other.policy()
+        self.key() == other.key()
+            && self.policy() == other.policy()
+            && self.limit() == other.limit()
     }
 }
 
@@ -559,8 +814,19 @@ fn make_room(map: &mut Map, now: u64, max: usize) {
 }
 
 impl Backend for MemoryBackend {
-    fn decide(&self, policy: &str, key: &str, quota: &Quota, cost: u32) -> Decide {
-        Decide::Ready(Ok(self.decide_now(policy, key, quota, cost)))
+    fn decide(
+        &self,
+        policy: &str,
+        key: &str,
+        plan: &Plan,
+        cost: u32,
+        max_delay: Duration,
+    ) -> Decide {
+        Decide::Ready(Ok(self.decide_plan_now(policy, key, plan, cost, max_delay)))
+    }
+
+    fn refund(&self, policy: &str, key: &str, plan: &Plan, cost: u32) {
+        self.refund_now(policy, key, plan, cost);
     }
 
     fn is_local(&self) -> bool {
@@ -570,8 +836,6 @@ impl Backend for MemoryBackend {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::FakeMicrosClock;
 

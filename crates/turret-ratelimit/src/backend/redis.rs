@@ -5,13 +5,14 @@ use std::{
     collections::HashMap,
     fmt,
     sync::{Arc, LazyLock, Mutex},
+    time::Duration,
 };
 
 use tokio::sync::oneshot;
 use turret_redis::{Redis, Script};
 
 use super::{Backend, BackendError, Decide};
-use crate::{Algorithm, Decision, Quota};
+use crate::{Algorithm, Decision, Outcome, Plan, Quota};
 
 /// Reads `TIME` as microseconds. Scripts replicate their effects (Redis ≥ 5 default), so a
 /// script may read the clock before writing.
@@ -200,14 +201,207 @@ end
     )
 });
 
+/// Several limits at once, all-or-nothing, and delay mode. KEYS = one per limit (one hash
+/// slot: the same tag). ARGV = limit count, maximum delay µs (0: none; every limit GCRA
+/// otherwise), then four numbers per limit — algorithm (1 GCRA, 2 fixed window, 3 sliding
+/// window, 4 sliding log) and its parameters — then one cost per request. Returns per
+/// request the delay µs, then per limit {allowed, remaining, reset_us, retry_us (-1:
+/// never)}; a limit that would have admitted a refused request reports what it has left
+/// without it. Each state is read once and written once per batch.
+static MULTI: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "ratelimit_multi",
+        format!(
+            "{NOW}
+local n = tonumber(ARGV[1]) local maxd = tonumber(ARGV[2])
+local L = {{}}
+for i = 1, n do
+  local b = 2 + (i - 1) * 4
+  local l = {{k = KEYS[i], alg = tonumber(ARGV[b + 1]), a = tonumber(ARGV[b + 2]),
+    b = tonumber(ARGV[b + 3]), c = tonumber(ARGV[b + 4]), changed = false}}
+  if l.alg == 1 then
+    l.tat = tonumber(redis.call('GET', l.k) or 0)
+  elseif l.alg == 2 then
+    l.idx = math.floor(now / l.a) l.count = 0
+    local st = redis.call('HMGET', l.k, 'w', 'c')
+    if st[1] and tonumber(st[1]) == l.idx then l.count = tonumber(st[2]) end
+    l.reset = (l.idx + 1) * l.a - now
+  elseif l.alg == 3 then
+    l.idx = math.floor(now / l.a) l.prev = 0 l.curr = 0
+    local st = redis.call('HMGET', l.k, 'w', 'p', 'c')
+    if st[1] then
+      local j = tonumber(st[1])
+      if j == l.idx then l.prev = tonumber(st[2]) l.curr = tonumber(st[3])
+      elseif j + 1 == l.idx then l.prev = tonumber(st[3]) end
+    end
+    l.left = l.a - (now - l.idx * l.a)
+  else
+    redis.call('ZREMRANGEBYSCORE', l.k, '-inf', string.format('%.0f', now - l.a))
+    l.count = redis.call('ZCARD', l.k)
+  end
+  L[i] = l
+end
+-- The decision of one limit for `cost` arriving at `at` (GCRA; the windows decide at now),
+-- and the state it would leave, without writing it.
+local function check(l, cost, at)
+  if l.alg == 1 then
+    local t_, tau, count = l.a, l.b, l.c
+    local tat = l.tat
+    if tat < at then tat = at end
+    local new_tat = tat + t_ * cost
+    local diff = new_tat - at
+    if diff > tau or count == 0 then
+      local retry = -1
+      if t_ * cost <= tau and count > 0 then retry = diff - tau end
+      return {{0, math.floor(math.max(tau - (tat - at), 0) / t_), tat - at, retry}}
+    end
+    return {{1, math.floor((tau - diff) / t_), diff, -1, new_tat}}
+  elseif l.alg == 2 then
+    local limit = l.b
+    if l.count + cost > limit then
+      local retry = -1
+      if cost <= limit then retry = l.reset end
+      return {{0, math.max(limit - l.count, 0), l.reset, retry}}
+    end
+    return {{1, limit - l.count - cost, l.reset, -1}}
+  elseif l.alg == 3 then
+    local w, limit, prev, curr, left = l.a, l.b, l.prev, l.curr, l.left
+    local est_w = prev * left + curr * w
+    local admit_w = math.max(limit - cost, 0) * w
+    if cost > limit or est_w > admit_w then
+      local remaining = math.floor(math.max(limit * w - est_w, 0) / w)
+      local retry = -1
+      if cost <= limit then
+        local need_w = est_w - admit_w
+        if prev > 0 and need_w <= prev * left then
+          retry = math.ceil(need_w / prev)
+        else
+          local cap = limit - cost
+          local into_next = 0
+          if curr > cap then into_next = math.ceil((curr - cap) * w / curr) end
+          retry = left + into_next
+        end
+      end
+      local reset = left
+      if curr > 0 then reset = left + w end
+      return {{0, remaining, reset, retry}}
+    end
+    return {{1, math.floor((limit * w - est_w - cost * w) / w), left + w, -1}}
+  else
+    local w, limit = l.a, l.b
+    if l.count + cost > limit then
+      local retry = -1
+      if cost <= limit then
+        local e = redis.call('ZRANGE', l.k, l.count + cost - limit - 1, l.count + cost - limit - 1, 'WITHSCORES')
+        retry = tonumber(e[2]) + w - now
+      end
+      local last = redis.call('ZRANGE', l.k, -1, -1, 'WITHSCORES')
+      local reset = 0
+      if last[2] then reset = tonumber(last[2]) + w - now end
+      return {{0, math.max(limit - l.count, 0), reset, retry}}
+    end
+    return {{1, limit - l.count - cost, w, -1}}
+  end
+end
+local function commit(l, cost, r)
+  l.changed = true
+  if l.alg == 1 then l.tat = r[5]
+  elseif l.alg == 2 then l.count = l.count + cost
+  elseif l.alg == 3 then l.curr = l.curr + cost
+  else
+    local stamp = string.format('%.0f', now)
+    for i = 1, cost do
+      redis.call('ZADD', l.k, stamp, stamp .. ':' .. (l.count + i))
+    end
+    l.count = l.count + cost
+  end
+end
+local out = {{}}
+for j = 3 + 4 * n, #ARGV do
+  local cost = tonumber(ARGV[j])
+  local at, delay = now, 0
+  if maxd > 0 then
+    local wait, ok = 0, true
+    for i = 1, n do
+      local r = check(L[i], cost, now)
+      if r[1] == 0 then
+        if r[4] < 0 then ok = false elseif r[4] > wait then wait = r[4] end
+      end
+    end
+    if ok and wait <= maxd then at = now + wait delay = wait end
+  end
+  local rs, all = {{}}, true
+  for i = 1, n do
+    rs[i] = check(L[i], cost, at)
+    if rs[i][1] == 0 then all = false end
+  end
+  if all then
+    for i = 1, n do commit(L[i], cost, rs[i]) end
+  else
+    delay = 0
+    for i = 1, n do
+      rs[i] = check(L[i], cost, now)
+      if rs[i][1] == 1 then rs[i] = check(L[i], 0, now) end
+    end
+  end
+  out[#out + 1] = delay
+  for i = 1, n do
+    local r = rs[i]
+    out[#out + 1] = r[1] out[#out + 1] = r[2] out[#out + 1] = r[3] + delay out[#out + 1] = r[4]
+  end
+end
+for i = 1, n do
+  local l = L[i]
+  if l.changed then
+    if l.alg == 1 then
+      redis.call('SET', l.k, string.format('%.0f', l.tat), 'PX', math.max(math.ceil((l.tat - now) / 1000) + 1, 1000))
+    elseif l.alg == 2 then
+      redis.call('HSET', l.k, 'w', string.format('%.0f', l.idx), 'c', l.count)
+      redis.call('PEXPIRE', l.k, math.ceil(l.reset / 1000) + 1)
+    elseif l.alg == 3 then
+      redis.call('HSET', l.k, 'w', string.format('%.0f', l.idx), 'p', l.prev, 'c', l.curr)
+      redis.call('PEXPIRE', l.k, math.ceil((l.left + l.a) / 1000) + 1)
+    else
+      redis.call('PEXPIRE', l.k, math.ceil(l.a / 1000) + 1)
+    end
+  end
+end
+return out"
+        ),
+    )
+});
+
+/// Gives back delayed admissions' turns. KEYS = GCRA states; ARGV = the time to take back
+/// from each (µs). A TAT given back to the past is deleted (it decides as "now").
+static REFUND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "ratelimit_refund",
+        format!(
+            "{NOW}
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if tat then
+    local back = tat - tonumber(ARGV[i])
+    if back <= now then redis.call('DEL', KEYS[i])
+    else redis.call('SET', KEYS[i], string.format('%.0f', back), 'PX', math.max(math.ceil((back - now) / 1000) + 1, 1000)) end
+  end
+end
+return 0"
+        ),
+    )
+});
+
 /// Rate-limit state in Redis: every instance pointed at the same Redis shares one quota.
 ///
 /// Each decision is one `EVALSHA` of a Lua script doing the same maths as the memory backend
 /// atomically, on Redis' own clock (`TIME`), so the fleet agrees on time. A refusal writes
 /// nothing. Keys are `{prefix}rl:{{policy/key}}:{algorithm}` with the client key escaped
 /// (see `turret_redis::KeyBuilder`), so each runs on Redis Cluster and a client cannot reach
-/// another client's key. Keys expire when their quota is whole again (GCRA keys: not before
-/// a second).
+/// another client's key; a plan's other limits add their name,
+/// `{prefix}rl:{{policy/key}}:{limit}:{algorithm}`, in the same hash slot, so that one script
+/// decides every limit of a request at once, all-or-nothing. Keys expire when their quota
+/// is whole again (GCRA keys: not before a second). The quota travels with each call, so a
+/// quota changed at run time applies fleet-wide from the next decision.
 ///
 /// # Batching a hot key
 ///
@@ -227,7 +421,7 @@ pub struct RedisBackend {
 }
 
 /// A decision's answer, sent to the request waiting for it.
-type Reply = oneshot::Sender<Result<Decision, BackendError>>;
+type Reply = oneshot::Sender<Result<Outcome, BackendError>>;
 
 /// The keys with a call on its way, and the requests queued for each one's next call.
 #[derive(Default)]
@@ -249,9 +443,26 @@ impl Batches {
     }
 }
 
-/// The requests waiting for a key's next call, and the quota they were decided with.
+/// What one call decides: the Redis keys of a request's limits, the plan, the delay mode.
+#[derive(Clone)]
+struct Job {
+    keys: Arc<[String]>,
+    plan: Plan,
+    max_delay_us: u64,
+}
+
+impl Job {
+    /// Whether requests of `other` may go in the same call.
+    fn same(&self, other: &Job) -> bool {
+        self.max_delay_us == other.max_delay_us
+            && self.plan == other.plan
+            && self.keys == other.keys
+    }
+}
+
+/// The requests waiting for a key's next call, and what they are decided with.
 struct Queued {
-    quota: Quota,
+    job: Job,
     waiting: Vec<(u32, Reply)>,
 }
 
@@ -280,30 +491,118 @@ impl RedisBackend {
     /// Loads the scripts on every node ahead of the first decision (optional).
     pub async fn preload(&self) -> Result<(), BackendError> {
         self.redis
-            .preload(&[&GCRA, &FIXED, &SLIDING, &LOG])
+            .preload(&[&GCRA, &FIXED, &SLIDING, &LOG, &MULTI, &REFUND])
             .await
             .map_err(|e| BackendError::new(e.to_string(), e.is_unavailable()))
     }
 
-    /// The Redis key of `key` under `policy` for `algorithm`.
+    /// The Redis key of `key` under `policy` for `algorithm` (a policy's own limit).
     pub fn redis_key(&self, policy: &str, key: &str, algorithm: Algorithm) -> String {
+        self.limit_key(policy, key, "", algorithm)
+    }
+
+    /// The Redis key of `key` under `policy` for its limit `part` (empty: the policy's own).
+    fn limit_key(&self, policy: &str, key: &str, part: &str, algorithm: Algorithm) -> String {
         let mut tag = Vec::with_capacity(policy.len() + key.len() + 1);
         tag.extend_from_slice(policy.as_bytes());
         tag.push(b'/');
         tag.extend_from_slice(key.as_bytes());
-        self.redis
-            .key("rl")
-            .tag(tag)
-            .part(algorithm.as_str())
-            .build()
+        let mut b = self.redis.key("rl").tag(tag);
+        if !part.is_empty() {
+            b = b.part(part);
+        }
+        b.part(algorithm.as_str()).build()
+    }
+
+    /// The Redis keys of `key`'s limits of `plan` under `policy`, in the plan's order.
+    pub fn plan_keys(&self, policy: &str, key: &str, plan: &Plan) -> Vec<String> {
+        plan.limits()
+            .iter()
+            .map(|l| self.limit_key(policy, key, l.part(policy), l.quota().algorithm()))
+            .collect()
     }
 }
 
 /// The default of [`RedisBackend::max_batch`].
 const DEFAULT_MAX_BATCH: usize = 128;
 
-/// One script call deciding `costs` in order for `redis_key`.
+fn redis_error(e: turret_redis::Error) -> BackendError {
+    BackendError::new(e.to_string(), e.is_unavailable())
+}
+
+/// One script call deciding `costs` in order for `job`.
 async fn call(
+    redis: &Redis,
+    job: &Job,
+    costs: impl Iterator<Item = u32>,
+) -> Result<Vec<Outcome>, BackendError> {
+    let limits = job.plan.limits();
+    if limits.len() == 1 && job.max_delay_us == 0 {
+        let decisions = call_one(redis, &job.keys[0], limits[0].quota(), costs).await?;
+        return Ok(decisions.into_iter().map(Outcome::single).collect());
+    }
+    let mut call = MULTI.prepare();
+    for key in job.keys.iter() {
+        call = call.key(key.as_str());
+    }
+    call = call.arg(limits.len()).arg(job.max_delay_us);
+    for l in limits {
+        let q = l.quota();
+        call = match q.algorithm() {
+            Algorithm::Gcra => call
+                .arg(1)
+                .arg(q.emission_interval_micros())
+                .arg(q.tolerance_micros())
+                .arg(q.count()),
+            alg => call
+                .arg(match alg {
+                    Algorithm::FixedWindow => 2,
+                    Algorithm::SlidingWindow => 3,
+                    _ => 4,
+                })
+                .arg(q.period_micros())
+                .arg(q.count())
+                .arg(0),
+        };
+    }
+    let mut n = 0;
+    for cost in costs {
+        call = call.arg(cost);
+        n += 1;
+    }
+    let reply: Vec<i64> = call.invoke(redis).await.map_err(redis_error)?;
+    let per = 1 + 4 * limits.len();
+    if reply.len() != per * n {
+        return Err(BackendError::new(
+            format!(
+                "unexpected reply from {} for {n} requests of {} limits: {reply:?}",
+                MULTI.name(),
+                limits.len()
+            ),
+            false,
+        ));
+    }
+    let non_neg = |v: i64| v.max(0) as u64;
+    Ok(reply
+        .chunks_exact(per)
+        .map(|r| {
+            let decisions = r[1..].chunks_exact(4).zip(limits).map(|(d, l)| {
+                let [allowed, remaining, reset, retry] = [d[0], d[1], d[2], d[3]];
+                Decision::from_micros(
+                    allowed == 1,
+                    l.quota().count(),
+                    non_neg(remaining),
+                    non_neg(reset),
+                    (allowed != 1 && retry >= 0).then(|| non_neg(retry)),
+                )
+            });
+            Outcome::new(decisions, Duration::from_micros(non_neg(r[0])))
+        })
+        .collect())
+}
+
+/// One call of a single-quota script deciding `costs` in order for `redis_key`.
+async fn call_one(
     redis: &Redis,
     redis_key: &str,
     quota: &Quota,
@@ -328,10 +627,7 @@ async fn call(
         call = call.arg(cost);
         n += 1;
     }
-    let reply: Vec<i64> = call
-        .invoke(redis)
-        .await
-        .map_err(|e| BackendError::new(e.to_string(), e.is_unavailable()))?;
+    let reply: Vec<i64> = call.invoke(redis).await.map_err(redis_error)?;
     if reply.len() != 4 * n {
         return Err(BackendError::new(
             format!(
@@ -362,8 +658,8 @@ async fn call(
 async fn drive(
     redis: Redis,
     batches: Arc<Batches>,
-    redis_key: String,
-    quota: Quota,
+    batch_key: String,
+    job: Job,
     mut batch: Vec<(u32, Reply)>,
 ) {
     // Should this task end early (its runtime shutting down), the key must not stay
@@ -371,21 +667,15 @@ async fn drive(
     // get an error as their answers are dropped.
     let mut guard = InFlight {
         batches: &batches,
-        redis_key: &redis_key,
+        batch_key: &batch_key,
         armed: true,
     };
     loop {
-        let result = call(
-            &redis,
-            &redis_key,
-            &quota,
-            batch.iter().map(|(cost, _)| *cost),
-        )
-        .await;
+        let result = call(&redis, &job, batch.iter().map(|(cost, _)| *cost)).await;
         let failed = match result {
-            Ok(decisions) => {
-                for ((_, reply), decision) in batch.drain(..).zip(decisions) {
-                    let _ = reply.send(Ok(decision));
+            Ok(outcomes) => {
+                for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
                 }
                 None
             }
@@ -397,7 +687,7 @@ async fn drive(
             }
         };
         guard.armed = false;
-        match next_batch(&batches, &redis_key, failed) {
+        match next_batch(&batches, &batch_key, failed) {
             Some(next) => {
                 guard.armed = true;
                 batch = next;
@@ -407,25 +697,25 @@ async fn drive(
     }
 }
 
-/// After a call for `redis_key`: the requests queued meanwhile, to send next; or `None`, the
+/// After a call for `batch_key`: the requests queued meanwhile, to send next; or `None`, the
 /// key having left the map because nothing waits or because the call `failed` (the queued
 /// requests then get its error at once, not after another timeout; later ones start afresh).
 fn next_batch(
     batches: &Batches,
-    redis_key: &str,
+    batch_key: &str,
     failed: Option<BackendError>,
 ) -> Option<Vec<(u32, Reply)>> {
     let mut keys = batches.lock();
-    let queued = keys.get_mut(redis_key)?;
+    let queued = keys.get_mut(batch_key)?;
     if queued.waiting.is_empty() {
-        keys.remove(redis_key);
+        keys.remove(batch_key);
         return None;
     }
     let next = std::mem::take(&mut queued.waiting);
     let Some(e) = failed else {
         return Some(next);
     };
-    keys.remove(redis_key);
+    keys.remove(batch_key);
     drop(keys);
     for (_, reply) in next {
         let _ = reply.send(Err(e.clone()));
@@ -438,22 +728,16 @@ fn next_batch(
 struct Lead {
     redis: Redis,
     batches: Arc<Batches>,
-    redis_key: String,
-    quota: Quota,
+    batch_key: String,
+    job: Job,
     runtime: tokio::runtime::Handle,
     /// Until the call has come back: dropped before, the lead still hands over its queue.
     pending: bool,
 }
 
 impl Lead {
-    async fn decide(mut self, cost: u32) -> Result<Decision, BackendError> {
-        let result = call(
-            &self.redis,
-            &self.redis_key,
-            &self.quota,
-            std::iter::once(cost),
-        )
-        .await;
+    async fn decide(mut self, cost: u32) -> Result<Outcome, BackendError> {
+        let result = call(&self.redis, &self.job, std::iter::once(cost)).await;
         self.pending = false;
         self.hand_over(result.as_ref().err().cloned());
         result?
@@ -462,12 +746,12 @@ impl Lead {
     }
 
     fn hand_over(&self, failed: Option<BackendError>) {
-        if let Some(next) = next_batch(&self.batches, &self.redis_key, failed) {
+        if let Some(next) = next_batch(&self.batches, &self.batch_key, failed) {
             self.runtime.spawn(drive(
                 self.redis.clone(),
                 self.batches.clone(),
-                self.redis_key.clone(),
-                self.quota,
+                self.batch_key.clone(),
+                self.job.clone(),
                 next,
             ));
         }
@@ -487,29 +771,51 @@ impl Drop for Lead {
 /// Removes a key from the in-flight map if its driving task ends before it does.
 struct InFlight<'a> {
     batches: &'a Batches,
-    redis_key: &'a str,
+    batch_key: &'a str,
     armed: bool,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.batches.lock().remove(self.redis_key);
+            self.batches.lock().remove(self.batch_key);
         }
     }
 }
 
 impl Backend for RedisBackend {
-    fn decide(&self, policy: &str, key: &str, quota: &Quota, cost: u32) -> Decide {
-        let redis_key = self.redis_key(policy, key, quota.algorithm());
+    fn decide(
+        &self,
+        policy: &str,
+        key: &str,
+        plan: &Plan,
+        cost: u32,
+        max_delay: Duration,
+    ) -> Decide {
+        let max_delay_us = if plan.is_all_gcra() {
+            u64::try_from(max_delay.as_micros()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        let keys: Arc<[String]> = self.plan_keys(policy, key, plan).into();
+        // A call decides one plan in one mode: the first key names the batch, and the rest of
+        // the job must match for a request to join it.
+        let mut batch_key = keys[0].clone();
+        if keys.len() > 1 || max_delay_us > 0 {
+            batch_key.push_str("\u{0}plan");
+        }
+        let job = Job {
+            keys,
+            plan: plan.clone(),
+            max_delay_us,
+        };
         let redis = self.redis.clone();
-        let quota = *quota;
         if self.max_batch > 1
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let mut keys = self.batches.lock();
-            match keys.get_mut(&redis_key) {
-                Some(queued) if queued.quota == quota && queued.waiting.len() < self.max_batch => {
+            let mut batches = self.batches.lock();
+            match batches.get_mut(&batch_key) {
+                Some(queued) if queued.job.same(&job) && queued.waiting.len() < self.max_batch => {
                     let (reply, answer) = oneshot::channel();
                     queued.waiting.push((cost, reply));
                     return Decide::Pending(Box::pin(async move {
@@ -518,22 +824,22 @@ impl Backend for RedisBackend {
                         })
                     }));
                 }
-                // A full batch, or another quota under the same key: a call of its own.
+                // A full batch, or another plan under the same key: a call of its own.
                 Some(_) => {}
                 None => {
-                    keys.insert(
-                        redis_key.clone(),
+                    batches.insert(
+                        batch_key.clone(),
                         Queued {
-                            quota,
+                            job: job.clone(),
                             waiting: Vec::new(),
                         },
                     );
-                    drop(keys);
+                    drop(batches);
                     let lead = Lead {
                         redis,
                         batches: self.batches.clone(),
-                        redis_key,
-                        quota,
+                        batch_key,
+                        job,
                         runtime,
                         pending: true,
                     };
@@ -542,10 +848,41 @@ impl Backend for RedisBackend {
             }
         }
         Decide::Pending(Box::pin(async move {
-            let mut decisions = call(&redis, &redis_key, &quota, std::iter::once(cost)).await?;
-            decisions
+            let mut outcomes = call(&redis, &job, std::iter::once(cost)).await?;
+            outcomes
                 .pop()
                 .ok_or_else(|| BackendError::new("no decision in the reply", false))
         }))
+    }
+
+    fn refund(&self, policy: &str, key: &str, plan: &Plan, cost: u32) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut keys = Vec::new();
+        let mut backs = Vec::new();
+        for l in plan.limits() {
+            let q = l.quota();
+            if q.algorithm() == Algorithm::Gcra {
+                keys.push(self.limit_key(policy, key, l.part(policy), Algorithm::Gcra));
+                backs.push(q.emission_interval_micros().saturating_mul(u64::from(cost)));
+            }
+        }
+        if keys.is_empty() {
+            return;
+        }
+        let redis = self.redis.clone();
+        runtime.spawn(async move {
+            let mut call = REFUND.prepare();
+            for key in &keys {
+                call = call.key(key.as_str());
+            }
+            for back in &backs {
+                call = call.arg(*back);
+            }
+            if let Err(e) = call.invoke::<i64>(&redis).await {
+                tracing::debug!(error = %e, "rate limit: a delayed request's turn was not given back");
+            }
+        });
     }
 }
