@@ -484,6 +484,11 @@ impl MemoryBackend {
                 Some((k, cell)) if k.policy.quota == *l.quota => {
                     (cell.replace(KeyState::FRESH), Kept::Same, Some(cell))
                 }
+                // A quota changed at run time: the state carries over (as on Redis, where
+                // the quota travels with each call), decided under the new quota.
+                Some((k, cell)) if k.policy.quota.algorithm() == l.quota.algorithm() => {
+                    (cell.replace(KeyState::FRESH), Kept::Changed, Some(cell))
+                }
                 Some(_) => (KeyState::new(l.quota.algorithm()), Kept::Other, None),
                 None => (KeyState::new(l.quota.algorithm()), Kept::No, None),
             };
@@ -493,13 +498,15 @@ impl MemoryBackend {
         let outcome = decide_states(&mut states, limits, now, cost, max_delay_us);
         let admitted = outcome.allowed();
         let mut new = 0;
-        for ((state, _), cell) in states.iter_mut().zip(cells) {
+        let mut changed = false;
+        for ((state, kept), cell) in states.iter_mut().zip(cells) {
             match cell {
                 Some(cell) => cell.set(std::mem::replace(state, KeyState::FRESH)),
                 None => new += usize::from(admitted),
             }
+            changed |= matches!(kept, Kept::Changed);
         }
-        if new == 0 {
+        if new == 0 && !changed {
             return outcome;
         }
         if map.len() + new > self.max_per_shard {
@@ -507,10 +514,16 @@ impl MemoryBackend {
         }
         for (i, (state, kept)) in states.into_iter().enumerate() {
             let r = lookup(i);
-            let entry = match kept {
+            let (entry, state) = match kept {
                 Kept::Same => continue,
-                Kept::Other => map.remove_entry(&r as &dyn KeyPair).map(|(k, _)| k),
-                Kept::No => None,
+                // Kept under the new quota, with the state just decided.
+                Kept::Changed => match map.remove_entry(&r as &dyn KeyPair) {
+                    Some((k, cell)) => (Some(k), cell.into_inner()),
+                    None => continue,
+                },
+                _ if !admitted => continue,
+                Kept::Other => (map.remove_entry(&r as &dyn KeyPair).map(|(k, _)| k), state),
+                Kept::No => (None, state),
             };
             let mut entry = entry.unwrap_or_else(|| MapKey {
                 policy: policy_for(policies, policy, r.limit, limits[i].quota, &self.hasher),
@@ -581,7 +594,9 @@ struct Located {
 enum Kept {
     /// Kept under this quota.
     Same,
-    /// Kept under another quota: starts over.
+    /// Kept under another quota of the same algorithm: the state carries over.
+    Changed,
+    /// Kept under another algorithm: starts over.
     Other,
     /// Not kept.
     No,
@@ -980,19 +995,29 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_quota_starts_the_key_over() {
+    fn a_changed_quota_keeps_the_state_of_its_algorithm() {
         let b = MemoryBackend::with_clock(FakeMicrosClock::default());
         let (one, two) = (Quota::per_minute(1), Quota::per_minute(2));
         assert!(b.decide_now("p", "a", &one, 1).allowed);
         assert!(!b.decide_now("p", "a", &one, 1).allowed);
-        // A new quota: a whole one, even after the old was spent.
-        assert!(b.decide_now("p", "a", &two, 2).allowed);
-        // Refused under yet another quota, the key is still kept, and starts over.
-        assert!(!b.decide_now("p", "a", &Quota::per_minute(0), 1).allowed);
+        // Raised at run time: the minute just spent still counts (its TAT carries over), so
+        // 2 a minute admits one more now (a 30 s turn), not a whole new quota.
+        let d = b.decide_now("p", "a", &two, 1);
+        assert!(!d.allowed, "{d:?}");
+        assert_eq!(d.retry_after, Some(std::time::Duration::from_secs(30)));
+        // At 10 a minute the spent minute is its whole tolerance: a turn is 6 s away.
+        let d = b.decide_now("p", "a", &Quota::per_minute(10), 1);
+        assert_eq!(d.retry_after, Some(std::time::Duration::from_secs(6)));
         assert_eq!(b.len(), 1);
-        assert!(b.decide_now("p", "a", &one, 1).allowed);
-        assert!(!b.decide_now("p", "a", &one, 1).allowed);
+        // Another algorithm has no state to carry: the key starts over under it.
+        let fixed = Quota::per_minute(1).with_algorithm(Algorithm::FixedWindow);
+        assert!(b.decide_now("p", "a", &fixed, 1).allowed);
+        assert!(!b.decide_now("p", "a", &fixed, 1).allowed);
         assert_eq!(b.len(), 1);
+        // Refused under a quota of yet another algorithm, the key keeps its state.
+        let zero = Quota::per_minute(0).with_algorithm(Algorithm::SlidingWindow);
+        assert!(!b.decide_now("p", "a", &zero, 1).allowed);
+        assert!(!b.decide_now("p", "a", &fixed, 1).allowed);
     }
 
     #[test]
@@ -1019,8 +1044,10 @@ mod tests {
         for shard in b.shards.iter() {
             assert!(shard.lock().unwrap().policies.len() <= POLICIES_PER_SHARD);
         }
+        // "x" was decided under each quota in turn, its state carried over: 1,000 turns of
+        // 60 ms are 60 s, a whole minute of 1,000 a minute's tolerance, spent.
         let d = b.decide_now("p", "x", &Quota::per_minute(1000), 1);
-        assert_eq!(d.remaining, 998, "one spent under this quota before");
+        assert!(!d.allowed, "{d:?}");
         assert!(!b.decide_now("p", "y0", &Quota::per_minute(1), 1).allowed);
     }
 
