@@ -222,4 +222,22 @@ mod tests {
         // 33 bytes for the 64 KiB key; the key at the bound as it is.
         assert_eq!(lengths, [33, MAX_KEY_BYTES]);
     }
+
+    #[test]
+    fn waiters_are_bounded_per_key_and_leave_when_dropped() {
+        let waiting = Arc::new(Waiting::default());
+        let a = waiting.enter(0, "k", 2).expect("first");
+        let b = waiting.enter(0, "k", 2).expect("second");
+        assert!(waiting.enter(0, "k", 2).is_none(), "a third waiter of the key");
+        // Other keys and other policies have their own count.
+        let other = waiting.enter(0, "j", 2).expect("another key");
+        let _policy = waiting.enter(1, "k", 2).expect("another policy");
+        assert_eq!(waiting.count(0, "k"), 2);
+        drop(a);
+        assert_eq!(waiting.count(0, "k"), 1);
+        let c = waiting.enter(0, "k", 2).expect("a place again");
+        drop((b, c, other));
+        assert_eq!(waiting.count(0, "k"), 0);
+        assert_eq!(waiting.map.lock().unwrap().len(), 1, "only policy 1's waiter is left");
+    }
 }
