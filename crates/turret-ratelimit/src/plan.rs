@@ -123,8 +123,8 @@ impl Plan {
     }
 
     /// The quotas of `quotas`, all applying, named after the plan: one quota takes the plan's
-    /// name; several take `NAME-WINDOW` (`default-1s`, `default-60s`; a repeated window
-    /// adds `-2`, `-3`…). `None` when `quotas` is empty.
+    /// name; several take `NAME-WINDOW` (`default-1s`, `default-60s`, `default-1h`; a
+    /// repeated window adds `-2`, `-3`…). `None` when `quotas` is empty.
     pub fn from_quotas(name: &str, quotas: impl IntoIterator<Item = Quota>) -> Option<Self> {
         let name = sanitize_name(name);
         let quotas: Vec<Quota> = quotas.into_iter().collect();
@@ -259,13 +259,18 @@ impl Plan {
     }
 }
 
-/// A window as part of a name: `1s`, `60s`, `500ms`.
+/// A window as part of a name: `1s`, `60s`, `500ms`; whole hours and days as `1h`, `1d`.
 fn window_name(q: &Quota) -> String {
     let p = q.period();
-    if p.subsec_millis() == 0 {
-        format!("{}s", p.as_secs())
-    } else {
+    let secs = p.as_secs();
+    if p.subsec_nanos() != 0 {
         format!("{}ms", p.as_millis())
+    } else if secs >= 86_400 && secs % 86_400 == 0 {
+        format!("{}d", secs / 86_400)
+    } else if secs >= 3600 && secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{secs}s")
     }
 }
 
@@ -469,7 +474,11 @@ mod tests {
         assert_eq!(s.limits()[0].quota().count(), 100);
         assert_eq!(s.limits()[0].quota().burst_size(), 20);
         assert_eq!(s.limits()[1].quota().count(), 10_000);
-        assert_eq!(s.limits()[1].name(), "partner-86400s");
+        assert_eq!(s.limits()[1].name(), "partner-1d");
+        assert_eq!(
+            Plan::parse("p", "1/1h,1/90m").unwrap().limits()[0].name(),
+            "p-1h"
+        );
     }
 
     #[test]

@@ -228,7 +228,10 @@ mod tests {
         let waiting = Arc::new(Waiting::default());
         let a = waiting.enter(0, "k", 2).expect("first");
         let b = waiting.enter(0, "k", 2).expect("second");
-        assert!(waiting.enter(0, "k", 2).is_none(), "a third waiter of the key");
+        assert!(
+            waiting.enter(0, "k", 2).is_none(),
+            "a third waiter of the key"
+        );
         // Other keys and other policies have their own count.
         let other = waiting.enter(0, "j", 2).expect("another key");
         let _policy = waiting.enter(1, "k", 2).expect("another policy");
@@ -238,6 +241,10 @@ mod tests {
         let c = waiting.enter(0, "k", 2).expect("a place again");
         drop((b, c, other));
         assert_eq!(waiting.count(0, "k"), 0);
-        assert_eq!(waiting.map.lock().unwrap().len(), 1, "only policy 1's waiter is left");
+        assert_eq!(
+            waiting.map.lock().unwrap().len(),
+            1,
+            "only policy 1's waiter is left"
+        );
     }
 }

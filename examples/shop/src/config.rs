@@ -30,9 +30,11 @@ pub(crate) struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://shop.db")]
     pub(crate) database_url: String,
 
-    /// Requests per client IP: `COUNT/PERIOD`, e.g. `100/60s`, `10/s`, `1000/1h`.
+    /// Requests per client IP: `COUNT/PERIOD`, e.g. `100/60s`, `10/s`, `1000/1h`; or a
+    /// comma-separated list that all apply, e.g. `5/1s,20/60s` (a request must fit every
+    /// one, and a refused request spends none of them).
     #[arg(long, env = "RATE_LIMIT", default_value = "100/60s")]
-    pub(crate) rate_limit: turret_ratelimit::Quota,
+    pub(crate) rate_limit: turret_ratelimit::Plan,
 
     /// How requests are counted against `--rate-limit`. `sliding-log` is exact: at most
     /// COUNT requests in any window of PERIOD.
@@ -190,6 +192,19 @@ mod tests {
         assert!("100".parse::<turret_ratelimit::Quota>().is_err());
         assert!("x/60s".parse::<turret_ratelimit::Quota>().is_err());
         assert!("100/60y".parse::<turret_ratelimit::Quota>().is_err());
+        // A list: every quota applies.
+        let c = Config::try_parse_from(["shop", "--rate-limit", "5/1s,20/60s"]).unwrap();
+        let limits = c.rate_limit.limits();
+        assert_eq!(limits.len(), 2);
+        assert_eq!(
+            (limits[0].name(), limits[0].quota().count()),
+            ("default-1s", 5)
+        );
+        assert_eq!(
+            (limits[1].name(), limits[1].quota().count()),
+            ("default-60s", 20)
+        );
+        assert!(Config::try_parse_from(["shop", "--rate-limit", "5/1s,"]).is_err());
     }
 
     #[test]
@@ -207,7 +222,8 @@ mod tests {
     fn flags_have_the_documented_defaults() {
         let c = Config::try_parse_from(["shop"]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:3000");
-        assert_eq!(c.rate_limit.count(), 100);
+        assert_eq!(c.rate_limit.limits().len(), 1);
+        assert_eq!(c.rate_limit.limits()[0].quota().count(), 100);
         assert_eq!(c.cache_ttl, Duration::from_secs(300));
         assert_eq!(c.write_behind_flush, Duration::from_secs(1));
         assert_eq!(c.write_behind_claim_idle, Duration::from_secs(30));

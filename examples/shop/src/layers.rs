@@ -9,7 +9,7 @@ use axum::{
 };
 use serde_json::json;
 use turret_conditional::{BoxError, ConditionalLayer, ResourceState, Target, Validators};
-use turret_ratelimit::{ClientIp, Limited, RateLimitLayer, RedisBackend};
+use turret_ratelimit::{ClientIp, Limited, Policy, RateLimitLayer, RedisBackend};
 use turret_redis::Redis;
 
 use crate::{
@@ -18,7 +18,8 @@ use crate::{
     model::{category_etag, product_etag},
 };
 
-/// Limits every route but `/health` and `/metrics` to `--rate-limit` per client IP (the
+/// Limits every route but `/health` and `/metrics` to `--rate-limit` (every quota of the
+/// list) per client IP (the
 /// peer address, or the address behind `--trusted-proxies`), on Redis when there is one
 /// (one quota for the fleet; each process limits on its own while Redis is down).
 pub(crate) fn rate_limit<S>(
@@ -29,10 +30,10 @@ pub(crate) fn rate_limit<S>(
 where
     S: Clone + Send + Sync + 'static,
 {
-    let quota = config
+    let plan = config
         .rate_limit
         .with_algorithm(config.rate_limit_algorithm.into());
-    let layer = RateLimitLayer::new(quota)
+    let layer = RateLimitLayer::policies([Policy::with_plan("default", plan)])
         .key(client_ip(config)?)
         .exempt("/health")
         .exempt("/metrics")
@@ -63,11 +64,15 @@ fn too_many_requests(limited: &Limited<'_>) -> Response<Bytes> {
         .decision
         .retry_after
         .map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    let quota = limited.limit.quota();
+    let window = quota.period().as_secs().max(1);
     let body = json!({
         "error": "rate_limited",
+        "policy": limited.limit.name(),
         "message": format!(
-            "at most {} requests per client in this window; retry in {retry_after} s",
-            limited.decision.limit
+            "at most {} requests per client in {window} s (limit {:?}); retry in {retry_after} s",
+            quota.count(),
+            limited.limit.name(),
         ),
         "retry_after": retry_after,
     });

@@ -560,6 +560,50 @@ fn the_101st_request_in_a_minute_gets_429() {
 }
 
 #[test]
+fn a_rate_limit_list_applies_every_quota_and_names_the_one_that_refused() {
+    // The hour's quota is the tighter: it refuses the fourth request.
+    let shop = Shop::start(&["--rate-limit", "5/60s,3/1h"]);
+    for _ in 0..3 {
+        assert_eq!(shop.get("/products/1").status, 200);
+    }
+    let refused = shop.get("/products/1");
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(
+        refused.headers["ratelimit-policy"],
+        "\"default-60s\";q=5;w=60, \"default-1h\";q=3;w=3600"
+    );
+    assert!(
+        refused.headers["ratelimit"].starts_with("\"default-1h\";r=0;"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.body.contains("\"policy\":\"default-1h\""),
+        "{}",
+        refused.body
+    );
+    // The minute's quota is the tighter: it refuses the third, and says so.
+    let shop = Shop::start(&["--rate-limit", "2/60s,10/1h"]);
+    for _ in 0..2 {
+        assert_eq!(shop.get("/products/1").status, 200);
+    }
+    for _ in 0..3 {
+        let refused = shop.get("/products/1");
+        assert_eq!(refused.status, 429);
+        assert!(
+            refused.body.contains("\"policy\":\"default-60s\""),
+            "{}",
+            refused.body
+        );
+        assert_eq!(refused.headers["x-ratelimit-limit"], "2");
+    }
+    // A single quota keeps working as before.
+    let shop = Shop::start(&["--rate-limit", "1/60s"]);
+    assert_eq!(shop.get("/products/1").status, 200);
+    let refused = shop.get("/products/1");
+    assert_eq!(refused.headers["ratelimit-policy"], "\"default\";q=1;w=60");
+}
+
+#[test]
 fn forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
     // Untrusted by default: a client cannot pick a fresh key per request.
     let shop = Shop::start(&["--rate-limit", "2/60s"]);
