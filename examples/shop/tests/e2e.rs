@@ -554,7 +554,7 @@ fn the_101st_request_in_a_minute_gets_429() {
     assert_eq!(shop.get("/health").status, 200);
     assert_eq!(shop.get("/metrics").status, 200);
     assert_eq!(
-        shop.metric("turret_ratelimit_decisions_total{policy=\"default\",outcome=\"limited\"}"),
+        shop.metric("turret_ratelimit_decisions_total{policy=\"default\",plan=\"default\",outcome=\"limited\"}"),
         1.0
     );
 }
