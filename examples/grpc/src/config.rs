@@ -24,9 +24,20 @@ pub struct ServerConfig {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Calls per API key: `COUNT/PERIOD`, e.g. `10/60s`, `5/s`, `1000/1h`. `Stats` is exempt.
-    #[arg(long, env = "RATE_LIMIT", default_value = "10/60s")]
-    pub rate_limit: turret_ratelimit::Quota,
+    /// Calls per API key on the free plan (every key not in `--pro-keys`): `COUNT/PERIOD`,
+    /// e.g. `10/60s`, `5/s`, `1000/1h`, or a comma-separated list that all apply
+    /// (`5/s,100/1h`). `Stats` is exempt.
+    #[arg(long, env = "RATE_LIMIT", default_value = "10/60s", value_parser = free_plan)]
+    pub rate_limit: turret_ratelimit::Plan,
+
+    /// Calls per API key on the pro plan, in the same form.
+    #[arg(long, env = "PRO_RATE_LIMIT", default_value = "100/60s", value_parser = pro_plan)]
+    pub pro_rate_limit: turret_ratelimit::Plan,
+
+    /// API keys on the pro plan, comma-separated (`key-1,key-2`); every other key is on the
+    /// free plan.
+    #[arg(long, env = "PRO_KEYS", value_delimiter = ',')]
+    pub pro_keys: Vec<String>,
 
     /// How long ListProducts' read takes (`500ms`, `2s`): the expensive query being saved.
     #[arg(long, env = "SLOW_READ", default_value = "500ms", value_parser = parse_duration)]
@@ -57,6 +68,16 @@ pub struct ClientConfig {
     /// Give up after this many calls without a refusal.
     #[arg(long, default_value_t = 1000)]
     pub max_calls: u32,
+}
+
+/// `--rate-limit`: the plan named `free`.
+fn free_plan(s: &str) -> Result<turret_ratelimit::Plan, String> {
+    turret_ratelimit::Plan::parse("free", s).map_err(|e| e.to_string())
+}
+
+/// `--pro-rate-limit`: the plan named `pro`.
+fn pro_plan(s: &str) -> Result<turret_ratelimit::Plan, String> {
+    turret_ratelimit::Plan::parse("pro", s).map_err(|e| e.to_string())
 }
 
 /// Parses `300`, `300s`, `500ms`, `5m`, `5min`, `1h` (a bare number is seconds).
@@ -93,6 +114,18 @@ mod tests {
         assert!("0/60s".parse::<turret_ratelimit::Quota>().is_err());
         assert!("10".parse::<turret_ratelimit::Quota>().is_err());
         assert!("10/60y".parse::<turret_ratelimit::Quota>().is_err());
+        let c = ServerConfig::try_parse_from([
+            "server",
+            "--rate-limit",
+            "5/s,100/1h",
+            "--pro-keys",
+            "gold,silver",
+        ])
+        .unwrap();
+        let names: Vec<_> = c.rate_limit.limits().iter().map(|l| l.name()).collect();
+        assert_eq!(names, ["free-1s", "free-1h"]);
+        assert_eq!(c.pro_keys, ["gold", "silver"]);
+        assert!(ServerConfig::try_parse_from(["server", "--pro-rate-limit", "0/s"]).is_err());
     }
 
     #[test]
@@ -109,7 +142,10 @@ mod tests {
     fn flags_have_the_documented_defaults() {
         let c = ServerConfig::try_parse_from(["server"]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
-        assert_eq!(c.rate_limit.count(), 10);
+        assert_eq!(c.rate_limit.name(), "free");
+        assert_eq!(c.rate_limit.limits()[0].quota().count(), 10);
+        assert_eq!(c.pro_rate_limit.limits()[0].quota().count(), 100);
+        assert!(c.pro_keys.is_empty());
         assert_eq!(c.slow_read, Duration::from_millis(500));
         let c = ClientConfig::try_parse_from(["client"]).unwrap();
         assert_eq!(c.api_key, "demo");

@@ -11,7 +11,9 @@
 //!   empty or longer than 128 bytes, so that the rate limiter always has a key. (Without it
 //!   the limiter would answer a key-less call with HTTP 500, which is no gRPC status.)
 //! - **Rate limit**: `turret_ratelimit::RateLimitLayer` keyed by `HeaderKey::new("x-api-key")`
-//!   (gRPC metadata is HTTP/2 header fields). A refused call gets a trailers-only response:
+//!   (gRPC metadata is HTTP/2 header fields), with two plans: `free` (`--rate-limit`) for
+//!   every key and `pro` (`--pro-rate-limit`) for the keys of `--pro-keys` (per-key
+//!   overrides of a `Plans` handle). A refused call gets a trailers-only response:
 //!   HTTP 200, `grpc-status: 8` (`RESOURCE_EXHAUSTED`), with `retry-after` and the
 //!   `ratelimit` fields as metadata. Admitted calls carry the same fields. `Stats` is exempt.
 //!   With `--redis-url` the quota is one per key for every server on that Redis.
@@ -46,7 +48,7 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 use tonic_prost::ProstCodec;
-use turret_ratelimit::{HeaderKey, RateLimitLayer};
+use turret_ratelimit::{HeaderKey, Plans, Policy, RateLimitLayer};
 use turret_redis::{Redis, RedisConfig};
 use turret_stampede::{CacheKey, StampedeCache};
 
@@ -98,7 +100,11 @@ pub async fn serve(
     let service = CatalogService::new(config.slow_read, config.list_ttl, redis.clone());
     // One quota per key for the fleet when Redis is configured (the same layer type either
     // way); while Redis is down each server limits on its own.
-    let limit = RateLimitLayer::new(config.rate_limit)
+    let plans = Plans::new(config.rate_limit.clone()).with(config.pro_rate_limit.clone());
+    for key in &config.pro_keys {
+        plans.override_key(key, config.pro_rate_limit.clone());
+    }
+    let limit = RateLimitLayer::policies([Policy::with_plans("api", plans)])
         .key(HeaderKey::new(API_KEY))
         .exempt(STATS)
         .backend_from(redis)

@@ -54,6 +54,8 @@ impl Server {
             .args(args)
             .env_remove("REDIS_URL")
             .env_remove("RATE_LIMIT")
+            .env_remove("PRO_RATE_LIMIT")
+            .env_remove("PRO_KEYS")
             .env_remove("SLOW_READ")
             .env_remove("LIST_TTL")
             .stdout(Stdio::piped())
@@ -127,6 +129,52 @@ async fn concurrent_lists(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pro_keys_get_the_pro_plan_and_refusals_name_the_plan() {
+    let server = Server::start(&[
+        "--rate-limit",
+        "2/60s",
+        "--pro-rate-limit",
+        "5/60s",
+        "--pro-keys",
+        "gold,platinum",
+    ]);
+    let calls = |key: &'static str| {
+        let server = &server;
+        async move {
+            let mut client = server.client(key).await;
+            let mut ok = 0;
+            loop {
+                match client.get_product(1).await {
+                    Ok(res) => {
+                        ok += 1;
+                        assert!(ok <= 10, "{key}: never refused");
+                        let _ = res;
+                    }
+                    Err(status) => return (ok, status),
+                }
+            }
+        }
+    };
+    let (free, refused) = calls("alice").await;
+    assert_eq!(free, 2);
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(refused.message(), "rate limit exceeded: free");
+    assert_eq!(
+        metadata(refused.metadata(), "ratelimit-policy"),
+        "\"free\";q=2;w=60"
+    );
+    let (pro, refused) = calls("gold").await;
+    assert_eq!(pro, 5);
+    assert_eq!(refused.message(), "rate limit exceeded: pro");
+    assert_eq!(
+        metadata(refused.metadata(), "ratelimit-policy"),
+        "\"pro\";q=5;w=60"
+    );
+    // Each pro key has its own quota on the pro plan.
+    assert_eq!(calls("platinum").await.0, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_are_answered_until_the_quota_then_resource_exhausted_per_key() {
     let server = Server::start(&["--rate-limit", "3/60s"]);
     let mut alice = server.client("alice").await;
@@ -143,7 +191,7 @@ async fn calls_are_answered_until_the_quota_then_resource_exhausted_per_key() {
 
     let refused = alice.get_product(4).await.expect_err("over the quota");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert_eq!(refused.message(), "rate limit exceeded: default");
+    assert_eq!(refused.message(), "rate limit exceeded: free");
     let retry_after: u64 = metadata(refused.metadata(), "retry-after")
         .parse()
         .expect("retry-after in seconds");
@@ -157,7 +205,7 @@ async fn calls_are_answered_until_the_quota_then_resource_exhausted_per_key() {
     // The retry delay as google.rpc.RetryInfo in grpc-status-details-bin, for retry policies.
     let status = RpcStatus::decode(refused.details()).expect("a google.rpc.Status");
     assert_eq!(status.code, Code::ResourceExhausted as i32);
-    assert_eq!(status.message, "rate limit exceeded: default");
+    assert_eq!(status.message, "rate limit exceeded: free");
     assert_eq!(status.details.len(), 1, "{status:?}");
     assert_eq!(
         status.details[0].type_url,

@@ -32,7 +32,9 @@ async fn run(config: ServerConfig) -> Result<(), String> {
     println!("grpc server listening on http://{addr}");
     tracing::info!(
         %addr,
-        rate_limit = format!("{}/{:?}", config.rate_limit.count(), config.rate_limit.period()),
+        free = ?config.rate_limit.limits(),
+        pro = ?config.pro_rate_limit.limits(),
+        pro_keys = config.pro_keys.len(),
         slow_read = ?config.slow_read,
         redis = config.redis_url.is_some(),
         "serving catalog.v1.Catalog"
