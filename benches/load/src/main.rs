@@ -46,6 +46,9 @@ use std::{
 
 use turret_testkit::RedisServer;
 
+/// The rate of `turret-redis-delay` (as in `bench-server`).
+const DELAY_RATE: u32 = 2000;
+
 /// The rate-limit and conditional scenarios (origin delay 0 ms).
 const LAYERS: &[&str] = &[
     "raw",
@@ -54,6 +57,8 @@ const LAYERS: &[&str] = &[
     "tower-governor",
     "turret-redis-gcra",
     "turret-redis-gcra-many-keys",
+    "turret-redis-gcra-two-quotas",
+    "turret-redis-delay",
     "turret-redis-fixed",
     "incr-expire",
     "turret-conditional",
@@ -1144,6 +1149,12 @@ fn targets(o: &Options, rows: &[Row]) -> Vec<Target> {
             0.9,
         ),
         (
+            "Redis GCRA, two quotas ÷ one quota",
+            "turret-redis-gcra-two-quotas",
+            "turret-redis-gcra",
+            0.9,
+        ),
+        (
             "Redis GCRA, 1,000 keys ÷ INCR+EXPIRE limiter",
             "turret-redis-gcra-many-keys",
             "incr-expire",
@@ -1178,6 +1189,24 @@ fn targets(o: &Options, rows: &[Row]) -> Vec<Target> {
             rows.iter()
                 .find(|r| r.scenario == scenario && r.connections == c)
         };
+        if row("turret-redis-delay").is_some() {
+            // Delay mode serves the configured rate: no more (the rate holds), and no less
+            // (waiting requests are admitted at their turns, none refused).
+            let served = accepted_of(rows, "turret-redis-delay", c) / f64::from(DELAY_RATE);
+            let disturbed = disturbed(rows, "turret-redis-delay", c);
+            targets.push(Target {
+                label: format!("delay mode on Redis: served ÷ configured rate (at least), c={c}"),
+                value: served,
+                goal: Goal::AtLeast(0.95),
+                disturbed,
+            });
+            targets.push(Target {
+                label: format!("delay mode on Redis: served ÷ configured rate (below), c={c}"),
+                value: served,
+                goal: Goal::Below(1.02),
+                disturbed,
+            });
+        }
         if let Some(r) = row("turret-cache-redis") {
             targets.push(Target {
                 label: format!("Redis commands per Redis cache hit, c={c}"),

@@ -1,9 +1,11 @@
-//! In-memory keyed decision: turret's memory backend against governor's keyed limiter.
+//! In-memory keyed decision: turret's memory backend against governor's keyed limiter; and
+//! a plan of one, two and three quotas (all-or-nothing) against two governor limiters
+//! chained (which spend the first limiter's quota on a request the second refuses).
 
-use std::{hint::black_box, num::NonZeroU32};
+use std::{hint::black_box, num::NonZeroU32, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use turret_ratelimit::{MemoryBackend, Quota};
+use turret_ratelimit::{MemoryBackend, Plan, Quota};
 
 fn keys(n: usize) -> Vec<String> {
     (0..n)
@@ -41,5 +43,47 @@ fn decision(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, decision);
+fn plans(c: &mut Criterion) {
+    let huge = 1_000_000_000;
+    let one = Plan::new("default", Quota::per_second(huge));
+    let two = one.clone().and("hourly", Quota::per_hour(huge));
+    let three = two
+        .clone()
+        .and("daily", Quota::per(Duration::from_secs(86_400), huge));
+    for n in [1usize, 100_000] {
+        let keys = keys(n);
+        let mut group = c.benchmark_group(format!("plan decision, {n} keys"));
+        for (name, plan) in [("1 quota", &one), ("2 quotas", &two), ("3 quotas", &three)] {
+            let turret = MemoryBackend::new();
+            let mut i = 0;
+            group.bench_function(format!("turret memory, {name}"), |b| {
+                b.iter(|| {
+                    i = (i + 1) % keys.len();
+                    black_box(
+                        turret
+                            .decide_plan_now("default", &keys[i], plan, 1, Duration::ZERO)
+                            .allowed(),
+                    )
+                })
+            });
+        }
+        let per_second = governor::RateLimiter::keyed(governor::Quota::per_second(
+            NonZeroU32::new(huge).unwrap(),
+        ));
+        let per_hour =
+            governor::RateLimiter::keyed(governor::Quota::per_hour(NonZeroU32::new(huge).unwrap()));
+        let mut j = 0;
+        group.bench_function("governor keyed, 2 limiters chained", |b| {
+            b.iter(|| {
+                j = (j + 1) % keys.len();
+                black_box(
+                    per_second.check_key(&keys[j]).is_ok() && per_hour.check_key(&keys[j]).is_ok(),
+                )
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, decision, plans);
 criterion_main!(benches);

@@ -37,11 +37,14 @@ use bytes::Bytes;
 use http::{StatusCode, header};
 use tower::ServiceBuilder;
 use turret_cache::{DEFAULT_LEASE_WAIT, RedisStorage, ResponseCacheLayer, TieredStorage};
-use turret_ratelimit::{Algorithm, HeaderMode, Quota, RateLimitLayer, RedisBackend};
+use turret_ratelimit::{Algorithm, HeaderMode, Plan, Policy, Quota, RateLimitLayer, RedisBackend};
 use turret_redis::{Redis, RedisConfig};
 use turret_stampede::LeaseLock;
 
 const HUGE: u32 = 1_000_000_000;
+
+/// The rate of `turret-redis-delay` (the driver compares the served rate with it).
+const DELAY_RATE: u32 = 2000;
 
 /// The origin's freshness, sent on every response: one hour.
 const CACHE_CONTROL: &str = "max-age=3600";
@@ -258,6 +261,27 @@ async fn main() {
             RateLimitLayer::new(Quota::per_second(HUGE))
                 .key(|req: &axum::extract::Request| Some(req.uri().path().to_owned()))
                 .backend(RedisBackend::new(redis_handle(&redis_url).await)),
+        ),
+        // Two quotas in one script call (all-or-nothing): the same one round trip.
+        "turret-redis-gcra-two-quotas" => routes.layer(
+            RateLimitLayer::policies([Policy::with_plan(
+                "default",
+                Plan::new("default", Quota::per_second(HUGE))
+                    .and("daily", Quota::per(Duration::from_secs(86_400), HUGE)),
+            )])
+            .backend(RedisBackend::new(redis_handle(&redis_url).await)),
+        ),
+        // Delay mode on Redis: every client is one key at DELAY_RATE a second, one at a
+        // time; requests over the rate wait for their turn (up to 5 s) instead of a 429.
+        "turret-redis-delay" => routes.layer(
+            RateLimitLayer::policies([Policy::new(
+                "default",
+                Quota::per_second(DELAY_RATE).burst(1),
+            )
+            .delay(Duration::from_secs(5))
+            .max_waiting(10_000)])
+            .key(|_: &axum::extract::Request| Some(String::from("everyone")))
+            .backend(RedisBackend::new(redis_handle(&redis_url).await)),
         ),
         "turret-redis-fixed" => routes.layer(
             RateLimitLayer::new(Quota::per_second(HUGE).with_algorithm(Algorithm::FixedWindow))
