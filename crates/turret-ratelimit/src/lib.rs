@@ -78,6 +78,60 @@
 //! # let _ = (per_key, per_route, fleet); Ok(()) }
 //! ```
 //!
+//! # Several quotas, plans per tenant, delay instead of refuse
+//!
+//! A [`Plan`] holds quotas that all apply: a request is admitted only if every one admits
+//! it, and a refused request spends none of them (all-or-nothing; one script call on Redis).
+//! [`Plans`] is a handle to the plans a policy chooses from per request — a key's override,
+//! else the plan [`Policy::select_plan`] names, else the default — and changes them on a
+//! running service. [`Policy::delay`] holds a request over the rate until its turn
+//! (reserved, and given back if the client leaves) instead of answering 429.
+//!
+//! ```
+//! use std::{net::SocketAddr, time::Duration};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use turret_ratelimit::{Plan, Plans, Policy, Quota, RateLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // Free: 2 a second and 100 an hour, both. Pro: ten times that.
+//! let free: Plan = "2/1s,100/1h".parse().unwrap();
+//! let plans = Plans::new(free.clone()).with(free.scaled("pro", 10));
+//! let api = Policy::with_plans("api", plans.clone())
+//!     // In a real service, from what authentication put in the extensions.
+//!     .select_plan(|req| req.headers.get("x-plan").and_then(|v| v.to_str().ok()));
+//! let svc = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::policies([api]))
+//!     .service(service_fn(|_req: Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+//!     }));
+//! let request = || {
+//!     let mut req = Request::new(String::new());
+//!     req.extensions_mut().insert("203.0.113.7:50000".parse::<SocketAddr>().unwrap());
+//!     req
+//! };
+//! let first = svc.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(
+//!     first.headers()["ratelimit-policy"],
+//!     "\"default-1s\";q=2;w=1, \"default-1h\";q=100;w=3600"
+//! );
+//! svc.clone().oneshot(request()).await.unwrap();
+//! let third = svc.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(third.headers()["ratelimit"], "\"default-1s\";r=0;t=1");
+//!
+//! // At run time, without a restart: one key gets its own plan.
+//! plans.override_key("203.0.113.7", Plan::new("partner", Quota::per_second(100)));
+//! let fourth = svc.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(fourth.status(), StatusCode::OK);
+//!
+//! // Delay mode: 10 a second, one at a time; a request over the rate waits up to 1 s.
+//! let smooth = Policy::new("smooth", Quota::per_second(10).burst(1)).delay(Duration::from_secs(1));
+//! # let _ = smooth;
+//! # }
+//! ```
+//!
 //! # Algorithms
 //!
 //! [`Algorithm::Gcra`] (default), [`Algorithm::FixedWindow`], [`Algorithm::SlidingLog`] and

@@ -7,6 +7,7 @@
 //! a shard) each shard has 32,768 buckets: about 100 MiB for 1,000,000 short keys.
 
 use std::{
+    borrow::Cow,
     cell::Cell,
     collections::{HashMap, VecDeque},
     fmt,
@@ -429,13 +430,13 @@ impl MemoryBackend {
     }
 
     /// The shard and the hashes of `key`'s limits, `key` bounded as it is kept.
-    fn locate(&self, policy: &str, key: &str, limits: &[LimitRef<'_>]) -> Located {
+    fn locate<'k>(&self, policy: &str, key: &'k str, limits: &[LimitRef<'_>]) -> Located<'k> {
         // A client may choose its key's length (an API key header): long keys are kept as
         // a digest, so memory per key is bounded whatever the client sends.
-        let key: Box<str> = if key.len() > MAX_KEY_BYTES {
-            long_key_digest(key).into()
+        let key: Cow<'k, str> = if key.len() > MAX_KEY_BYTES {
+            Cow::Owned(long_key_digest(key))
         } else {
-            key.into()
+            Cow::Borrowed(key)
         };
         let shard_hash = key_hash(&self.hasher, policy, "", key.as_bytes());
         let hashes = limits
@@ -583,9 +584,9 @@ struct LimitRef<'a> {
 }
 
 /// Where a key's limits are: its shard, the key as kept, and each limit's hash.
-struct Located {
+struct Located<'k> {
     shard: usize,
-    key: Box<str>,
+    key: Cow<'k, str>,
     hashes: SmallVec<[u64; 3]>,
 }
 
