@@ -347,3 +347,25 @@ async fn a_cancelled_waiter_gives_its_turn_back_and_waiters_are_bounded_per_key(
         "the first and the third reached the handler"
     );
 }
+
+#[test]
+fn a_limit_changed_at_run_time_keeps_what_was_spent_under_it() {
+    let b = MemoryBackend::with_clock(FakeMicrosClock::default());
+    let fixed = |n| Quota::per_hour(n).with_algorithm(Algorithm::FixedWindow);
+    let before = Plan::new("x", Quota::per_minute(100)).and("y", fixed(5));
+    for _ in 0..5 {
+        assert!(decide(&b, &before, 1).allowed());
+    }
+    assert!(!decide(&b, &before, 1).allowed());
+    // `y` raised to 6: the five spent still count, so one more is admitted, not six.
+    let after = Plan::new("x", Quota::per_minute(100)).and("y", fixed(6));
+    let o = decide(&b, &after, 1);
+    assert!(o.allowed());
+    assert_eq!(o.decisions()[1].remaining, 0);
+    assert_eq!(
+        o.decisions()[0].remaining,
+        94,
+        "x: six admitted, the refusal spent nothing"
+    );
+    assert!(!decide(&b, &after, 1).allowed());
+}

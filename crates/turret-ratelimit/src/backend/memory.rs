@@ -186,6 +186,14 @@ impl KeyState {
     }
 }
 
+/// Decides on the state kept in a map slot, in place.
+fn decide_in(state: &Cell<KeyState>, now: u64, quota: &Quota, cost: u32) -> Decision {
+    let mut st = state.replace(KeyState::FRESH);
+    let decision = st.decide(now, quota, cost);
+    state.set(st);
+    decision
+}
+
 /// A policy's name and quota, and the backend's hash seed: kept once in a shard and shared
 /// (by [`Arc`]) by the shard's keys decided under them.
 struct Policy {
@@ -398,9 +406,94 @@ impl MemoryBackend {
 
     /// Decides one quota synchronously (`policy`'s own limit).
     pub fn decide_now(&self, policy: &str, key: &str, quota: &Quota, cost: u32) -> Decision {
-        let limits = [LimitRef { part: "", quota }];
-        let outcome = self.decide_limits(policy, key, &limits, cost, 0);
-        outcome.decisions()[0]
+        self.decide_one(policy, key, "", quota, cost)
+    }
+
+    /// One limit, without delay: the path of most decisions, with nothing to put back.
+    fn decide_one(
+        &self,
+        policy: &str,
+        key: &str,
+        part: &str,
+        quota: &Quota,
+        cost: u32,
+    ) -> Decision {
+        // A client may choose its key's length (an API key header): long keys are kept as
+        // a digest, so memory per key is bounded whatever the client sends.
+        let digest;
+        let key = if key.len() > MAX_KEY_BYTES {
+            digest = long_key_digest(key);
+            digest.as_str()
+        } else {
+            key
+        };
+        let shard_hash = key_hash(&self.hasher, policy, "", key.as_bytes());
+        let hash = if part.is_empty() {
+            shard_hash
+        } else {
+            key_hash(&self.hasher, policy, part, key.as_bytes())
+        };
+        let mut shard = self.shards[shard_of(shard_hash)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let ShardState { map, policies } = &mut *shard;
+        let now = self.clock.now_micros();
+        // Look up without allocating the owned key.
+        let lookup = MapKeyRef {
+            hash,
+            policy,
+            limit: part,
+            key: key.as_bytes(),
+        };
+        let lookup = &lookup as &dyn KeyPair;
+        match map.get_key_value(lookup) {
+            Some((kept, state)) if kept.policy.quota == *quota => {
+                return decide_in(state, now, quota, cost);
+            }
+            Some((kept, _)) => {
+                // Its quota changed: under the same algorithm its state carries over (as on
+                // Redis); under another it starts over, replacing the old state if admitted.
+                let carry = kept.policy.quota.algorithm() == quota.algorithm();
+                let mut fresh = KeyState::new(quota.algorithm());
+                let decision = if carry {
+                    None
+                } else {
+                    Some(fresh.decide(now, quota, cost))
+                };
+                if let Some(d) = decision
+                    && !d.allowed
+                {
+                    return d;
+                }
+                if let Some((mut kept, cell)) = map.remove_entry(lookup) {
+                    let (state, decision) = match decision {
+                        Some(d) => (fresh, d),
+                        None => {
+                            let mut state = cell.into_inner();
+                            let d = state.decide(now, quota, cost);
+                            (state, d)
+                        }
+                    };
+                    kept.policy = policy_for(policies, policy, part, quota, &self.hasher);
+                    map.insert(kept, Cell::new(state));
+                    return decision;
+                }
+            }
+            None => {}
+        }
+        if map.len() >= self.max_per_shard {
+            make_room(map, now, self.max_per_shard);
+        }
+        let mut state = KeyState::new(quota.algorithm());
+        let decision = state.decide(now, quota, cost);
+        if decision.allowed {
+            let kept = MapKey {
+                policy: policy_for(policies, policy, part, quota, &self.hasher),
+                key: KeyBytes::new(key.as_bytes()),
+            };
+            map.insert(kept, Cell::new(state));
+        }
+        decision
     }
 
     /// Decides every quota of `plan` synchronously, all-or-nothing (see
@@ -413,6 +506,14 @@ impl MemoryBackend {
         cost: u32,
         max_delay: Duration,
     ) -> Outcome {
+        let max_delay_us = if plan.is_all_gcra() {
+            u64::try_from(max_delay.as_micros()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        if let ([l], 0) = (plan.limits(), max_delay_us) {
+            return Outcome::single(self.decide_one(policy, key, l.part(policy), l.quota(), cost));
+        }
         let limits: SmallVec<[LimitRef<'_>; 3]> = plan
             .limits()
             .iter()
@@ -807,13 +908,21 @@ impl Eq for MapKey {}
 impl PartialEq for dyn KeyPair + '_ {
     fn eq(&self, other: &Self) -> bool {
         // The key first: it is in the map slot, the policy behind a pointer.
-        self.key() == other.key()
-            && self.policy() == other.policy()
-            && self.limit() == other.limit()
+        same(self.key(), other.key())
+            && same(self.policy().as_bytes(), other.policy().as_bytes())
+            && same(self.limit().as_bytes(), other.limit().as_bytes())
     }
 }
 
 impl Eq for dyn KeyPair + '_ {}
+
+/// Byte equality that never calls `memcmp` for empty slices (the empty limit part of every
+/// policy's own key): glibc's AVX-512 `memcmp` was measured at ~250 ns for a zero length on
+/// the benchmark machine, against ~8 ns for 8 bytes.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
+}
 
 fn make_room(map: &mut Map, now: u64, max: usize) {
     map.retain(|k, state| !state.get_mut().is_idle(now, &k.policy.quota));
