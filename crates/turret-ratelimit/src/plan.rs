@@ -265,9 +265,9 @@ fn window_name(q: &Quota) -> String {
     let secs = p.as_secs();
     if p.subsec_nanos() != 0 {
         format!("{}ms", p.as_millis())
-    } else if secs >= 86_400 && secs % 86_400 == 0 {
+    } else if secs >= 86_400 && secs.is_multiple_of(86_400) {
         format!("{}d", secs / 86_400)
-    } else if secs >= 3600 && secs % 3600 == 0 {
+    } else if secs >= 3600 && secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
     } else {
         format!("{secs}s")
