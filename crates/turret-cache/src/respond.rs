@@ -84,13 +84,19 @@ pub(crate) fn hit<B: Body>(
         && !entry.headers().contains_key(CACHE_STATUS)
         && !request.contains_key(header::RANGE)
     {
-        // The common hit: the prepared fields, three values replaced in place.
+        // The common hit: the prepared fields, two values replaced in place. (Not
+        // `insert`: a cloned map has no spare room, and `insert` reserves one more slot
+        // even when it replaces, so it would regrow the map on every hit.)
         let mut res = Response::new(ResponseBody::full(entry.body().clone()));
         *res.status_mut() = entry.status();
         *res.headers_mut() = entry.hit_headers().clone();
         let headers = res.headers_mut();
-        headers.insert(header::AGE, age_value(entry.age(now).as_secs()));
-        headers.insert(CACHE_STATUS, hit_status(ttl.as_secs()));
+        if let Some(age) = headers.get_mut(header::AGE) {
+            *age = age_value(entry.age(now).as_secs());
+        }
+        if let Some(status) = headers.get_mut(CACHE_STATUS) {
+            *status = hit_status(ttl.as_secs());
+        }
         return res;
     }
     let mut res = reuse(entry, now, head, request);
@@ -101,26 +107,48 @@ pub(crate) fn hit<B: Body>(
     range::apply(entry, request, head, res)
 }
 
-/// `turret; hit; ttl=N`; the first hour's values are made once each and shared.
+/// `turret; hit; ttl=N`; the first hour's values are static (made once, cloned without a
+/// reference count).
 fn hit_status(ttl: u64) -> HeaderValue {
-    const SHARED: usize = 3600;
-    static VALUES: std::sync::OnceLock<Vec<std::sync::OnceLock<HeaderValue>>> =
-        std::sync::OnceLock::new();
-    let make = |ttl: u64| {
-        let mut value = Vec::with_capacity(24);
-        value.extend_from_slice(b"turret; hit; ttl=");
-        push_digits(&mut value, ttl);
-        HeaderValue::from_maybe_shared(Bytes::from(value))
-            .unwrap_or_else(|_| HeaderValue::from_static("turret; hit"))
-    };
-    match usize::try_from(ttl) {
-        Ok(i) if i < SHARED => {
-            let values =
-                VALUES.get_or_init(|| (0..SHARED).map(|_| std::sync::OnceLock::new()).collect());
-            values[i].get_or_init(|| make(ttl)).clone()
-        }
-        _ => make(ttl),
+    const PREFIX: &str = "turret; hit; ttl=";
+    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let small = SMALL.get_or_init(|| static_values(PREFIX));
+    usize::try_from(ttl)
+        .ok()
+        .and_then(|i| small.get(i))
+        .cloned()
+        .unwrap_or_else(|| {
+            let mut value = Vec::with_capacity(PREFIX.len() + 20);
+            value.extend_from_slice(PREFIX.as_bytes());
+            push_digits(&mut value, ttl);
+            HeaderValue::from_maybe_shared(Bytes::from(value))
+                .unwrap_or_else(|_| HeaderValue::from_static("turret; hit"))
+        })
+}
+
+/// How many `Age` and `Cache-Status` values are made once and shared: the first hour's.
+const STATIC_VALUES: u64 = 3600;
+
+/// `{prefix}0` to `{prefix}3599` as static header values: one string made (and kept) for
+/// the life of the process, so that cloning and dropping a value on a hit is a copy, with
+/// no reference count for the threads of a server to contend on.
+fn static_values(prefix: &str) -> Vec<HeaderValue> {
+    let mut all = String::new();
+    let mut ends = Vec::with_capacity(STATIC_VALUES as usize);
+    for n in 0..STATIC_VALUES {
+        all.push_str(prefix);
+        push_u64(&mut all, n);
+        ends.push(all.len());
     }
+    let all: &'static str = all.leak();
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let value = HeaderValue::from_static(&all[start..end]);
+            start = end;
+            value
+        })
+        .collect()
 }
 
 /// A stored response for this request: a 304 when the client's `If-None-Match` /
@@ -187,10 +215,11 @@ pub(crate) fn from_storage<B: Body>(
     res
 }
 
-/// An `Age` value; the first hour's are static (no allocation on a hit).
+/// An `Age` value; the first hour's are static (no allocation nor reference count on a
+/// hit).
 fn age_value(secs: u64) -> HeaderValue {
     static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
-    let small = SMALL.get_or_init(|| (0..3600u64).map(HeaderValue::from).collect());
+    let small = SMALL.get_or_init(|| static_values(""));
     usize::try_from(secs)
         .ok()
         .and_then(|i| small.get(i))
@@ -289,4 +318,17 @@ pub(crate) fn cannot_revalidate<B: Body>(ctx: &Ctx) -> Response<ResponseBody<B>>
         "MISS",
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_and_made_values_read_the_same() {
+        for n in [0, 1, 9, 10, 59, 3599, 3600, 86_400, u64::MAX] {
+            assert_eq!(age_value(n), n.to_string().as_str());
+            assert_eq!(hit_status(n), format!("turret; hit; ttl={n}").as_str());
+        }
+    }
 }
