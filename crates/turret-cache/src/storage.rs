@@ -12,7 +12,7 @@ use std::{
 
 use std::collections::{HashMap, HashSet};
 
-use moka::{Expiry, notification::RemovalCause, ops::compute::Op, sync::Cache};
+use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 
 use crate::CachedResponse;
 
@@ -168,42 +168,100 @@ impl StdError for StorageError {
     }
 }
 
+/// One key's entry: its variants, when it expires, and its weight (made once: the cache
+/// weighs an entry on insert and on eviction).
 #[derive(Clone)]
 struct Slot {
     variants: Variants,
-    ttl: Duration,
+    expires: Instant,
+    weight: u64,
 }
 
-struct SlotExpiry;
-
-impl Expiry<String, Slot> for SlotExpiry {
-    fn expire_after_create(&self, _: &String, slot: &Slot, _: Instant) -> Option<Duration> {
-        Some(slot.ttl)
+impl Slot {
+    fn new(key: &str, variants: Variants, expires: Instant) -> Self {
+        let bytes: usize = key.len() + variants.iter().map(|v| v.weight()).sum::<usize>();
+        Self {
+            variants,
+            expires,
+            // Never zero: a zero-weight entry would never be evicted.
+            weight: (bytes as u64).max(1),
+        }
     }
 
-    fn expire_after_update(
-        &self,
-        _: &String,
-        slot: &Slot,
-        _: Instant,
-        left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(left.map_or(slot.ttl, |left| left.max(slot.ttl)))
+    fn live(&self, now: Instant) -> bool {
+        now < self.expires
+    }
+
+    fn tags(&self) -> impl Iterator<Item = &String> {
+        self.variants.iter().flat_map(|v| v.tags().iter())
     }
 }
 
-/// The in-process storage: a moka cache (TinyLFU admission, LRU eviction) bounded by the
-/// total bytes of its entries, each key expiring after the longest TTL it was given.
-/// Clones share the entries.
+#[derive(Clone)]
+struct SlotWeight;
+
+impl Weighter<String, Slot> for SlotWeight {
+    fn weight(&self, _: &String, slot: &Slot) -> u64 {
+        slot.weight
+    }
+}
+
+/// Collects what one insert evicts, so that the tag index is updated after the cache's
+/// shard lock is released.
+#[derive(Clone)]
+struct CollectEvicted;
+
+impl Lifecycle<String, Slot> for CollectEvicted {
+    type RequestState = Vec<(String, Slot)>;
+
+    fn begin_request(&self) -> Self::RequestState {
+        Vec::new()
+    }
+
+    fn on_evict(&self, evicted: &mut Self::RequestState, key: String, slot: Slot) {
+        evicted.push((key, slot));
+    }
+}
+
+type Map = quick_cache::sync::Cache<
+    String,
+    Slot,
+    SlotWeight,
+    foldhash::fast::RandomState,
+    CollectEvicted,
+>;
+
+/// Writers to one key take its stripe of these in turn, so that a put's read-modify-write
+/// of the variants is atomic; readers take none.
+const WRITE_STRIPES: usize = 64;
+
+/// Below this many bytes per shard, the cache has fewer shards: an entry must fit in 97% of
+/// one shard (a 1 MiB body, the default `max_entry_size`, fits in every shard of the
+/// default 64 MiB storage).
+const MIN_SHARD_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The in-process storage: a sharded map with a scan-resistant eviction (CLOCK-Pro, close
+/// to S3-FIFO; `quick_cache`) bounded by the total bytes of its entries, each key expiring
+/// after the longest TTL it was given. A read takes one shard's read lock and sets the
+/// entry's reference bit; nothing else is recorded per read. Clones share the entries.
 #[derive(Clone)]
 pub struct MemoryStorage {
-    cache: Cache<String, Slot, foldhash::fast::RandomState>,
-    tags: Arc<TagIndex>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cache: Map,
+    tags: TagIndex,
+    /// The write stripes, by the key's hash.
+    writers: Box<[Mutex<()>]>,
+    hasher: foldhash::fast::RandomState,
 }
 
 /// Tag → the keys holding a response with that tag. Kept in step with the cache: a put
-/// indexes the new variants' tags, and a key leaves the index when it is removed, expires
-/// or is evicted, so the index never outgrows the cache.
+/// indexes the new variants' tags, and a key leaves the index when it is removed, evicted
+/// or found expired (an expired key the cache still holds may stay indexed until then; it
+/// still counts in the byte bound, and an invalidation does not count it as holding a
+/// response), so the index never outgrows the cache.
 #[derive(Default)]
 struct TagIndex {
     keys: Mutex<HashMap<String, HashSet<Arc<str>>>>,
@@ -225,16 +283,24 @@ impl TagIndex {
         }
     }
 
-    fn remove<'a>(&self, key: &str, tags: impl Iterator<Item = &'a String>) {
-        let mut index = self.lock();
+    fn remove_from(
+        index: &mut HashMap<String, HashSet<Arc<str>>>,
+        key: &str,
+        tags: impl Iterator<Item = impl AsRef<str>>,
+    ) {
         for tag in tags {
-            if let Some(keys) = index.get_mut(tag.as_str()) {
+            let tag = tag.as_ref();
+            if let Some(keys) = index.get_mut(tag) {
                 keys.remove(key);
                 if keys.is_empty() {
-                    index.remove(tag.as_str());
+                    index.remove(tag);
                 }
             }
         }
+    }
+
+    fn remove<'a>(&self, key: &str, tags: impl Iterator<Item = &'a String>) {
+        Self::remove_from(&mut self.lock(), key, tags);
     }
 
     fn keys(&self, tag: &str) -> Vec<Arc<str>> {
@@ -245,15 +311,11 @@ impl TagIndex {
     }
 }
 
-fn slot_tags(slot: &Slot) -> impl Iterator<Item = &String> {
-    slot.variants.iter().flat_map(|v| v.tags().iter())
-}
-
 impl fmt::Debug for MemoryStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStorage")
-            .field("entries", &self.cache.entry_count())
-            .field("weighted_bytes", &self.cache.weighted_size())
+            .field("entries", &self.inner.cache.len())
+            .field("weighted_bytes", &self.inner.cache.weight())
             .finish()
     }
 }
@@ -268,118 +330,227 @@ impl Default for MemoryStorage {
 impl MemoryStorage {
     /// A storage holding at most about `max_bytes` of responses (keys, headers and bodies).
     pub fn new(max_bytes: u64) -> Self {
-        let tags = Arc::new(TagIndex::default());
-        let index = tags.clone();
-        let cache = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|key: &String, slot: &Slot| {
-                let bytes: usize =
-                    key.len() + slot.variants.iter().map(|v| v.weight()).sum::<usize>();
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
-            .expire_after(SlotExpiry)
-            .eviction_listener(move |key: Arc<String>, slot: Slot, cause| {
-                // A replacement re-indexes in `put`; anything else leaves the index.
-                if cause != RemovalCause::Replaced {
-                    index.remove(&key, slot_tags(&slot));
-                }
-            })
-            // URL keys hash on every hit: foldhash (randomly seeded per process) instead of
-            // SipHash.
-            .build_with_hasher(foldhash::fast::RandomState::default());
-        Self { cache, tags }
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let by_size = usize::try_from(max_bytes / MIN_SHARD_BYTES).unwrap_or(usize::MAX);
+        // A power of two at most `by_size` (quick_cache rounds up).
+        let shards = (threads * 4).min(by_size.max(1));
+        let shards = if shards.is_power_of_two() {
+            shards
+        } else {
+            shards.next_power_of_two() / 2
+        };
+        let options = OptionsBuilder::new()
+            // A guess (4 KiB responses): it sizes the memory of evicted keys' hashes that
+            // readmit a key seen again as hot, not the bound.
+            .estimated_items_capacity(usize::try_from(max_bytes / 4096).unwrap_or(usize::MAX))
+            .weight_capacity(max_bytes)
+            .shards(shards)
+            .build()
+            .unwrap_or_else(|e| unreachable!("valid cache options: {e:?}"));
+        // URL keys hash on every hit: foldhash (randomly seeded per process), not SipHash.
+        let hasher = foldhash::fast::RandomState::default();
+        let cache = Map::with_options(options, SlotWeight, hasher.clone(), CollectEvicted);
+        Self {
+            inner: Arc::new(Inner {
+                cache,
+                tags: TagIndex::default(),
+                writers: (0..WRITE_STRIPES).map(|_| Mutex::new(())).collect(),
+                hasher,
+            }),
+        }
     }
 
-    /// Runs moka's pending maintenance (evictions, expirations); for tests and metrics.
-    pub fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks();
-    }
+    /// Nothing is pending: evictions, expirations found and their tag-index updates happen
+    /// in the operation that causes them. Kept so that callers written for a storage with
+    /// deferred maintenance still compile.
+    pub fn run_pending_tasks(&self) {}
 
-    /// Removes every entry at once (a two-tier storage's L1 after missed invalidations);
-    /// the removals are processed before it returns, so the tag index is in step again.
+    /// Removes every entry at once (a two-tier storage's L1 after missed invalidations),
+    /// and the tag index with them.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn clear(&self) {
-        self.cache.invalidate_all();
-        self.cache.run_pending_tasks();
+        // Every stripe (in order; a writer holds at most one): no put is between its
+        // insert and its indexing.
+        let _writes: Vec<_> = self
+            .inner
+            .writers
+            .iter()
+            .map(|w| w.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        self.inner.cache.clear();
+        self.inner.tags.lock().clear();
     }
 
-    /// The total weight of the entries, in bytes (after [`run_pending_tasks`](Self::run_pending_tasks)).
+    /// The total weight of the entries, in bytes.
     pub fn weighted_size(&self) -> u64 {
-        self.cache.weighted_size()
+        self.inner.cache.weight()
+    }
+
+    /// The number of keys held (expired ones not yet found included).
+    #[cfg(test)]
+    fn entry_count(&self) -> usize {
+        self.inner.cache.len()
     }
 }
 
-impl CacheStorage for MemoryStorage {
-    fn get(&self, key: &str) -> StorageFuture<Variants> {
-        let variants = self
-            .cache
-            .get(key)
-            .map_or_else(|| Arc::from([]), |slot| slot.variants);
-        StorageFuture::ready(Ok(variants))
+impl Inner {
+    /// The write stripe of `key`, held while it is read, changed and written back, and
+    /// while its tags are indexed or unindexed.
+    fn write_lock(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, key);
+        // The high bits: quick_cache picks shards by the low ones.
+        let stripe = (hash >> 58) as usize % self.writers.len();
+        self.writers[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn put(&self, key: &str, response: Arc<CachedResponse>, ttl: Duration) -> StorageFuture<()> {
-        self.cache.entry_by_ref(key).and_compute_with(|existing| {
-            let mut variants: Vec<Arc<CachedResponse>> = Vec::new();
-            if let Some(existing) = existing {
-                let old = existing.into_value();
-                variants.extend(old.variants.iter().cloned());
-                variants.retain(|v| !v.same_secondary_key(&response));
-                if variants.len() >= MAX_VARIANTS {
-                    variants.remove(0);
-                }
-                // Tags only the replaced variants had leave the index.
-                let kept: HashSet<&String> = variants
-                    .iter()
-                    .chain(std::iter::once(&response))
-                    .flat_map(|v| v.tags().iter())
-                    .collect();
-                self.tags
-                    .remove(key, slot_tags(&old).filter(|t| !kept.contains(t)));
+    /// Inserts `slot` (the caller holds `key`'s stripe); returns what the insert evicted
+    /// (to [`unindex`](Self::unindex) once the stripe is released) and whether `slot` was
+    /// kept (an entry heavier than a shard's budget is refused at once).
+    fn insert(&self, key: &str, slot: Slot) -> (Vec<(String, Slot)>, bool) {
+        let evicted = self.cache.insert_with_lifecycle(key.to_owned(), slot);
+        let kept = !evicted.iter().any(|(k, _)| k == key);
+        (evicted, kept)
+    }
+
+    /// Evicted keys leave the tag index, except for the tags the entry now under the same
+    /// key holds. Each key's stripe is taken in turn (never two at once), so no writer of
+    /// that key is between its insert and its indexing.
+    fn unindex(&self, evicted: Vec<(String, Slot)>) {
+        for (key, slot) in evicted {
+            if slot.tags().next().is_none() {
+                continue;
             }
-            self.tags.add(key, response.tags());
-            variants.push(response);
-            Op::Put(Slot {
-                variants: variants.into(),
-                ttl,
-            })
-        });
-        StorageFuture::ready(Ok(()))
+            let _write = self.write_lock(&key);
+            let current = self.cache.peek(key.as_str());
+            let kept: HashSet<&String> = current.iter().flat_map(Slot::tags).collect();
+            self.tags
+                .remove(&key, slot.tags().filter(|t| !kept.contains(t)));
+        }
     }
 
-    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<usize> {
-        let mut held = 0;
+    /// Removes `key` if it is still the expired entry found by a read.
+    fn remove_expired(&self, key: &str, now: Instant) {
+        let _write = self.write_lock(key);
+        if let Some((_, slot)) = self.cache.remove_if(key, |slot| !slot.live(now)) {
+            self.tags.remove(key, slot.tags());
+        }
+    }
+
+    /// [`CacheStorage::invalidate`], the caller holding `key`'s stripe: how many keys held
+    /// live responses (0 or 1), and what a soft purge's insert evicted.
+    fn invalidate(&self, key: &str, purge: Purge) -> (usize, Vec<(String, Slot)>) {
+        let now = Instant::now();
         match purge {
-            Purge::Remove => held = usize::from(self.cache.remove(key).is_some()),
-            Purge::MarkStale(at) => {
-                self.cache.entry_by_ref(key).and_compute_with(|existing| {
-                    let Some(existing) = existing else {
-                        return Op::Nop;
-                    };
-                    held = 1;
-                    let slot = existing.into_value();
+            Purge::Remove => match self.cache.remove(key) {
+                None => (0, Vec::new()),
+                Some((_, slot)) => {
+                    self.tags.remove(key, slot.tags());
+                    (usize::from(slot.live(now)), Vec::new())
+                }
+            },
+            Purge::MarkStale(at) => match self.cache.peek(key) {
+                Some(slot) if slot.live(now) => {
                     let variants: Vec<Arc<CachedResponse>> = slot
                         .variants
                         .iter()
                         .map(|v| Arc::new(v.stale_at(at)))
                         .collect();
-                    Op::Put(Slot {
-                        variants: variants.into(),
-                        ttl: slot.ttl,
-                    })
-                });
-            }
+                    let (evicted, kept) =
+                        self.insert(key, Slot::new(key, variants.into(), slot.expires));
+                    if !kept {
+                        self.tags.remove(key, slot.tags());
+                    }
+                    (1, evicted)
+                }
+                _ => (0, Vec::new()),
+            },
         }
+    }
+}
+
+impl CacheStorage for MemoryStorage {
+    fn get(&self, key: &str) -> StorageFuture<Variants> {
+        let variants = match self.inner.cache.get(key) {
+            None => Arc::from([]),
+            Some(slot) => {
+                let now = Instant::now();
+                if slot.live(now) {
+                    slot.variants
+                } else {
+                    self.inner.remove_expired(key, now);
+                    Arc::from([])
+                }
+            }
+        };
+        StorageFuture::ready(Ok(variants))
+    }
+
+    fn put(&self, key: &str, response: Arc<CachedResponse>, ttl: Duration) -> StorageFuture<()> {
+        let inner = &*self.inner;
+        let write = inner.write_lock(key);
+        let now = Instant::now();
+        let mut expires = now + ttl;
+        let mut variants: Vec<Arc<CachedResponse>> = Vec::new();
+        let old = inner.cache.peek(key);
+        if let Some(old) = &old
+            && old.live(now)
+        {
+            variants.extend(old.variants.iter().cloned());
+            variants.retain(|v| !v.same_secondary_key(&response));
+            if variants.len() >= MAX_VARIANTS {
+                variants.remove(0);
+            }
+            // The key lives as long as the longest TTL it was given.
+            expires = expires.max(old.expires);
+        }
+        variants.push(response);
+        let slot = Slot::new(key, variants.into(), expires);
+        let new_tags: Vec<String> = slot.tags().cloned().collect();
+        let (evicted, kept) = inner.insert(key, slot);
+        // Indexed under the stripe: the unindexing of an eviction of this key waits for it,
+        // then sees what the key holds.
+        if kept {
+            inner.tags.add(key, &new_tags);
+        }
+        if let Some(old) = &old {
+            // Tags only the replaced variants (or an expired entry) had leave the index.
+            let keep: HashSet<&String> = if kept {
+                new_tags.iter().collect()
+            } else {
+                HashSet::new()
+            };
+            inner
+                .tags
+                .remove(key, old.tags().filter(|t| !keep.contains(t)));
+        }
+        drop(write);
+        inner.unindex(evicted);
+        StorageFuture::ready(Ok(()))
+    }
+
+    fn invalidate(&self, key: &str, purge: Purge) -> StorageFuture<usize> {
+        let write = self.inner.write_lock(key);
+        let (held, evicted) = self.inner.invalidate(key, purge);
+        drop(write);
+        self.inner.unindex(evicted);
         StorageFuture::ready(Ok(held))
     }
 
     fn invalidate_tag(&self, tag: &str, purge: Purge) -> StorageFuture<usize> {
         let mut held = 0;
-        for key in self.tags.keys(tag) {
-            // Synchronous: done when it returns.
-            if let Some(Ok(n)) = self.invalidate(&key, purge).take_ready() {
-                held += n;
+        for key in self.inner.tags.keys(tag) {
+            let write = self.inner.write_lock(&key);
+            let (n, evicted) = self.inner.invalidate(&key, purge);
+            if self.inner.cache.peek(&*key).is_none() {
+                // Whatever left the key (an eviction whose unindexing is still to come, a
+                // clear), it is no longer indexed under this tag.
+                self.inner.tags.remove(&key, std::iter::once(&tag.to_owned()));
             }
+            drop(write);
+            self.inner.unindex(evicted);
+            held += n;
         }
         StorageFuture::ready(Ok(held))
     }
@@ -484,8 +655,8 @@ mod tests {
         assert_eq!(get(&s, "c").len(), 1);
         // Removed keys left the index: nothing else refers to them.
         s.run_pending_tasks();
-        assert!(s.tags.keys("product:1").is_empty());
-        assert!(s.tags.keys("products").is_empty());
+        assert!(s.inner.tags.keys("product:1").is_empty());
+        assert!(s.inner.tags.keys("products").is_empty());
     }
 
     #[test]
@@ -507,18 +678,18 @@ mod tests {
         let ttl = Duration::from_secs(60);
         done(s.put("a", tagged("a", &["old"]), ttl));
         done(s.put("a", tagged("a2", &["new"]), ttl));
-        assert!(s.tags.keys("old").is_empty());
-        assert_eq!(s.tags.keys("new").len(), 1);
+        assert!(s.inner.tags.keys("old").is_empty());
+        assert_eq!(s.inner.tags.keys("new").len(), 1);
         for i in 0..200 {
             let body: &'static str = Box::leak("x".repeat(4096).into_boxed_str());
             done(s.put(&format!("k{i}"), tagged(body, &["bulk"]), ttl));
         }
         s.run_pending_tasks();
-        let indexed = s.tags.keys("bulk").len() as u64;
+        let indexed = s.inner.tags.keys("bulk").len() as u64;
         assert!(
-            indexed <= s.cache.entry_count(),
+            indexed <= s.entry_count() as u64,
             "{indexed} > {}",
-            s.cache.entry_count()
+            s.entry_count() as u64
         );
     }
 
@@ -535,5 +706,103 @@ mod tests {
         }
         s.run_pending_tasks();
         assert!(s.weighted_size() <= 64 * 1024, "{}", s.weighted_size());
+        assert!(s.entry_count() > 0, "the storage still holds entries");
+    }
+
+    #[test]
+    fn an_expired_key_is_not_served_and_leaves_the_tag_index() {
+        let s = MemoryStorage::default();
+        // A zero TTL has passed by the next read (the clock is monotonic).
+        done(s.put("gone", tagged("a", &["t"]), Duration::ZERO));
+        done(s.put("kept", tagged("b", &["t"]), Duration::from_secs(60)));
+        assert!(get(&s, "gone").is_empty());
+        assert_eq!(get(&s, "kept").len(), 1);
+        let keys = s.inner.tags.keys("t");
+        assert_eq!(keys.len(), 1, "only the live key is indexed");
+        assert_eq!(&*keys[0], "kept");
+        assert_eq!(done(s.invalidate_tag("t", Purge::Remove)), 1);
+    }
+
+    #[test]
+    fn an_expired_key_held_is_not_counted_by_an_invalidation() {
+        let s = MemoryStorage::default();
+        done(s.put("gone", tagged("a", &["t"]), Duration::ZERO));
+        assert_eq!(done(s.invalidate_tag("t", Purge::Remove)), 0);
+        assert!(s.inner.tags.keys("t").is_empty());
+        done(s.put("gone", tagged("a", &["t"]), Duration::ZERO));
+        assert_eq!(done(s.invalidate("gone", Purge::MarkStale(Duration::ZERO))), 0);
+        assert_eq!(done(s.invalidate("gone", Purge::Remove)), 0);
+    }
+
+    #[test]
+    fn a_key_lives_as_long_as_the_longest_ttl_it_was_given() {
+        let s = MemoryStorage::default();
+        done(s.put("k", response(Some("a"), "1"), Duration::from_secs(60)));
+        done(s.put("k", response(Some("b"), "2"), Duration::ZERO));
+        assert_eq!(get(&s, "k").len(), 2);
+    }
+
+    #[test]
+    fn an_entry_larger_than_the_storage_is_not_kept() {
+        let s = MemoryStorage::new(16 * 1024);
+        done(s.put("small", tagged("s", &["t"]), Duration::from_secs(60)));
+        let big: &'static str = Box::leak("x".repeat(32 * 1024).into_boxed_str());
+        done(s.put("big", tagged(big, &["t"]), Duration::from_secs(60)));
+        assert!(get(&s, "big").is_empty());
+        assert_eq!(get(&s, "small").len(), 1);
+        let keys = s.inner.tags.keys("t");
+        assert_eq!(keys.len(), 1, "the refused entry is not indexed");
+        assert!(s.weighted_size() <= 16 * 1024);
+    }
+
+    #[test]
+    fn concurrent_puts_and_evictions_keep_the_tag_index_exact() {
+        let s = MemoryStorage::new(256 * 1024);
+        let ttl = Duration::from_secs(60);
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let s = s.clone();
+                scope.spawn(move || {
+                    for i in 0..500 {
+                        let body: &'static str = Box::leak("x".repeat(2048).into_boxed_str());
+                        let key = format!("k{}", (i * 7 + t) % 300);
+                        let tag = if i % 2 == 0 { "even" } else { "odd" };
+                        done(s.put(&key, tagged(body, &[tag, "all"]), ttl));
+                        if i % 50 == 0 {
+                            done(s.invalidate_tag("odd", Purge::Remove));
+                        }
+                    }
+                });
+            }
+        });
+        assert!(s.weighted_size() <= 256 * 1024);
+        // Every indexed key holds a response with the tag, and every held response is
+        // indexed under each of its tags.
+        for tag in ["even", "odd", "all"] {
+            for key in s.inner.tags.keys(tag) {
+                let held = get(&s, &key);
+                assert!(
+                    held.iter().any(|v| v.tags().iter().any(|t| t == tag)),
+                    "{key} indexed under {tag} without a response tagged so"
+                );
+            }
+        }
+        let mut held = 0;
+        for i in 0..300 {
+            let key = format!("k{i}");
+            for v in get(&s, &key).iter() {
+                held += 1;
+                for tag in v.tags() {
+                    assert!(
+                        s.inner.tags.keys(tag).iter().any(|k| **k == *key),
+                        "{key} holds {tag} but is not indexed"
+                    );
+                }
+            }
+        }
+        assert!(held > 0, "the storage still holds responses");
+        let all = s.inner.tags.keys("all").len();
+        assert_eq!(done(s.invalidate_tag("all", Purge::Remove)), all);
+        assert_eq!(s.entry_count(), 0, "every key was tagged `all`");
     }
 }
