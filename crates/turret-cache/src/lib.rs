@@ -144,7 +144,7 @@
 //!
 //! # Storage
 //!
-//! [`CacheStorage`] is the backend trait; [`MemoryStorage`] (moka, bounded by bytes, each key
+//! [`CacheStorage`] is the backend trait; [`MemoryStorage`] (`quick_cache`, bounded by bytes, each key
 //! expiring with its freshness and stale window, tags indexed) is the default. With the
 //! `redis` feature, [`RedisStorage`] keeps entries in Redis (one node or cluster) and
 //! [`TieredStorage`] puts a memory L1 in front of it, evicting L1 copies on every instance

@@ -223,13 +223,8 @@ impl Lifecycle<String, Slot> for CollectEvicted {
     }
 }
 
-type Map = quick_cache::sync::Cache<
-    String,
-    Slot,
-    SlotWeight,
-    foldhash::fast::RandomState,
-    CollectEvicted,
->;
+type Map =
+    quick_cache::sync::Cache<String, Slot, SlotWeight, foldhash::fast::RandomState, CollectEvicted>;
 
 /// Writers to one key take its stripe of these in turn, so that a put's read-modify-write
 /// of the variants is atomic; readers take none.
@@ -409,8 +404,13 @@ impl Inner {
     /// (to [`unindex`](Self::unindex) once the stripe is released) and whether `slot` was
     /// kept (an entry heavier than a shard's budget is refused at once).
     fn insert(&self, key: &str, slot: Slot) -> (Vec<(String, Slot)>, bool) {
+        let variants = slot.variants.clone();
         let evicted = self.cache.insert_with_lifecycle(key.to_owned(), slot);
-        let kept = !evicted.iter().any(|(k, _)| k == key);
+        // A replaced entry is reported evicted too (under the same key): only the new
+        // slot's own variants coming back mean it was refused.
+        let kept = !evicted
+            .iter()
+            .any(|(k, s)| k == key && Arc::ptr_eq(&s.variants, &variants));
         (evicted, kept)
     }
 
@@ -546,7 +546,9 @@ impl CacheStorage for MemoryStorage {
             if self.inner.cache.peek(&*key).is_none() {
                 // Whatever left the key (an eviction whose unindexing is still to come, a
                 // clear), it is no longer indexed under this tag.
-                self.inner.tags.remove(&key, std::iter::once(&tag.to_owned()));
+                self.inner
+                    .tags
+                    .remove(&key, std::iter::once(&tag.to_owned()));
             }
             drop(write);
             self.inner.unindex(evicted);
@@ -730,7 +732,10 @@ mod tests {
         assert_eq!(done(s.invalidate_tag("t", Purge::Remove)), 0);
         assert!(s.inner.tags.keys("t").is_empty());
         done(s.put("gone", tagged("a", &["t"]), Duration::ZERO));
-        assert_eq!(done(s.invalidate("gone", Purge::MarkStale(Duration::ZERO))), 0);
+        assert_eq!(
+            done(s.invalidate("gone", Purge::MarkStale(Duration::ZERO))),
+            0
+        );
         assert_eq!(done(s.invalidate("gone", Purge::Remove)), 0);
     }
 
