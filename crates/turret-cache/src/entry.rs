@@ -21,11 +21,10 @@ pub struct CachedResponse {
     initial_age: Duration,
     vary: Vec<(HeaderName, Option<Bytes>)>,
     tags: Vec<String>,
-    /// The fields of a hit, made once, on the first hit: the stored ones plus `Age`,
-    /// `X-Cache` and (when no upstream cache sent one) `Cache-Status`, whose values a hit
-    /// replaces in place. (A response decoded from Redis for one hit builds it once, not at
-    /// decode and again at the hit.)
-    hit_headers: OnceLock<HeaderMap>,
+    /// What every hit reads, made once, on the first look-up: the hit's fields and facts
+    /// about the stored ones. (A response decoded from Redis for one hit builds it once, not
+    /// at decode and again at the hit.)
+    prepared: OnceLock<Prepared>,
 }
 
 impl PartialEq for CachedResponse {
@@ -53,9 +52,33 @@ pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-statu
 /// removed from origin responses before they are stored, so an origin cannot forge one.
 pub(crate) const HIT_FOR_MISS: HeaderName = HeaderName::from_static("turret-hit-for-miss");
 
-/// The hit template of [`CachedResponse::hit_headers`].
-fn hit_template(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len() + 3);
+/// What a hit reads of a stored response, made once (see [`CachedResponse::prepared`]).
+#[derive(Clone)]
+pub(crate) struct Prepared {
+    /// The fields of a full hit: the stored ones plus `Age`, `X-Cache`, (when no upstream
+    /// cache sent one) `Cache-Status`, whose values a hit replaces in place, and (when the
+    /// status has a body and none was stored) `Content-Length`, so that no layer or server
+    /// inserting it regrows the cloned map.
+    pub(crate) hit_headers: HeaderMap,
+    /// `Vary: *` (never matches a request).
+    pub(crate) vary_star: bool,
+    /// An upstream cache's `Cache-Status` was stored (a hit appends to it).
+    pub(crate) upstream_status: bool,
+}
+
+impl Prepared {
+    fn new(status: StatusCode, headers: &HeaderMap, body_len: usize) -> Self {
+        Self {
+            hit_headers: hit_template(status, headers, body_len),
+            vary_star: freshness::vary_has_star(headers),
+            upstream_status: headers.contains_key(CACHE_STATUS),
+        }
+    }
+}
+
+/// The hit template of [`Prepared::hit_headers`].
+fn hit_template(status: StatusCode, headers: &HeaderMap, body_len: usize) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len() + 4);
     for (name, value) in headers {
         out.append(name, value.clone());
     }
@@ -63,6 +86,13 @@ fn hit_template(headers: &HeaderMap) -> HeaderMap {
     out.insert(X_CACHE, HeaderValue::from_static("HIT"));
     if !headers.contains_key(CACHE_STATUS) {
         out.insert(CACHE_STATUS, HeaderValue::from_static("turret; hit"));
+    }
+    // RFC 9110 §8.6: never on a 1xx or 204 (nor a 304, which a full hit is not).
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if !bodiless && !headers.contains_key(header::CONTENT_LENGTH) {
+        out.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
     }
     out
 }
@@ -111,7 +141,7 @@ impl CachedResponse {
         }
         Self {
             status,
-            hit_headers: OnceLock::new(),
+            prepared: OnceLock::new(),
             headers,
             body,
             request_time,
@@ -157,7 +187,7 @@ impl CachedResponse {
     ) -> CachedResponse {
         CachedResponse {
             status: self.status,
-            hit_headers: OnceLock::new(),
+            prepared: OnceLock::new(),
             headers,
             body: self.body.clone(),
             request_time,
@@ -179,10 +209,12 @@ impl CachedResponse {
         &self.headers
     }
 
-    /// The fields of a hit: the stored ones plus `Age`, `X-Cache` and, unless an upstream
-    /// cache sent one, `Cache-Status`, with placeholder values to replace.
-    pub(crate) fn hit_headers(&self) -> &HeaderMap {
-        self.hit_headers.get_or_init(|| hit_template(&self.headers))
+    /// What a hit reads, made on the first call: the hit's fields (the stored ones plus
+    /// `Age`, `X-Cache`, `Content-Length` and, unless an upstream cache sent one,
+    /// `Cache-Status`, with placeholder values to replace) and facts about the stored ones.
+    pub(crate) fn prepared(&self) -> &Prepared {
+        self.prepared
+            .get_or_init(|| Prepared::new(self.status, &self.headers, self.body.len()))
     }
 
     /// Whether this is a hit-for-miss marker, not a response (an empty body is checked
@@ -231,7 +263,7 @@ impl CachedResponse {
     /// in whitespace or in how they are split into lines; a handler can tell those apart, so
     /// they select different variants.)
     pub fn matches(&self, request_headers: &HeaderMap) -> bool {
-        !freshness::vary_has_star(&self.headers)
+        !self.prepared().vary_star
             && self
                 .vary
                 .iter()
@@ -395,7 +427,7 @@ impl CachedResponse {
         }
         Ok(Self {
             status,
-            hit_headers: OnceLock::new(),
+            prepared: OnceLock::new(),
             headers,
             body,
             request_time,
@@ -640,7 +672,10 @@ mod tests {
             range.contains(&shared.body().as_ptr()),
             "the body is a slice of the reply, not a copy"
         );
-        assert_eq!(shared.hit_headers(), &hit_template(e.headers()));
+        assert_eq!(
+            shared.prepared().hit_headers,
+            hit_template(e.status(), e.headers(), e.body().len())
+        );
         for n in 0..bytes.len() {
             assert!(CachedResponse::decode_shared(bytes.slice(..n)).is_err());
         }

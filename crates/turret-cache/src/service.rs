@@ -113,12 +113,61 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let method = req.method();
+        let head = method == Method::HEAD;
+        // The fast path: a fresh hit is answered here, before anything is cloned (the inner
+        // service stays ready for the next call, as tower allows), with the default key
+        // built in a reused buffer (a hit never allocates it). Anything else goes on with
+        // what was looked up.
+        let mut looked_up = None;
+        if (method == Method::GET || head) && self.shared.policies.make_key.is_none() {
+            let shared = &self.shared;
+            let policy = shared.policies.for_path(req.uri().path());
+            let directives = CacheControl::from_headers(req.headers());
+            // RFC 9111 §5.2.1.4: `no-cache` reuses nothing without validating it first.
+            if !policy.bypass
+                && !directives.no_store
+                && directives.no_cache == Qualified::Absent
+                && !validate::has_foreign_precondition(req.headers())
+            {
+                let fast = KEY.with_borrow_mut(|buf| {
+                    buf.clear();
+                    key::push_primary_key(buf, req.uri(), req.headers(), &policy.query);
+                    let pending = shared.storage.get(buf);
+                    match respond::fresh_hit(
+                        shared,
+                        policy,
+                        buf,
+                        head,
+                        &directives,
+                        req.headers(),
+                        pending,
+                    ) {
+                        FastPath::Hit(res) => FastPath::Hit(res),
+                        FastPath::Slow(pending) => FastPath::Slow((buf.clone(), pending)),
+                    }
+                });
+                match fast {
+                    FastPath::Hit(res) => return ResponseFuture::ready(res),
+                    FastPath::Slow(slow) => looked_up = Some((directives, slow)),
+                }
+            }
+        }
         // The clone-and-swap of `tower-service`: `inner` is the service that was polled ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        let method = req.method();
         let policy = shared.policies.for_path(req.uri().path()).clone();
+        if let Some((directives, (key, pending))) = looked_up {
+            let ctx = Ctx {
+                head,
+                shared,
+                policy,
+                key,
+                directives,
+            };
+            return miss::looked_up(ctx, inner, req, false, pending);
+        }
 
         if method != Method::GET && method != Method::HEAD {
             // RFC 9111 §4.4: a 2xx/3xx to an unsafe or unknown method invalidates the target.
@@ -163,31 +212,8 @@ where
         }
         // RFC 9111 §5.2.1.4: `no-cache` reuses nothing without validating it first.
         let force = directives.no_cache != Qualified::Absent;
-        let head = req.method() == Method::HEAD;
-        let (key, pending) = if shared.policies.make_key.is_none() && !force {
-            // The default key, built in a reused buffer: a fresh hit never allocates it.
-            let fast = KEY.with_borrow_mut(|buf| {
-                buf.clear();
-                key::push_primary_key(buf, req.uri(), req.headers(), &policy.query);
-                let pending = shared.storage.get(buf);
-                match respond::fresh_hit(
-                    &shared,
-                    &policy,
-                    buf,
-                    head,
-                    &directives,
-                    req.headers(),
-                    pending,
-                ) {
-                    FastPath::Hit(res) => FastPath::Hit(res),
-                    FastPath::Slow(pending) => FastPath::Slow((buf.clone(), pending)),
-                }
-            });
-            match fast {
-                FastPath::Hit(res) => return ResponseFuture::ready(res),
-                FastPath::Slow(slow) => slow,
-            }
-        } else {
+        // A custom key, or a request `no-cache` (the fast path took the rest).
+        let (key, pending) = {
             let Some(key) = shared.policies.key(&policy, req.uri(), req.headers()) else {
                 policy.count(Outcome::Bypass);
                 return ResponseFuture::forward(

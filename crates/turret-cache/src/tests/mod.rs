@@ -216,6 +216,24 @@ async fn second_get_is_served_from_cache_with_age_and_cache_status() {
 }
 
 #[tokio::test]
+async fn a_full_hit_states_its_length_and_a_bodiless_status_none_rfc9110_8_6() {
+    let cache = Fixture::new(200, &[("cache-control", "max-age=60")]);
+    cache.get("/a").await;
+    let res = cache.get("/a").await;
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    // Made with the hit's fields, so that no server or layer adding it regrows the map.
+    assert_eq!(res.headers().get_all("content-length").iter().count(), 1);
+    assert_eq!(field(&res, "content-length"), "6");
+    assert_eq!(text(res).await, "body 1");
+
+    let cache = Fixture::new(204, &[("cache-control", "max-age=60")]);
+    cache.get("/b").await;
+    let res = cache.get("/b").await;
+    assert_eq!(field(&res, "x-cache"), "HIT");
+    assert!(!res.headers().contains_key("content-length"));
+}
+
+#[tokio::test]
 async fn upstream_age_counts_toward_freshness_rfc9111_4_2_3() {
     let cache = Fixture::new(200, &[("cache-control", "max-age=60"), ("age", "50")]);
     cache.get("/a").await;
