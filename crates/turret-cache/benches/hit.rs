@@ -1,5 +1,8 @@
 //! The memory hit path: key build + look-up + response build, through the whole service
-//! (`call` and one poll of its future), against the bare handler; and the binary entry codec
+//! (`call` and one poll of its future), against the bare handler and an empty one (the floor
+//! of any service in this harness: the request moved in and dropped, a response made); the
+//! tiered storage's L1 hit (a `redis-server` started by the test kit behind it); and the
+//! binary entry codec
 //! (`CachedResponse::encode` / `decode`) of the same stored 1 KB response, the work a Redis
 //! hit adds on top of the round trip.
 
@@ -15,7 +18,11 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response, header};
 use http_body_util::Full;
 use tower::{Layer, Service, service_fn};
-use turret_cache::{CacheStorage, CachedResponse, MemoryStorage, ResponseCacheLayer};
+use turret_cache::{
+    CacheStorage, CachedResponse, MemoryStorage, ResponseCacheLayer, TieredStorage,
+};
+use turret_redis::{Redis, RedisConfig};
+use turret_testkit::RedisServer;
 
 /// Polls a future once; the hit path and the handler below are ready at once.
 fn poll_once<F: Future>(fut: F) -> F::Output {
@@ -36,7 +43,7 @@ fn request() -> Request<()> {
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .unwrap();
     let _guard = rt.enter();
@@ -68,6 +75,52 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             request,
             |req| poll_once(bare.call(req)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    let mut empty = service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+    });
+    group.bench_function("empty_handler", |b| {
+        b.iter_batched(
+            request,
+            |req| poll_once(empty.call(req)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+
+    // The tiered storage: filled once through Redis, then every hit is an L1 hit.
+    let server = RedisServer::start();
+    let redis = rt
+        .block_on(Redis::connect(
+            RedisConfig::from_url(&server.url()).unwrap(),
+        ))
+        .unwrap();
+    let tiered = TieredStorage::new(redis);
+    let mut tiered_cached = ResponseCacheLayer::with_storage(tiered).layer(handler);
+    // A miss stores in Redis; the next get copies the entry into the L1 (once the
+    // invalidation listener is subscribed): from then on a hit is answered at once.
+    let mut l1_hits = false;
+    for _ in 0..200 {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut fut = pin!(tiered_cached.call(request()));
+        if let Poll::Ready(res) = fut.as_mut().poll(&mut cx) {
+            if res.unwrap().headers()["x-cache"] == "HIT" {
+                l1_hits = true;
+                break;
+            }
+        } else {
+            let res = rt.block_on(fut).unwrap();
+            rt.block_on(http_body_util::BodyExt::collect(res.into_body()))
+                .unwrap();
+        }
+        rt.block_on(tokio::time::sleep(std::time::Duration::from_millis(10)));
+    }
+    assert!(l1_hits, "the tiered bench measures L1 hits");
+    group.bench_function("tiered_l1_hit", |b| {
+        b.iter_batched(
+            request,
+            |req| poll_once(tiered_cached.call(req)).unwrap(),
             BatchSize::SmallInput,
         )
     });
