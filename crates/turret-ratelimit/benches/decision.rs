@@ -1,11 +1,24 @@
 //! In-memory keyed decision: turret's memory backend against governor's keyed limiter; and
 //! a plan of one, two and three quotas (all-or-nothing) against two governor limiters
-//! chained (which spend the first limiter's quota on a request the second refuses).
+//! chained (which spend the first limiter's quota on a request the second refuses); and the
+//! whole service: `RateLimitLayer` (peer IP key, the five fields on the response) over an
+//! empty handler, against the empty handler alone (the floor of this harness: a request
+//! made, moved in and dropped, a response made) — the layer's own cost is the difference.
 
 use std::{hint::black_box, num::NonZeroU32, time::Duration};
 
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::pin,
+    task::{Context, Poll, Waker},
+};
+
 use criterion::{Criterion, criterion_group, criterion_main};
-use turret_ratelimit::{MemoryBackend, Plan, Quota};
+use http::{Request, Response};
+use tower::{Layer, Service, service_fn};
+use turret_ratelimit::{MemoryBackend, Plan, Quota, RateLimitLayer};
 
 fn keys(n: usize) -> Vec<String> {
     (0..n)
@@ -85,5 +98,38 @@ fn plans(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, decision, plans);
+/// Polls a future once; both services below answer at once.
+fn poll_once<F: Future>(fut: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(fut).poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("the benchmarked path should not wait"),
+    }
+}
+
+fn service(c: &mut Criterion) {
+    let peer: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+    let request = move || {
+        let mut req = Request::get("/items/7").body(()).unwrap();
+        req.extensions_mut().insert(peer);
+        req
+    };
+    let empty = service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+    });
+    let mut group = c.benchmark_group("service");
+    let mut limited = RateLimitLayer::new(Quota::per_second(1_000_000_000)).layer(empty);
+    let res = poll_once(limited.call(request())).unwrap();
+    assert!(res.headers().contains_key("ratelimit"), "the fields are on");
+    group.bench_function("turret memory, five fields", |b| {
+        b.iter(|| black_box(poll_once(limited.call(request())).unwrap()))
+    });
+    let mut bare = empty;
+    group.bench_function("empty handler", |b| {
+        b.iter(|| black_box(poll_once(bare.call(request())).unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision, plans, service);
 criterion_main!(benches);
