@@ -21,10 +21,12 @@ pub struct CachedResponse {
     initial_age: Duration,
     vary: Vec<(HeaderName, Option<Bytes>)>,
     tags: Vec<String>,
-    /// What every hit reads, made once, on the first look-up: the hit's fields and facts
-    /// about the stored ones. (A response decoded from Redis for one hit builds it once, not
-    /// at decode and again at the hit.)
-    prepared: OnceLock<Prepared>,
+    /// Facts every look-up reads of the stored fields, found on the first one.
+    facts: OnceLock<Facts>,
+    /// The fields of a full hit, kept from the second hit on (see
+    /// [`hit_headers`](Self::hit_headers)); `hit_once` is set by the first.
+    hit_template: OnceLock<HeaderMap>,
+    hit_once: OnceLock<()>,
 }
 
 impl PartialEq for CachedResponse {
@@ -52,31 +54,19 @@ pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-statu
 /// removed from origin responses before they are stored, so an origin cannot forge one.
 pub(crate) const HIT_FOR_MISS: HeaderName = HeaderName::from_static("turret-hit-for-miss");
 
-/// What a hit reads of a stored response, made once (see [`CachedResponse::prepared`]).
-#[derive(Clone)]
-pub(crate) struct Prepared {
-    /// The fields of a full hit: the stored ones plus `Age`, `X-Cache`, (when no upstream
-    /// cache sent one) `Cache-Status`, whose values a hit replaces in place, and (when the
-    /// status has a body and none was stored) `Content-Length`, so that no layer or server
-    /// inserting it regrows the cloned map.
-    pub(crate) hit_headers: HeaderMap,
+/// What every look-up reads of the stored fields (see [`CachedResponse::facts`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Facts {
     /// `Vary: *` (never matches a request).
     pub(crate) vary_star: bool,
     /// An upstream cache's `Cache-Status` was stored (a hit appends to it).
     pub(crate) upstream_status: bool,
 }
 
-impl Prepared {
-    fn new(status: StatusCode, headers: &HeaderMap, body_len: usize) -> Self {
-        Self {
-            hit_headers: hit_template(status, headers, body_len),
-            vary_star: freshness::vary_has_star(headers),
-            upstream_status: headers.contains_key(CACHE_STATUS),
-        }
-    }
-}
-
-/// The hit template of [`Prepared::hit_headers`].
+/// The fields of a full hit: the stored ones plus `Age`, `X-Cache`, (when no upstream cache
+/// sent one) `Cache-Status`, whose values a hit replaces in place, and (when the status has a
+/// body and none was stored) `Content-Length`, so that no layer or server inserting it
+/// regrows the map.
 fn hit_template(status: StatusCode, headers: &HeaderMap, body_len: usize) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len() + 4);
     for (name, value) in headers {
@@ -141,7 +131,9 @@ impl CachedResponse {
         }
         Self {
             status,
-            prepared: OnceLock::new(),
+            facts: OnceLock::new(),
+            hit_template: OnceLock::new(),
+            hit_once: OnceLock::new(),
             headers,
             body,
             request_time,
@@ -187,7 +179,9 @@ impl CachedResponse {
     ) -> CachedResponse {
         CachedResponse {
             status: self.status,
-            prepared: OnceLock::new(),
+            facts: OnceLock::new(),
+            hit_template: OnceLock::new(),
+            hit_once: OnceLock::new(),
             headers,
             body: self.body.clone(),
             request_time,
@@ -209,12 +203,27 @@ impl CachedResponse {
         &self.headers
     }
 
-    /// What a hit reads, made on the first call: the hit's fields (the stored ones plus
-    /// `Age`, `X-Cache`, `Content-Length` and, unless an upstream cache sent one,
-    /// `Cache-Status`, with placeholder values to replace) and facts about the stored ones.
-    pub(crate) fn prepared(&self) -> &Prepared {
-        self.prepared
-            .get_or_init(|| Prepared::new(self.status, &self.headers, self.body.len()))
+    /// Facts about the stored fields, found on the first call.
+    pub(crate) fn facts(&self) -> Facts {
+        *self.facts.get_or_init(|| Facts {
+            vary_star: freshness::vary_has_star(&self.headers),
+            upstream_status: self.headers.contains_key(CACHE_STATUS),
+        })
+    }
+
+    /// The fields of a full hit (the stored ones plus `Age`, `X-Cache`, `Content-Length`
+    /// and, unless an upstream cache sent one, `Cache-Status`, with placeholder values to
+    /// replace). Made for the first hit; from the second on, made once, kept and cloned —
+    /// so a response decoded from Redis for one hit makes them once, not twice.
+    pub(crate) fn hit_headers(&self) -> HeaderMap {
+        if let Some(template) = self.hit_template.get() {
+            return template.clone();
+        }
+        let make = || hit_template(self.status, &self.headers, self.body.len());
+        if self.hit_once.set(()).is_ok() {
+            return make();
+        }
+        self.hit_template.get_or_init(make).clone()
     }
 
     /// Whether this is a hit-for-miss marker, not a response (an empty body is checked
@@ -263,7 +272,7 @@ impl CachedResponse {
     /// in whitespace or in how they are split into lines; a handler can tell those apart, so
     /// they select different variants.)
     pub fn matches(&self, request_headers: &HeaderMap) -> bool {
-        !self.prepared().vary_star
+        !self.facts().vary_star
             && self
                 .vary
                 .iter()
@@ -427,7 +436,9 @@ impl CachedResponse {
         }
         Ok(Self {
             status,
-            prepared: OnceLock::new(),
+            facts: OnceLock::new(),
+            hit_template: OnceLock::new(),
+            hit_once: OnceLock::new(),
             headers,
             body,
             request_time,
@@ -672,10 +683,10 @@ mod tests {
             range.contains(&shared.body().as_ptr()),
             "the body is a slice of the reply, not a copy"
         );
-        assert_eq!(
-            shared.prepared().hit_headers,
-            hit_template(e.status(), e.headers(), e.body().len())
-        );
+        let template = hit_template(e.status(), e.headers(), e.body().len());
+        assert_eq!(shared.hit_headers(), template, "made for the first hit");
+        assert_eq!(shared.hit_headers(), template, "kept from the second");
+        assert_eq!(shared.hit_headers(), template);
         for n in 0..bytes.len() {
             assert!(CachedResponse::decode_shared(bytes.slice(..n)).is_err());
         }

@@ -79,14 +79,17 @@ pub(crate) fn hit<B: Body>(
     policy.count(Outcome::Hit);
     tracing::debug!(%key, "cache hit");
     let conditional = entry.status() == StatusCode::OK && validate::is_conditional(request);
-    let prepared = entry.prepared();
-    if !head && !conditional && !prepared.upstream_status && !request.contains_key(header::RANGE) {
+    if !head
+        && !conditional
+        && !entry.facts().upstream_status
+        && !request.contains_key(header::RANGE)
+    {
         // The common hit: the prepared fields, two values replaced in place. (Not
         // `insert`: a cloned map has no spare room, and `insert` reserves one more slot
         // even when it replaces, so it would regrow the map on every hit.)
         let mut res = Response::new(ResponseBody::full(entry.body().clone()));
         *res.status_mut() = entry.status();
-        *res.headers_mut() = prepared.hit_headers.clone();
+        *res.headers_mut() = entry.hit_headers();
         let headers = res.headers_mut();
         if let Some(age) = headers.get_mut(header::AGE) {
             *age = age_value(entry.age(now).as_secs());
