@@ -163,6 +163,40 @@ async fn a_gcra_key_far_from_its_limit_lives_a_second_not_a_millisecond() {
 }
 
 #[tokio::test]
+async fn a_gcra_tat_is_read_and_written_as_plain_decimal_microseconds() {
+    // The stored state is what every version of the script reads and writes: a fleet
+    // upgrading instance by instance shares it. Here a TAT written as the earlier script wrote
+    // it (decimal µs, a multiple of 10^8: the digits Redis ≥ 7.2 would put in exponent form
+    // were the number passed as is) is decided from, and the new one is plain digits again.
+    let server = RedisServer::start();
+    let backend = RedisBackend::new(redis(&server.url()).await);
+    let quota = Quota::per_hour(10); // emission interval 360 s, tolerance 3,600 s
+    let t = 360_000_000u64;
+    let key = backend.redis_key("p", "upgraded", Algorithm::Gcra);
+    let time: Vec<u64> = server.cmd(&["TIME"]);
+    let now = time[0] * 1_000_000 + time[1];
+    // Three to a little over three and a half intervals ahead of now.
+    let stored = (now + 3 * t).div_ceil(100_000_000) * 100_000_000 + 100_000_000;
+    let _: () = server.cmd(&["SET", &key, &stored.to_string(), "PX", "3600000"]);
+    let d = match backend.decide("p", "upgraded", &Plan::new("p", quota), 5, Duration::ZERO) {
+        Decide::Pending(f) => f.await.unwrap().decisions()[0],
+        Decide::Ready(r) => r.unwrap().decisions()[0],
+    };
+    // After five more intervals the TAT is 8.3–8.6 intervals ahead: one of ten left.
+    assert!(d.allowed);
+    assert_eq!(d.remaining, 1, "{d:?}");
+    let written: String = server.cmd(&["GET", &key]);
+    assert_eq!(written, (stored + 5 * t).to_string());
+    // It lives until the quota is whole again, as before.
+    let ahead_ms = ((stored + 5 * t - now) / 1000) as i64;
+    let ttl: i64 = server.cmd(&["PTTL", &key]);
+    assert!(
+        ttl > ahead_ms - 60_000 && ttl <= ahead_ms + 2,
+        "{ttl} vs {ahead_ms}"
+    );
+}
+
+#[tokio::test]
 async fn hostile_keys_stay_in_their_namespace() {
     let server = RedisServer::start();
     let backend = RedisBackend::new(redis(&server.url()).await);

@@ -8,8 +8,9 @@ use std::{
     time::Duration,
 };
 
+use smallvec::SmallVec;
 use tokio::sync::oneshot;
-use turret_redis::{Redis, Script};
+use turret_redis::{Redis, Script, redis::Value};
 
 use super::{Backend, BackendError, Decide};
 use crate::{Algorithm, Decision, Outcome, Plan, Quota};
@@ -42,37 +43,53 @@ return out",
 /// the quota is whole again but at least a second: a key whose quota is far from spent
 /// would otherwise expire within milliseconds and be made again by its next request (a TAT
 /// in the past decides as "now", so keeping it longer changes nothing).
+///
+/// Written for the cost of each call, as `batch` describes but without its per-request
+/// closure and table: the loop fills one flat reply; numbers come from strings by Lua's
+/// arithmetic coercion (the same conversion as `tonumber`); a reply number is truncated to an
+/// integer by Redis, which is `math.floor` for these non-negative values; the expiry needs no
+/// call below the one-second floor. The TAT is stored as the same decimal integer as ever: a
+/// number argument is formatted by Redis (`%.17g`, or the shortest form on Redis ≥ 7.2,
+/// which is written in exponent form for eight or more trailing zeros), so only a TAT that
+/// either form would not write as its plain digits goes through `string.format`.
 static GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "ratelimit_gcra",
-        format!(
-            "{NOW}
-local t_ = tonumber(ARGV[1]) local tau = tonumber(ARGV[2]) local count = tonumber(ARGV[3])
+        "local t = redis.call('TIME') local now = t[1] * 1000000 + t[2]
+local t_, tau, count = ARGV[1] + 0, ARGV[2] + 0, ARGV[3] + 0
 local stored = tonumber(redis.call('GET', KEYS[1]) or 0)
 local changed = false
-local function one(cost)
-local tat = stored
-if tat < now then tat = now end
-local new_tat = tat + t_ * cost
-local diff = new_tat - now
-if diff > tau or count == 0 then
-  local avail = math.floor(math.max(tau - (tat - now), 0) / t_)
-  local retry = -1
-  if t_ * cost <= tau and count > 0 then retry = diff - tau end
-  return {{0, avail, tat - now, retry}}
+local out, n = {}, 0
+for j = 4, #ARGV do
+  local cost = ARGV[j] + 0
+  local tat = stored
+  if tat < now then tat = now end
+  local new_tat = tat + t_ * cost
+  local diff = new_tat - now
+  if diff > tau or count == 0 then
+    local avail = tau - (tat - now)
+    if avail < 0 then avail = 0 end
+    local retry = -1
+    if t_ * cost <= tau and count > 0 then retry = diff - tau end
+    out[n + 1] = 0 out[n + 2] = avail / t_ out[n + 3] = tat - now out[n + 4] = retry
+  else
+    stored = new_tat
+    changed = true
+    out[n + 1] = 1 out[n + 2] = (tau - diff) / t_ out[n + 3] = diff out[n + 4] = -1
+  end
+  n = n + 4
 end
-stored = new_tat
-changed = true
-return {{1, math.floor((tau - diff) / t_), diff, -1}}
+if changed then
+  local px = 1000
+  if stored - now > 999000 then
+    px = math.ceil((stored - now) / 1000) + 1
+    if px >= 9007199254740992 or px % 100000000 == 0 then px = string.format('%.0f', px) end
+  end
+  local v = stored
+  if v >= 9007199254740992 or v % 100000000 == 0 then v = string.format('%.0f', v) end
+  redis.call('SET', KEYS[1], v, 'PX', px)
 end
-{}",
-            batch(
-                3,
-                "if changed then
-  redis.call('SET', KEYS[1], string.format('%.0f', stored), 'PX', math.max(math.ceil((stored - now) / 1000) + 1, 1000))
-end"
-            )
-        ),
+return out",
     )
 });
 
@@ -538,8 +555,7 @@ async fn call(
 ) -> Result<Vec<Outcome>, BackendError> {
     let limits = job.plan.limits();
     if limits.len() == 1 && job.max_delay_us == 0 {
-        let decisions = call_one(redis, &job.keys[0], limits[0].quota(), costs).await?;
-        return Ok(decisions.into_iter().map(Outcome::single).collect());
+        return call_one(redis, &job.keys[0], limits[0].quota(), costs).await;
     }
     let mut call = MULTI.prepare();
     for key in job.keys.iter() {
@@ -570,35 +586,60 @@ async fn call(
         call = call.arg(cost);
         n += 1;
     }
-    let reply: Vec<i64> = call.invoke(redis).await.map_err(redis_error)?;
+    let reply: Value = call.invoke(redis).await.map_err(redis_error)?;
     let per = 1 + 4 * limits.len();
-    if reply.len() != per * n {
-        return Err(BackendError::new(
+    let outcomes = match &reply {
+        Value::Array(items) if items.len() == per * n => items
+            .chunks_exact(per)
+            .map(|r| {
+                let [Value::Int(delay), ref decisions @ ..] = *r else {
+                    return None;
+                };
+                let decisions = decisions
+                    .chunks_exact(4)
+                    .zip(limits)
+                    .map(|(d, l)| decision(d, l.quota()))
+                    .collect::<Option<SmallVec<[Decision; 2]>>>()?;
+                Some(Outcome::new(
+                    decisions,
+                    Duration::from_micros(delay.max(0) as u64),
+                ))
+            })
+            .collect::<Option<Vec<_>>>(),
+        _ => None,
+    };
+    outcomes.ok_or_else(|| {
+        BackendError::new(
             format!(
                 "unexpected reply from {} for {n} requests of {} limits: {reply:?}",
                 MULTI.name(),
                 limits.len()
             ),
             false,
-        ));
-    }
+        )
+    })
+}
+
+/// One decision of a script's reply, `{allowed, remaining, reset_us, retry_us (-1: never)}`,
+/// read in place; `None` unless it is four integers.
+fn decision(d: &[Value], quota: &Quota) -> Option<Decision> {
     let non_neg = |v: i64| v.max(0) as u64;
-    Ok(reply
-        .chunks_exact(per)
-        .map(|r| {
-            let decisions = r[1..].chunks_exact(4).zip(limits).map(|(d, l)| {
-                let [allowed, remaining, reset, retry] = [d[0], d[1], d[2], d[3]];
-                Decision::from_micros(
-                    allowed == 1,
-                    l.quota().count(),
-                    non_neg(remaining),
-                    non_neg(reset),
-                    (allowed != 1 && retry >= 0).then(|| non_neg(retry)),
-                )
-            });
-            Outcome::new(decisions, Duration::from_micros(non_neg(r[0])))
-        })
-        .collect())
+    let [
+        Value::Int(allowed),
+        Value::Int(remaining),
+        Value::Int(reset),
+        Value::Int(retry),
+    ] = *d
+    else {
+        return None;
+    };
+    Some(Decision::from_micros(
+        allowed == 1,
+        quota.count(),
+        non_neg(remaining),
+        non_neg(reset),
+        (allowed != 1 && retry >= 0).then(|| non_neg(retry)),
+    ))
 }
 
 /// One call of a single-quota script deciding `costs` in order for `redis_key`.
@@ -607,7 +648,7 @@ async fn call_one(
     redis_key: &str,
     quota: &Quota,
     costs: impl Iterator<Item = u32>,
-) -> Result<Vec<Decision>, BackendError> {
+) -> Result<Vec<Outcome>, BackendError> {
     let script = match quota.algorithm() {
         Algorithm::Gcra => &*GCRA,
         Algorithm::FixedWindow => &*FIXED,
@@ -627,30 +668,23 @@ async fn call_one(
         call = call.arg(cost);
         n += 1;
     }
-    let reply: Vec<i64> = call.invoke(redis).await.map_err(redis_error)?;
-    if reply.len() != 4 * n {
-        return Err(BackendError::new(
+    let reply: Value = call.invoke(redis).await.map_err(redis_error)?;
+    let outcomes = match &reply {
+        Value::Array(items) if items.len() == 4 * n => items
+            .chunks_exact(4)
+            .map(|d| decision(d, quota).map(Outcome::single))
+            .collect::<Option<Vec<_>>>(),
+        _ => None,
+    };
+    outcomes.ok_or_else(|| {
+        BackendError::new(
             format!(
                 "unexpected reply from {} for {n} requests: {reply:?}",
                 script.name()
             ),
             false,
-        ));
-    }
-    let non_neg = |v: i64| v.max(0) as u64;
-    Ok(reply
-        .chunks_exact(4)
-        .map(|d| {
-            let [allowed, remaining, reset, retry] = [d[0], d[1], d[2], d[3]];
-            Decision::from_micros(
-                allowed == 1,
-                quota.count(),
-                non_neg(remaining),
-                non_neg(reset),
-                (allowed != 1 && retry >= 0).then(|| non_neg(retry)),
-            )
-        })
-        .collect())
+        )
+    })
 }
 
 /// Decides `batch`, then whatever queued for the key meanwhile, one call per round, until
