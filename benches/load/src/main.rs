@@ -1124,10 +1124,31 @@ fn targets(o: &Options, rows: &[Row]) -> Vec<Target> {
             "http-cache-tower-server",
             1.0,
         ),
+        // The controls send the same fields as the layer, as constants: a ratio to them is
+        // what the layer's own work costs, apart from wrk parsing more bytes on the same
+        // cores.
+        (
+            "memory cache hit ÷ raw-plus-cache-headers",
+            "turret-cache-memory",
+            "raw-plus-cache-headers",
+            1.0,
+        ),
+        (
+            "tiered cache hit ÷ raw-plus-cache-headers",
+            "turret-cache-tiered",
+            "raw-plus-cache-headers",
+            1.0,
+        ),
         (
             "memory rate limiter ÷ ceiling",
             "turret-memory",
             "raw",
+            0.97,
+        ),
+        (
+            "memory rate limiter ÷ raw-plus-5-headers",
+            "turret-memory",
+            "raw-plus-5-headers",
             0.97,
         ),
         (
@@ -1247,6 +1268,14 @@ fn targets(o: &Options, rows: &[Row]) -> Vec<Target> {
                 goal: Goal::Below(10.0),
                 disturbed: r.run.disturbed,
             });
+            if let Some(raw) = row("raw") {
+                targets.push(Target {
+                    label: format!("full stack p99 ÷ the ceiling's own p99, c={c}"),
+                    value: r.run.latency[2] / raw.run.latency[2],
+                    goal: Goal::Below(1.5),
+                    disturbed: r.run.disturbed || raw.run.disturbed,
+                });
+            }
         }
     }
     targets
