@@ -115,8 +115,11 @@ impl<K, V> Core<K, V> {
         }
     }
 
+    /// Announces that the flusher has finished. `send_replace`, not `send`: `send` drops the
+    /// value when nobody is subscribed yet, and a `shutdown` subscribing later would wait
+    /// forever.
     fn finished(&self) {
-        let _ = self.done.send(true);
+        self.done.send_replace(true);
     }
 }
 
@@ -238,8 +241,8 @@ impl<K: QueueKey, V: QueueItem> WriteBehind<K, V> {
     /// are lost; Redis: they stay in the stream).
     pub async fn shutdown(&self) {
         let core = &self.handle.core;
-        core.close();
         let mut done = core.done.subscribe();
+        core.close();
         let _ = done.wait_for(|d| *d).await;
     }
 }
@@ -408,5 +411,46 @@ fn start<K: QueueKey, V: QueueItem, S: Sink<K, V>>(
     });
     WriteBehind {
         handle: Arc::new(Handle { core }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+    use crate::Batch;
+
+    struct Discard;
+
+    impl Sink<u64, u64> for Discard {
+        type Error = Infallible;
+        async fn flush(&self, _: &Batch<u64, u64>) -> Result<(), Infallible> {
+            Ok(())
+        }
+    }
+
+    /// The flusher may finish before `shutdown` starts waiting for it (closed by another
+    /// clone's `shutdown`, or by a worker thread racing the caller's): `shutdown` must still
+    /// return. A finish announced to no receiver used to be lost, and `shutdown` waited
+    /// forever.
+    #[tokio::test]
+    async fn shutdown_returns_when_the_flusher_already_finished() {
+        let q = WriteBehind::<u64, u64>::builder("done")
+            .memory(Discard)
+            .unwrap();
+        let core = q.handle.core.clone();
+        core.close();
+        // The flusher task holds the other reference until it has finished.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while Arc::strong_count(&core) > 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the flusher finishes once the queue is closed");
+        tokio::time::timeout(Duration::from_secs(10), q.shutdown())
+            .await
+            .expect("shutdown returns");
     }
 }
