@@ -190,7 +190,7 @@ pub use layer::{
 pub use policy::{MakeCacheKey, Policy, QueryKey};
 pub use purge::{InvalidPurgeToken, MAX_PURGE_TAGS, MAX_PURGE_TARGET, PurgeAuth, PurgeService};
 #[cfg(feature = "redis")]
-pub use redis_storage::RedisStorage;
+pub use redis_storage::{DEFAULT_KEEP_DECODED, RedisStorage};
 pub use service::ResponseCache;
 pub use storage::{
     CacheStorage, MAX_VARIANTS, MemoryStorage, Purge, StorageError, StorageFuture, Variants,

@@ -137,17 +137,82 @@ return 1
 ///
 /// A Redis error (unreachable, timeout, open circuit breaker) is a [`StorageError`]: the
 /// layer answers from the origin.
+///
+/// # Decoded entries kept
+///
+/// A hit still reads the entry from Redis, but an entry read before is not decoded again:
+/// each storage keeps the responses it decoded, by primary key, next to the exact bytes they
+/// came from, and a variant whose bytes Redis returns unchanged is the response decoded
+/// last time (with the hit fields already made for it). Any other bytes are decoded. So
+/// what a hit serves is always what Redis holds now; only the decoding is saved. The kept
+/// responses are bounded by [`keep_decoded`](Self::keep_decoded) (default
+/// [`DEFAULT_KEEP_DECODED`] bytes of stored entries; they share their bytes with the
+/// responses a request holds).
 #[derive(Clone)]
 pub struct RedisStorage {
     redis: Redis,
     /// Bodies at least this large are LZ4-compressed (feature `compression`).
     compress_over: Option<usize>,
+    /// The responses decoded last, by primary key (`None`: decode every read).
+    decoded: Option<Arc<Decoded>>,
+}
+
+/// Default bound of the decoded responses a [`RedisStorage`] keeps, in bytes of stored
+/// entries (see [`RedisStorage::keep_decoded`]).
+pub const DEFAULT_KEEP_DECODED: u64 = 16 * 1024 * 1024;
+
+/// One decoded variant and the exact bytes it was decoded from.
+#[derive(Clone)]
+struct Known {
+    raw: Bytes,
+    response: Arc<CachedResponse>,
+}
+
+/// The variants of one entry hash as last read: each with its bytes, sorted by response
+/// time, and the same responses as a get returns them.
+struct KnownVariants {
+    known: Box<[Known]>,
+    variants: Variants,
+}
+
+/// The weight of an entry's kept variants: their stored bytes and the key.
+#[derive(Clone)]
+struct KnownWeight;
+
+/// What a kept variant costs beyond its bytes (the decoded header map, the `Arc`s).
+const KNOWN_OVERHEAD: u64 = 256;
+
+impl quick_cache::Weighter<String, Arc<KnownVariants>> for KnownWeight {
+    fn weight(&self, key: &String, kept: &Arc<KnownVariants>) -> u64 {
+        let bytes: usize = kept.known.iter().map(|k| k.raw.len()).sum();
+        (key.len() + bytes) as u64 + KNOWN_OVERHEAD * kept.known.len() as u64
+    }
+}
+
+/// Kept decoded variants by entry hash (the Redis key).
+type Decoded =
+    quick_cache::sync::Cache<String, Arc<KnownVariants>, KnownWeight, foldhash::fast::RandomState>;
+
+fn decoded_cache(max_bytes: u64) -> Option<Arc<Decoded>> {
+    if max_bytes == 0 {
+        return None;
+    }
+    Some(Arc::new(Decoded::with(
+        usize::try_from(max_bytes / 4096)
+            .unwrap_or(usize::MAX)
+            .max(16),
+        max_bytes,
+        KnownWeight,
+        foldhash::fast::RandomState::default(),
+        quick_cache::sync::DefaultLifecycle::default(),
+    )))
 }
 
 impl fmt::Debug for RedisStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStorage")
             .field("redis", &self.redis)
+            .field("decoded_kept", &self.decoded.as_ref().map(|d| d.len()))
             .finish()
     }
 }
@@ -158,7 +223,16 @@ impl RedisStorage {
         Self {
             redis,
             compress_over: None,
+            decoded: decoded_cache(DEFAULT_KEEP_DECODED),
         }
+    }
+
+    /// Bounds the decoded responses kept so that a hit on an unchanged entry is not decoded
+    /// again (see [the type docs](Self#decoded-entries-kept)), in bytes of stored entries;
+    /// `0` decodes every read. Clones share what is kept; this gives the storage its own.
+    pub fn keep_decoded(mut self, max_bytes: u64) -> Self {
+        self.decoded = decoded_cache(max_bytes);
+        self
     }
 
     /// Compresses bodies of at least `bytes` with LZ4 before they go to Redis (less memory
@@ -235,6 +309,15 @@ fn bytes(value: redis::Value) -> Option<Vec<u8>> {
     }
 }
 
+/// The bytes of a reply element, when it is a string, borrowed.
+fn bytes_ref(value: &redis::Value) -> Option<&[u8]> {
+    match value {
+        redis::Value::BulkString(b) => Some(b),
+        redis::Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
 /// Field/value pairs of an `HGETALL` reply (a flat array in RESP2, a map in RESP3).
 fn pairs(reply: redis::Value) -> Vec<(Vec<u8>, Vec<u8>)> {
     match reply {
@@ -256,11 +339,54 @@ fn pairs(reply: redis::Value) -> Vec<(Vec<u8>, Vec<u8>)> {
     }
 }
 
-/// The responses of an entry hash: decodable variants (sorted by response time), marked
-/// stale from the entry's soft purge on.
-fn variants_of(key: &str, reply: redis::Value) -> Variants {
+/// Calls `f` on each pair of [`pairs`], borrowed, while it returns true; false if one did
+/// not.
+fn all_pairs(reply: &redis::Value, mut f: impl FnMut(&[u8], &[u8]) -> bool) -> bool {
+    match reply {
+        redis::Value::Map(entries) => {
+            entries
+                .iter()
+                .all(|(k, v)| match (bytes_ref(k), bytes_ref(v)) {
+                    (Some(k), Some(v)) => f(k, v),
+                    _ => true,
+                })
+        }
+        redis::Value::Array(items) => {
+            items
+                .chunks_exact(2)
+                .all(|kv| match (bytes_ref(&kv[0]), bytes_ref(&kv[1])) {
+                    (Some(k), Some(v)) => f(k, v),
+                    _ => true,
+                })
+        }
+        _ => true,
+    }
+}
+
+/// The kept variants' responses, if the reply holds exactly their bytes and no soft purge.
+fn unchanged(kept: &KnownVariants, reply: &redis::Value) -> Option<Variants> {
+    let mut variants = 0;
+    let same = all_pairs(reply, |field, value| {
+        if field.starts_with(b"!") {
+            return field != STALE_FIELD.as_bytes();
+        }
+        variants += 1;
+        kept.known.iter().any(|k| k.raw[..] == *value)
+    });
+    (same && variants == kept.known.len()).then(|| kept.variants.clone())
+}
+
+/// The responses of an entry hash (`hash`): decodable variants (sorted by response time),
+/// marked stale from the entry's soft purge on. A variant whose bytes are those of a
+/// variant kept in `decoded` is that variant's response, not decoded again.
+fn variants_of(hash: &str, reply: redis::Value, decoded: Option<&Decoded>) -> Variants {
+    let kept = decoded.and_then(|d| d.get(hash));
+    if let Some(out) = kept.as_deref().and_then(|k| unchanged(k, &reply)) {
+        return out;
+    }
     let mut stale_at: Option<Duration> = None;
-    let mut variants: Vec<CachedResponse> = Vec::new();
+    let mut variants: Vec<Known> = Vec::new();
+    let mut decoded_now = false;
     for (field, value) in pairs(reply) {
         if field == STALE_FIELD.as_bytes() {
             stale_at = std::str::from_utf8(&value)
@@ -272,12 +398,26 @@ fn variants_of(key: &str, reply: redis::Value) -> Variants {
         if field.starts_with(b"!") {
             continue;
         }
-        match CachedResponse::decode_shared(Bytes::from(value)) {
-            Ok(v) => variants.push(v),
+        if let Some(known) = kept
+            .as_deref()
+            .and_then(|kept| kept.known.iter().find(|k| k.raw[..] == value[..]))
+        {
+            variants.push(known.clone());
+            continue;
+        }
+        let raw = Bytes::from(value);
+        match CachedResponse::decode_shared(raw.clone()) {
+            Ok(v) => {
+                decoded_now = true;
+                variants.push(Known {
+                    raw,
+                    response: Arc::new(v),
+                });
+            }
             Err(e) => {
                 metrics::counter!("turret_cache_decode_errors_total").increment(1);
                 tracing::warn!(
-                    %key,
+                    key = %hash,
                     field = %String::from_utf8_lossy(&field),
                     error = %e,
                     "skipping a cache variant that does not decode"
@@ -285,14 +425,39 @@ fn variants_of(key: &str, reply: redis::Value) -> Variants {
             }
         }
     }
-    variants.sort_by_key(CachedResponse::response_time);
-    variants
-        .into_iter()
-        .map(|v| match stale_at {
-            Some(at) if v.response_time() <= at => Arc::new(v.stale_at(at)),
-            _ => Arc::new(v),
-        })
-        .collect()
+    variants.sort_by_key(|k| k.response.response_time());
+    let fresh: Variants = variants.iter().map(|k| k.response.clone()).collect();
+    if let Some(decoded) = decoded {
+        // Keep exactly what Redis holds now: new variants in, vanished ones out.
+        if decoded_now
+            || kept
+                .as_ref()
+                .is_some_and(|k| k.known.len() != variants.len())
+        {
+            if variants.is_empty() {
+                decoded.remove(hash);
+            } else {
+                let kept = KnownVariants {
+                    known: variants.into_boxed_slice(),
+                    variants: fresh.clone(),
+                };
+                decoded.insert(hash.to_owned(), Arc::new(kept));
+            }
+        }
+    }
+    match stale_at {
+        None => fresh,
+        Some(at) => fresh
+            .iter()
+            .map(|v| {
+                if v.response_time() <= at {
+                    Arc::new(v.stale_at(at))
+                } else {
+                    v.clone()
+                }
+            })
+            .collect(),
+    }
 }
 
 /// Invalidates one key; how many keys held responses (1 or 0).
@@ -443,13 +608,14 @@ async fn restore(redis: &Redis, index: &str, members: &[(String, Vec<u8>)], fail
 impl CacheStorage for RedisStorage {
     fn get(&self, key: &str) -> StorageFuture<Variants> {
         let redis = self.redis.clone();
-        let key = key.to_owned();
+        let decoded = self.decoded.clone();
+        let hash = entry_key(&redis, key);
         StorageFuture::new(async move {
             let reply: redis::Value = redis
-                .query(redis::cmd("HGETALL").arg(entry_key(&redis, &key)))
+                .query(redis::cmd("HGETALL").arg(&hash))
                 .await
                 .map_err(StorageError::new)?;
-            Ok(variants_of(&key, reply))
+            Ok(variants_of(&hash, reply, decoded.as_deref()))
         })
     }
 
@@ -509,8 +675,8 @@ mod tests {
 
     #[test]
     fn foreign_replies_decode_to_nothing_without_panicking() {
-        assert!(variants_of("k", redis::Value::Nil).is_empty());
-        assert!(variants_of("k", redis::Value::Int(3)).is_empty());
+        assert!(variants_of("k", redis::Value::Nil, None).is_empty());
+        assert!(variants_of("k", redis::Value::Int(3), None).is_empty());
         // An odd-length array, a non-string field, corrupt bytes, a bad stale mark.
         let reply = redis::Value::Array(vec![
             bulk(b"abc"),
@@ -521,7 +687,10 @@ mod tests {
             bulk(b"not a number"),
             bulk(b"dangling"),
         ]);
-        assert!(variants_of("k", reply).is_empty());
+        assert!(variants_of("k", reply.clone(), None).is_empty());
+        let decoded = decoded_cache(1 << 20).unwrap();
+        assert!(variants_of("k", reply, Some(&decoded)).is_empty());
+        assert!(decoded.is_empty());
         assert!(scan_page(redis::Value::Nil).is_err());
         assert!(scan_page(redis::Value::Array(vec![bulk(b"x"), bulk(b"y")])).is_err());
         let (cursor, members) = scan_page(redis::Value::Array(vec![

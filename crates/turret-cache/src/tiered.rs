@@ -172,7 +172,8 @@ impl TieredStorageBuilder {
         TieredStorage {
             inner: Arc::new(Inner {
                 l1,
-                l2: RedisStorage::new(self.redis),
+                // The L1 keeps the decoded responses: the L2 need not keep them again.
+                l2: RedisStorage::new(self.redis).keep_decoded(0),
                 l1_ttl: self.l1_ttl,
                 clock: self.clock,
                 instance,

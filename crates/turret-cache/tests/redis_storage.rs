@@ -441,6 +441,103 @@ async fn tag_invalidation(storage: &RedisStorage, keys: &[String]) {
     assert_eq!(none, 0);
 }
 
+/// The variant fields of the entry hash `hash` (not the `!` bookkeeping fields).
+fn variant_fields(server: &RedisServer, hash: &str) -> Vec<String> {
+    let fields: Vec<String> = server.cmd(&["HKEYS", hash]);
+    fields.into_iter().filter(|f| !f.starts_with('!')).collect()
+}
+
+#[tokio::test]
+async fn a_kept_decoded_response_is_served_only_while_redis_holds_its_exact_bytes() {
+    let server = RedisServer::start();
+    let a = RedisStorage::new(connect(&server).await);
+    // Another instance on the same Redis, with its own kept responses.
+    let b = RedisStorage::new(connect(&server).await);
+    let hash = a.entry_key(KEY);
+    let received = now();
+    a.put(KEY, entry("a", Some(Some("x")), &[], received), TTL)
+        .await
+        .unwrap();
+
+    // Unchanged bytes: the response decoded by the first read, not a new decoding.
+    let first = a.get(KEY).await.unwrap();
+    let second = a.get(KEY).await.unwrap();
+    assert_eq!(bodies(&second), ["a"]);
+    assert!(Arc::ptr_eq(&first[0], &second[0]), "not decoded again");
+
+    // Another instance replaces the variant (same secondary key, new bytes).
+    b.put(
+        KEY,
+        entry(
+            "a2",
+            Some(Some("x")),
+            &[],
+            received + Duration::from_millis(1),
+        ),
+        TTL,
+    )
+    .await
+    .unwrap();
+    assert_eq!(variant_fields(&server, &hash).len(), 1, "the same variant");
+    let got = a.get(KEY).await.unwrap();
+    assert_eq!(bodies(&got), ["a2"], "what Redis holds now");
+    assert!(Arc::ptr_eq(&got[0], &a.get(KEY).await.unwrap()[0]));
+
+    // A soft purge by the other instance: the kept response is served stale.
+    let at = received + Duration::from_secs(1);
+    b.invalidate(KEY, Purge::MarkStale(at)).await.unwrap();
+    let got = a.get(KEY).await.unwrap();
+    assert_eq!(bodies(&got), ["a2"]);
+    assert_eq!(got[0].ttl(at), None, "stale from the purge on");
+
+    // A second variant appears, then the first one's field goes: only what is left is served.
+    b.put(
+        KEY,
+        entry("b", Some(Some("y")), &[], at + Duration::from_secs(1)),
+        TTL,
+    )
+    .await
+    .unwrap();
+    assert_eq!(bodies(&a.get(KEY).await.unwrap()), ["a2", "b"]);
+    let a2_field = variant_fields(&server, &hash)
+        .into_iter()
+        .find(|f| {
+            let raw: Vec<u8> = server.cmd(&["HGET", &hash, f]);
+            raw.ends_with(b"a2")
+        })
+        .expect("the field of a2");
+    let _: i64 = server.cmd(&["HDEL", &hash, &a2_field]);
+    assert_eq!(bodies(&a.get(KEY).await.unwrap()), ["b"]);
+
+    // Bytes that do not decode are a miss, never the response kept for the field.
+    for field in variant_fields(&server, &hash) {
+        let _: i64 = server.cmd(&["HSET", &hash, &field, "TRC\x03garbage"]);
+    }
+    assert!(a.get(KEY).await.unwrap().is_empty());
+
+    // Removed by the other instance: a miss.
+    b.put(KEY, entry("c", None, &[], at + Duration::from_secs(2)), TTL)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&a.get(KEY).await.unwrap()), ["c"]);
+    b.invalidate(KEY, Purge::Remove).await.unwrap();
+    assert!(a.get(KEY).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn keep_decoded_zero_decodes_every_read() {
+    let server = RedisServer::start();
+    let storage = RedisStorage::new(connect(&server).await).keep_decoded(0);
+    storage
+        .put(KEY, entry("a", None, &[], now()), TTL)
+        .await
+        .unwrap();
+    let first = storage.get(KEY).await.unwrap();
+    let second = storage.get(KEY).await.unwrap();
+    assert_eq!(bodies(&second), ["a"]);
+    assert!(!Arc::ptr_eq(&first[0], &second[0]));
+}
+
 #[tokio::test]
 async fn invalidate_tag_on_a_single_node_removes_or_marks_every_tagged_key() {
     let server = RedisServer::start();
@@ -784,7 +881,16 @@ async fn the_listener_ends_with_the_last_clone() {
     let redis = connect(&server).await;
     subscribed(&redis).await;
     let metrics = tokio::runtime::Handle::current().metrics();
-    let before = metrics.num_alive_tasks();
+    // The connections' own tasks may still be starting: count once the number holds still.
+    let mut before = metrics.num_alive_tasks();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = metrics.num_alive_tasks();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     let storage = TieredStorage::new(redis.clone());
     let clone = storage.clone();
     assert!(
