@@ -126,10 +126,16 @@ impl Breaker {
     }
 
     fn on_success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        let prev = self.state.swap(CLOSED, Ordering::AcqRel);
-        if prev != CLOSED {
-            self.transition(BreakerState::Closed);
+        // Read before writing: every command of every thread ends here, and a write to
+        // these shared lines on each one would move them between cores for nothing.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.state.load(Ordering::Acquire) != CLOSED {
+            let prev = self.state.swap(CLOSED, Ordering::AcqRel);
+            if prev != CLOSED {
+                self.transition(BreakerState::Closed);
+            }
         }
     }
 
