@@ -82,12 +82,13 @@ pub(crate) fn field_value(opaque: &str, weak: bool) -> Option<http::HeaderValue>
     {
         return None;
     }
-    let value = if weak {
-        format!("W/\"{opaque}\"")
-    } else {
-        format!("\"{opaque}\"")
-    };
-    http::HeaderValue::from_str(&value).ok()
+    // Written once, at its exact length, and handed over without a copy.
+    let prefix: &[u8] = if weak { b"W/\"" } else { b"\"" };
+    let mut value = Vec::with_capacity(prefix.len() + opaque.len() + 1);
+    value.extend_from_slice(prefix);
+    value.extend_from_slice(opaque.as_bytes());
+    value.push(b'"');
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
 }
 
 #[cfg(test)]
