@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use turret_redis::{Redis, Script, redis::Value};
 
 use super::{Backend, BackendError, Decide};
-use crate::{Algorithm, Decision, Outcome, Plan, Quota};
+use crate::{Algorithm, Decision, Limit, Outcome, Plan, Quota};
 
 /// Reads `TIME` as microseconds. Scripts replicate their effects (Redis ≥ 5 default), so a
 /// script may read the clock before writing.
@@ -557,29 +557,13 @@ async fn call(
     if limits.len() == 1 && job.max_delay_us == 0 {
         return call_one(redis, &job.keys[0], limits[0].quota(), costs).await;
     }
-    let mut call = MULTI.prepare();
+    let (script, params) = multi_params(limits, job.max_delay_us);
+    let mut call = script.prepare();
     for key in job.keys.iter() {
         call = call.key(key.as_str());
     }
-    call = call.arg(limits.len()).arg(job.max_delay_us);
-    for l in limits {
-        let q = l.quota();
-        call = match q.algorithm() {
-            Algorithm::Gcra => call
-                .arg(1)
-                .arg(q.emission_interval_micros())
-                .arg(q.tolerance_micros())
-                .arg(q.count()),
-            alg => call
-                .arg(match alg {
-                    Algorithm::FixedWindow => 2,
-                    Algorithm::SlidingWindow => 3,
-                    _ => 4,
-                })
-                .arg(q.period_micros())
-                .arg(q.count())
-                .arg(0),
-        };
+    for p in params {
+        call = call.arg(p);
     }
     let mut n = 0;
     for cost in costs {
@@ -612,12 +596,42 @@ async fn call(
         BackendError::new(
             format!(
                 "unexpected reply from {} for {n} requests of {} limits: {reply:?}",
-                MULTI.name(),
+                script.name(),
                 limits.len()
             ),
             false,
         )
     })
+}
+
+/// The script deciding several limits at once, or any in delay mode, and its arguments
+/// before the costs.
+fn multi_params(limits: &[Limit], max_delay_us: u64) -> (&'static Script, SmallVec<[u64; 16]>) {
+    let mut params = SmallVec::new();
+    params.push(limits.len() as u64);
+    params.push(max_delay_us);
+    for l in limits {
+        let q = l.quota();
+        match q.algorithm() {
+            Algorithm::Gcra => params.extend([
+                1,
+                q.emission_interval_micros(),
+                q.tolerance_micros(),
+                u64::from(q.count()),
+            ]),
+            alg => params.extend([
+                match alg {
+                    Algorithm::FixedWindow => 2,
+                    Algorithm::SlidingWindow => 3,
+                    _ => 4,
+                },
+                q.period_micros(),
+                u64::from(q.count()),
+                0,
+            ]),
+        }
+    }
+    (&MULTI, params)
 }
 
 /// One decision of a script's reply, `{allowed, remaining, reset_us, retry_us (-1: never)}`,
@@ -920,3 +934,6 @@ impl Backend for RedisBackend {
         });
     }
 }
+
+#[cfg(test)]
+mod script_tests;
