@@ -218,24 +218,130 @@ end
     )
 });
 
-/// Several limits at once, all-or-nothing, and delay mode. KEYS = one per limit (one hash
-/// slot: the same tag). ARGV = limit count, maximum delay µs (0: none; every limit GCRA
-/// otherwise), then four numbers per limit — algorithm (1 GCRA, 2 fixed window, 3 sliding
-/// window, 4 sliding log) and its parameters — then one cost per request. Returns per
-/// request the delay µs, then per limit {allowed, remaining, reset_us, retry_us (-1:
-/// never)}; a limit that would have admitted a refused request reports what it has left
-/// without it. Each state is read once and written once per batch.
+/// Several limits at once, all-or-nothing, every limit GCRA (a plan's commonest shape), with
+/// or without delay mode. KEYS = one per limit (one hash slot: the same tag). ARGV = maximum
+/// delay µs (0: none), then per limit its emission interval, tolerance and count (µs /
+/// units), then one cost per request. Returns per request the delay µs, then per limit
+/// {allowed, remaining, reset_us, retry_us (-1: never)}; a limit that would have admitted a
+/// refused request reports what it has left without it. One read of every TAT and, unless
+/// every request was refused, one write of each per batch; each key lives as the
+/// single-quota GCRA key does.
+///
+/// In delay mode a request every limit would admit within the maximum delay waits for the
+/// last of them: it is decided at `now + wait` and its reset counts from now.
+///
+/// The decisions are those of [`MULTI`] (and of the script before both, which the
+/// differential test in `script_tests` keeps as the reference), written for the cost of
+/// each call as [`GCRA`] is: the states and parameters are flat arrays read once, the loop
+/// fills one flat reply with no table, closure or `math.*` call per request or limit
+/// (reply numbers are truncated by Redis, which is `math.floor` for these non-negative
+/// values), and the writes use the GCRA script's formatting of the same decimal TAT and
+/// expiry.
+static MULTI_GCRA: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "ratelimit_multi_gcra",
+        "local t = redis.call('TIME') local now = t[1] * 1000000 + t[2]
+local n, maxd = #KEYS, ARGV[1] + 0
+local T, U, C, S = {}, {}, {}, {}
+for i = 1, n do
+  T[i] = ARGV[3 * i - 1] + 0 U[i] = ARGV[3 * i] + 0 C[i] = ARGV[3 * i + 1] + 0
+  S[i] = tonumber(redis.call('GET', KEYS[i]) or 0)
+end
+local out, k, changed = {}, 0, false
+for j = 3 * n + 2, #ARGV do
+  local cost = ARGV[j] + 0
+  local at, delay, all = now, 0, true
+  if maxd > 0 then
+    local wait = 0
+    for i = 1, n do
+      local tat = S[i]
+      if tat < now then tat = now end
+      local diff = tat + T[i] * cost - now
+      if diff > U[i] or C[i] == 0 then
+        if T[i] * cost > U[i] or C[i] == 0 then wait = -1 break end
+        if diff - U[i] > wait then wait = diff - U[i] end
+      end
+    end
+    if wait >= 0 and wait <= maxd then at = now + wait delay = wait end
+  end
+  for i = 1, n do
+    local tat = S[i]
+    if tat < at then tat = at end
+    if tat + T[i] * cost - at > U[i] or C[i] == 0 then all = false break end
+  end
+  if all then
+    out[k + 1] = delay
+    for i = 1, n do
+      local tat = S[i]
+      if tat < at then tat = at end
+      local new_tat = tat + T[i] * cost
+      local diff = new_tat - at
+      S[i] = new_tat
+      local b = k + 4 * i - 2
+      out[b] = 1 out[b + 1] = (U[i] - diff) / T[i] out[b + 2] = diff + delay out[b + 3] = -1
+    end
+    changed = true
+  else
+    out[k + 1] = 0
+    for i = 1, n do
+      local tat = S[i]
+      if tat < now then tat = now end
+      local tau = U[i]
+      local diff = tat + T[i] * cost - now
+      local b = k + 4 * i - 2
+      if diff > tau or C[i] == 0 then
+        local avail = tau - (tat - now)
+        if avail < 0 then avail = 0 end
+        local retry = -1
+        if T[i] * cost <= tau and C[i] > 0 then retry = diff - tau end
+        out[b] = 0 out[b + 1] = avail / T[i] out[b + 2] = tat - now out[b + 3] = retry
+      else
+        out[b] = 1 out[b + 1] = (tau - (tat - now)) / T[i] out[b + 2] = tat - now out[b + 3] = -1
+      end
+    end
+  end
+  k = k + 1 + 4 * n
+end
+if changed then
+  for i = 1, n do
+    local v = S[i]
+    local px = 1000
+    if v - now > 999000 then
+      px = math.ceil((v - now) / 1000) + 1
+      if px >= 9007199254740992 or px % 100000000 == 0 then px = string.format('%.0f', px) end
+    end
+    if v >= 9007199254740992 or v % 100000000 == 0 then v = string.format('%.0f', v) end
+    redis.call('SET', KEYS[i], v, 'PX', px)
+  end
+end
+return out",
+    )
+});
+
+/// Several limits at once, all-or-nothing, any algorithms (a plan with a window; every
+/// limit GCRA goes to [`MULTI_GCRA`], and so does delay mode, which needs every limit GCRA).
+/// KEYS = one per limit (one hash slot: the same tag). ARGV = four numbers per limit —
+/// algorithm (1 GCRA, 2 fixed window, 3 sliding window, 4 sliding log) and its parameters —
+/// then one cost per request. Returns per request the delay µs (always 0 here), then per
+/// limit {allowed, remaining, reset_us, retry_us (-1: never)}; a limit that would have
+/// admitted a refused request reports what it has left without it. Each state is read once
+/// and written once per batch.
+///
+/// `check` gives one limit's decision as four values (no table), written straight into the
+/// reply, where a refusal overwrites the admitting limits' decisions with what they have
+/// left; numbers come from arguments by coercion and non-negative reply numbers are
+/// truncated by Redis rather than by `math.floor`. A GCRA state is written as [`GCRA`]
+/// writes it; the windows' writes are those of their own scripts.
 static MULTI: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "ratelimit_multi",
-        format!(
-            "{NOW}
-local n = tonumber(ARGV[1]) local maxd = tonumber(ARGV[2])
-local L = {{}}
+        "local t = redis.call('TIME') local now = t[1] * 1000000 + t[2]
+local n = #KEYS
+local L = {}
 for i = 1, n do
-  local b = 2 + (i - 1) * 4
-  local l = {{k = KEYS[i], alg = tonumber(ARGV[b + 1]), a = tonumber(ARGV[b + 2]),
-    b = tonumber(ARGV[b + 3]), c = tonumber(ARGV[b + 4]), changed = false}}
+  local b = 4 * i - 3
+  local l = {k = KEYS[i], alg = ARGV[b] + 0, a = ARGV[b + 1] + 0, b = ARGV[b + 2] + 0,
+    c = ARGV[b + 3] + 0, changed = false}
   if l.alg == 1 then
     l.tat = tonumber(redis.call('GET', l.k) or 0)
   elseif l.alg == 2 then
@@ -258,42 +364,47 @@ for i = 1, n do
   end
   L[i] = l
 end
--- The decision of one limit for `cost` arriving at `at` (GCRA; the windows decide at now),
--- and the state it would leave, without writing it.
-local function check(l, cost, at)
-  if l.alg == 1 then
-    local t_, tau, count = l.a, l.b, l.c
+-- The decision of one limit for `cost` at now, without writing its state.
+local function check(l, cost)
+  local alg = l.alg
+  if alg == 1 then
+    local t_, tau = l.a, l.b
     local tat = l.tat
-    if tat < at then tat = at end
-    local new_tat = tat + t_ * cost
-    local diff = new_tat - at
-    if diff > tau or count == 0 then
+    if tat < now then tat = now end
+    local diff = tat + t_ * cost - now
+    if diff > tau or l.c == 0 then
+      local avail = tau - (tat - now)
+      if avail < 0 then avail = 0 end
       local retry = -1
-      if t_ * cost <= tau and count > 0 then retry = diff - tau end
-      return {{0, math.floor(math.max(tau - (tat - at), 0) / t_), tat - at, retry}}
+      if t_ * cost <= tau and l.c > 0 then retry = diff - tau end
+      return 0, avail / t_, tat - now, retry
     end
-    return {{1, math.floor((tau - diff) / t_), diff, -1, new_tat}}
-  elseif l.alg == 2 then
+    return 1, (tau - diff) / t_, diff, -1
+  elseif alg == 2 then
     local limit = l.b
     if l.count + cost > limit then
       local retry = -1
       if cost <= limit then retry = l.reset end
-      return {{0, math.max(limit - l.count, 0), l.reset, retry}}
+      local left = limit - l.count
+      if left < 0 then left = 0 end
+      return 0, left, l.reset, retry
     end
-    return {{1, limit - l.count - cost, l.reset, -1}}
-  elseif l.alg == 3 then
+    return 1, limit - l.count - cost, l.reset, -1
+  elseif alg == 3 then
     local w, limit, prev, curr, left = l.a, l.b, l.prev, l.curr, l.left
     local est_w = prev * left + curr * w
-    local admit_w = math.max(limit - cost, 0) * w
+    local cap = limit - cost
+    if cap < 0 then cap = 0 end
+    local admit_w = cap * w
     if cost > limit or est_w > admit_w then
-      local remaining = math.floor(math.max(limit * w - est_w, 0) / w)
+      local remaining = limit * w - est_w
+      if remaining < 0 then remaining = 0 end
       local retry = -1
       if cost <= limit then
         local need_w = est_w - admit_w
         if prev > 0 and need_w <= prev * left then
           retry = math.ceil(need_w / prev)
         else
-          local cap = limit - cost
           local into_next = 0
           if curr > cap then into_next = math.ceil((curr - cap) * w / curr) end
           retry = left + into_next
@@ -301,9 +412,9 @@ local function check(l, cost, at)
       end
       local reset = left
       if curr > 0 then reset = left + w end
-      return {{0, remaining, reset, retry}}
+      return 0, remaining / w, reset, retry
     end
-    return {{1, math.floor((limit * w - est_w - cost * w) / w), left + w, -1}}
+    return 1, math.floor((limit * w - est_w - cost * w) / w), left + w, -1
   else
     local w, limit = l.a, l.b
     if l.count + cost > limit then
@@ -315,63 +426,62 @@ local function check(l, cost, at)
       local last = redis.call('ZRANGE', l.k, -1, -1, 'WITHSCORES')
       local reset = 0
       if last[2] then reset = tonumber(last[2]) + w - now end
-      return {{0, math.max(limit - l.count, 0), reset, retry}}
+      local left = limit - l.count
+      if left < 0 then left = 0 end
+      return 0, left, reset, retry
     end
-    return {{1, limit - l.count - cost, w, -1}}
+    return 1, limit - l.count - cost, w, -1
   end
 end
-local function commit(l, cost, r)
-  l.changed = true
-  if l.alg == 1 then l.tat = r[5]
-  elseif l.alg == 2 then l.count = l.count + cost
-  elseif l.alg == 3 then l.curr = l.curr + cost
-  else
-    local stamp = string.format('%.0f', now)
-    for i = 1, cost do
-      redis.call('ZADD', l.k, stamp, stamp .. ':' .. (l.count + i))
-    end
-    l.count = l.count + cost
-  end
-end
-local out = {{}}
-for j = 3 + 4 * n, #ARGV do
-  local cost = tonumber(ARGV[j])
-  local at, delay = now, 0
-  if maxd > 0 then
-    local wait, ok = 0, true
-    for i = 1, n do
-      local r = check(L[i], cost, now)
-      if r[1] == 0 then
-        if r[4] < 0 then ok = false elseif r[4] > wait then wait = r[4] end
-      end
-    end
-    if ok and wait <= maxd then at = now + wait delay = wait end
-  end
-  local rs, all = {{}}, true
+local out, k = {}, 0
+for j = 4 * n + 1, #ARGV do
+  local cost = ARGV[j] + 0
+  local all = true
+  out[k + 1] = 0
   for i = 1, n do
-    rs[i] = check(L[i], cost, at)
-    if rs[i][1] == 0 then all = false end
+    local b = k + 4 * i - 2
+    local a, r, s, y = check(L[i], cost)
+    out[b] = a out[b + 1] = r out[b + 2] = s out[b + 3] = y
+    if a == 0 then all = false end
   end
   if all then
-    for i = 1, n do commit(L[i], cost, rs[i]) end
-  else
-    delay = 0
     for i = 1, n do
-      rs[i] = check(L[i], cost, now)
-      if rs[i][1] == 1 then rs[i] = check(L[i], 0, now) end
+      local l = L[i]
+      l.changed = true
+      if l.alg == 1 then
+        local tat = l.tat
+        if tat < now then tat = now end
+        l.tat = tat + l.a * cost
+      elseif l.alg == 2 then l.count = l.count + cost
+      elseif l.alg == 3 then l.curr = l.curr + cost
+      else
+        local stamp = string.format('%.0f', now)
+        for m = 1, cost do
+          redis.call('ZADD', l.k, stamp, stamp .. ':' .. (l.count + m))
+        end
+        l.count = l.count + cost
+      end
+    end
+  else
+    for i = 1, n do
+      local b = k + 4 * i - 2
+      if out[b] == 1 then out[b], out[b + 1], out[b + 2], out[b + 3] = check(L[i], 0) end
     end
   end
-  out[#out + 1] = delay
-  for i = 1, n do
-    local r = rs[i]
-    out[#out + 1] = r[1] out[#out + 1] = r[2] out[#out + 1] = r[3] + delay out[#out + 1] = r[4]
-  end
+  k = k + 1 + 4 * n
 end
 for i = 1, n do
   local l = L[i]
   if l.changed then
     if l.alg == 1 then
-      redis.call('SET', l.k, string.format('%.0f', l.tat), 'PX', math.max(math.ceil((l.tat - now) / 1000) + 1, 1000))
+      local v = l.tat
+      local px = 1000
+      if v - now > 999000 then
+        px = math.ceil((v - now) / 1000) + 1
+        if px >= 9007199254740992 or px % 100000000 == 0 then px = string.format('%.0f', px) end
+      end
+      if v >= 9007199254740992 or v % 100000000 == 0 then v = string.format('%.0f', v) end
+      redis.call('SET', l.k, v, 'PX', px)
     elseif l.alg == 2 then
       redis.call('HSET', l.k, 'w', string.format('%.0f', l.idx), 'c', l.count)
       redis.call('PEXPIRE', l.k, math.ceil(l.reset / 1000) + 1)
@@ -383,8 +493,7 @@ for i = 1, n do
     end
   end
 end
-return out"
-        ),
+return out",
     )
 });
 
@@ -508,7 +617,7 @@ impl RedisBackend {
     /// Loads the scripts on every node ahead of the first decision (optional).
     pub async fn preload(&self) -> Result<(), BackendError> {
         self.redis
-            .preload(&[&GCRA, &FIXED, &SLIDING, &LOG, &MULTI, &REFUND])
+            .preload(&[&GCRA, &FIXED, &SLIDING, &LOG, &MULTI_GCRA, &MULTI, &REFUND])
             .await
             .map_err(|e| BackendError::new(e.to_string(), e.is_unavailable()))
     }
@@ -605,11 +714,26 @@ async fn call(
 }
 
 /// The script deciding several limits at once, or any in delay mode, and its arguments
-/// before the costs.
+/// before the costs: [`MULTI_GCRA`] when every limit is GCRA, [`MULTI`] otherwise (no delay
+/// then: delay mode needs every limit GCRA).
 fn multi_params(limits: &[Limit], max_delay_us: u64) -> (&'static Script, SmallVec<[u64; 16]>) {
     let mut params = SmallVec::new();
-    params.push(limits.len() as u64);
-    params.push(max_delay_us);
+    if limits
+        .iter()
+        .all(|l| l.quota().algorithm() == Algorithm::Gcra)
+    {
+        params.push(max_delay_us);
+        for l in limits {
+            let q = l.quota();
+            params.extend([
+                q.emission_interval_micros(),
+                q.tolerance_micros(),
+                u64::from(q.count()),
+            ]);
+        }
+        return (&MULTI_GCRA, params);
+    }
+    debug_assert_eq!(max_delay_us, 0, "delay mode needs every limit GCRA");
     for l in limits {
         let q = l.quota();
         match q.algorithm() {
