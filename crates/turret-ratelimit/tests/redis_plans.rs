@@ -303,3 +303,50 @@ async fn a_turn_given_back_on_redis_is_taken_by_the_next_request() {
         next.delay()
     );
 }
+
+#[tokio::test]
+async fn a_plans_keys_are_its_limits_keys_built_one_by_one() {
+    // Decisions build a plan's keys from one escaped stem; they must be the keys that
+    // `KeyBuilder` makes for each limit, hostile and hashed (too long) client keys included.
+    let server = RedisServer::start();
+    let handle = redis(&server.url()).await;
+    let b = RedisBackend::new(handle.clone());
+    let huge = "x".repeat(64 * 1024);
+    let plan = Plan::new("api", Quota::per_second(5))
+        .and("daily:{x}", long(20, Algorithm::FixedWindow))
+        .and(&"n".repeat(300), long(3, Algorithm::SlidingLog));
+    for key in [
+        "client",
+        "}{evil}",
+        "a:b:*",
+        "line\nbreak\0nul",
+        "",
+        huge.as_str(),
+    ] {
+        let o = decide(&b, key, &plan, 1, Duration::ZERO).await;
+        assert!(o.allowed(), "{key:?}");
+        let expected: Vec<String> = plan
+            .limits()
+            .iter()
+            .map(|l| {
+                let mut k = handle.key("rl").tag(format!("api/{key}"));
+                if l.name() != "api" {
+                    k = k.part(l.name());
+                }
+                k.part(match l.quota().algorithm() {
+                    Algorithm::Gcra => "gcra",
+                    Algorithm::FixedWindow => "fixed_window",
+                    Algorithm::SlidingWindow => "sliding_window",
+                    Algorithm::SlidingLog => "sliding_log",
+                    other => panic!("{other:?}"),
+                })
+                .build()
+            })
+            .collect();
+        assert_eq!(b.plan_keys("api", key, &plan), expected, "{key:?}");
+        for k in &expected {
+            let exists: i64 = server.cmd(&["EXISTS", k]);
+            assert_eq!(exists, 1, "{k} was written by the decision");
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::{
 
 use smallvec::SmallVec;
 use tokio::sync::oneshot;
-use turret_redis::{Redis, Script, redis::Value};
+use turret_redis::{Redis, Script, push_escaped, redis::Value};
 
 use super::{Backend, BackendError, Decide};
 use crate::{Algorithm, Decision, Limit, Outcome, Plan, Quota};
@@ -629,22 +629,51 @@ impl RedisBackend {
 
     /// The Redis key of `key` under `policy` for its limit `part` (empty: the policy's own).
     fn limit_key(&self, policy: &str, key: &str, part: &str, algorithm: Algorithm) -> String {
-        let mut tag = Vec::with_capacity(policy.len() + key.len() + 1);
-        tag.extend_from_slice(policy.as_bytes());
-        tag.push(b'/');
-        tag.extend_from_slice(key.as_bytes());
-        let mut b = self.redis.key("rl").tag(tag);
+        let mut b = self.redis.key("rl").tag(Self::tag(policy, key));
         if !part.is_empty() {
             b = b.part(part);
         }
         b.part(algorithm.as_str()).build()
     }
 
+    /// The hash tag of `key` under `policy`: every limit's key has it.
+    fn tag(policy: &str, key: &str) -> Vec<u8> {
+        let mut tag = Vec::with_capacity(policy.len() + key.len() + 1);
+        tag.extend_from_slice(policy.as_bytes());
+        tag.push(b'/');
+        tag.extend_from_slice(key.as_bytes());
+        tag
+    }
+
     /// The Redis keys of `key`'s limits of `plan` under `policy`, in the plan's order.
     pub fn plan_keys(&self, policy: &str, key: &str, plan: &Plan) -> Vec<String> {
-        plan.limits()
+        self.keys_of(policy, key, plan).to_vec()
+    }
+
+    /// [`plan_keys`](Self::plan_keys) for a decision: the prefix and the escaped tag made
+    /// once for every limit, the keys in one allocation besides their own.
+    fn keys_of(&self, policy: &str, key: &str, plan: &Plan) -> Arc<[String]> {
+        let limits = plan.limits();
+        if let [l] = limits {
+            return Arc::new([self.limit_key(policy, key, l.part(policy), l.quota().algorithm())]);
+        }
+        // What `limit_key` builds: the stem, then `part` for each of `:part`, `:algorithm`.
+        let stem = self.redis.key("rl").tag(Self::tag(policy, key)).build();
+        limits
             .iter()
-            .map(|l| self.limit_key(policy, key, l.part(policy), l.quota().algorithm()))
+            .map(|l| {
+                let part = l.part(policy);
+                let algorithm = l.quota().algorithm().as_str();
+                let mut k = String::with_capacity(stem.len() + part.len() + algorithm.len() + 2);
+                k.push_str(&stem);
+                if !part.is_empty() {
+                    k.push(':');
+                    push_escaped(&mut k, part.as_bytes());
+                }
+                k.push(':');
+                push_escaped(&mut k, algorithm.as_bytes());
+                k
+            })
             .collect()
     }
 }
@@ -969,11 +998,13 @@ impl Backend for RedisBackend {
         } else {
             0
         };
-        let keys: Arc<[String]> = self.plan_keys(policy, key, plan).into();
+        let keys = self.keys_of(policy, key, plan);
         // A call decides one plan in one mode: the first key names the batch, and the rest of
         // the job must match for a request to join it.
-        let mut batch_key = keys[0].clone();
-        if keys.len() > 1 || max_delay_us > 0 {
+        let plan_mode = keys.len() > 1 || max_delay_us > 0;
+        let mut batch_key = String::with_capacity(keys[0].len() + 5);
+        batch_key.push_str(&keys[0]);
+        if plan_mode {
             batch_key.push_str("\u{0}plan");
         }
         let job = Job {
