@@ -221,22 +221,24 @@ end
 /// Several limits at once, all-or-nothing, every limit GCRA (a plan's commonest shape), with
 /// or without delay mode. KEYS = one per limit (one hash slot: the same tag). ARGV = maximum
 /// delay µs (0: none), then per limit its emission interval, tolerance and count (µs /
-/// units), then one cost per request. Returns per request the delay µs, then per limit
-/// {allowed, remaining, reset_us, retry_us (-1: never)}; a limit that would have admitted a
-/// refused request reports what it has left without it. One read of every TAT and, unless
-/// every request was refused, one write of each per batch; each key lives as the
-/// single-quota GCRA key does.
+/// units), then one cost per request. Returns per request either, admitted, its delay µs
+/// (≥ 0) and per limit {remaining, reset_us}, or, refused, -1 and per limit {allowed,
+/// remaining, reset_us, retry_us (-1: never)}, where a limit that would have admitted the
+/// request reports what it has left without it (read by `multi_outcomes`). One read of
+/// every TAT and, unless every request was refused, one write of each per batch; each key
+/// lives as the single-quota GCRA key does.
 ///
 /// In delay mode a request every limit would admit within the maximum delay waits for the
 /// last of them: it is decided at `now + wait` and its reset counts from now.
 ///
-/// The decisions are those of [`MULTI`] (and of the script before both, which the
-/// differential test in `script_tests` keeps as the reference), written for the cost of
-/// each call as [`GCRA`] is: the states and parameters are flat arrays read once, the loop
-/// fills one flat reply with no table, closure or `math.*` call per request or limit
-/// (reply numbers are truncated by Redis, which is `math.floor` for these non-negative
-/// values), and the writes use the GCRA script's formatting of the same decimal TAT and
-/// expiry.
+/// The decisions, writes and stored bytes are those of the one multi-limit script before
+/// #18, which the differential test in `script_tests` keeps as its reference; the script is
+/// written for the cost of each call as [`GCRA`] is: the states and parameters are flat
+/// arrays read once, the loop fills one flat reply with no table, closure or `math.*` call
+/// per request or limit (reply numbers are truncated by Redis, which is `math.floor` for
+/// these non-negative values), an admitted request's reply leaves out what it implies
+/// (allowed, no retry: 5 numbers instead of 9 for two limits; the reply's conversion is
+/// much of a batch's cost), and the writes format the TAT and expiry as the GCRA script does.
 static MULTI_GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "ratelimit_multi_gcra",
@@ -277,12 +279,12 @@ for j = 3 * n + 2, #ARGV do
       local new_tat = tat + T[i] * cost
       local diff = new_tat - at
       S[i] = new_tat
-      local b = k + 4 * i - 2
-      out[b] = 1 out[b + 1] = (U[i] - diff) / T[i] out[b + 2] = diff + delay out[b + 3] = -1
+      out[k + 2 * i] = (U[i] - diff) / T[i] out[k + 2 * i + 1] = diff + delay
     end
+    k = k + 1 + 2 * n
     changed = true
   else
-    out[k + 1] = 0
+    out[k + 1] = -1
     for i = 1, n do
       local tat = S[i]
       if tat < now then tat = now end
@@ -299,8 +301,8 @@ for j = 3 * n + 2, #ARGV do
         out[b] = 1 out[b + 1] = (tau - (tat - now)) / T[i] out[b + 2] = tat - now out[b + 3] = -1
       end
     end
+    k = k + 1 + 4 * n
   end
-  k = k + 1 + 4 * n
 end
 if changed then
   for i = 1, n do
@@ -322,16 +324,15 @@ return out",
 /// limit GCRA goes to [`MULTI_GCRA`], and so does delay mode, which needs every limit GCRA).
 /// KEYS = one per limit (one hash slot: the same tag). ARGV = four numbers per limit —
 /// algorithm (1 GCRA, 2 fixed window, 3 sliding window, 4 sliding log) and its parameters —
-/// then one cost per request. Returns per request the delay µs (always 0 here), then per
-/// limit {allowed, remaining, reset_us, retry_us (-1: never)}; a limit that would have
-/// admitted a refused request reports what it has left without it. Each state is read once
-/// and written once per batch.
+/// then one cost per request. Replies as [`MULTI_GCRA`] does (the delay of an admitted
+/// request is always 0 here). Each state is read once and written once per batch.
 ///
-/// `check` gives one limit's decision as four values (no table), written straight into the
-/// reply, where a refusal overwrites the admitting limits' decisions with what they have
-/// left; numbers come from arguments by coercion and non-negative reply numbers are
-/// truncated by Redis rather than by `math.floor`. A GCRA state is written as [`GCRA`]
-/// writes it; the windows' writes are those of their own scripts.
+/// The decisions, writes and stored bytes are those of the script before #18 (see
+/// [`MULTI_GCRA`]); `check` gives one limit's decision as four values kept in the limit's
+/// table (no table per request or limit), numbers come from arguments by coercion and
+/// non-negative reply numbers are truncated by Redis rather than by `math.floor`. A GCRA
+/// state is written as [`GCRA`] writes it; the windows' writes are those of their own
+/// scripts.
 static MULTI: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "ratelimit_multi",
@@ -437,16 +438,16 @@ local out, k = {}, 0
 for j = 4 * n + 1, #ARGV do
   local cost = ARGV[j] + 0
   local all = true
-  out[k + 1] = 0
   for i = 1, n do
-    local b = k + 4 * i - 2
-    local a, r, s, y = check(L[i], cost)
-    out[b] = a out[b + 1] = r out[b + 2] = s out[b + 3] = y
-    if a == 0 then all = false end
+    local l = L[i]
+    l.da, l.dr, l.ds, l.dy = check(l, cost)
+    if l.da == 0 then all = false end
   end
   if all then
+    out[k + 1] = 0
     for i = 1, n do
       local l = L[i]
+      out[k + 2 * i] = l.dr out[k + 2 * i + 1] = l.ds
       l.changed = true
       if l.alg == 1 then
         local tat = l.tat
@@ -462,13 +463,17 @@ for j = 4 * n + 1, #ARGV do
         l.count = l.count + cost
       end
     end
+    k = k + 1 + 2 * n
   else
+    out[k + 1] = -1
     for i = 1, n do
+      local l = L[i]
+      if l.da == 1 then l.da, l.dr, l.ds, l.dy = check(l, 0) end
       local b = k + 4 * i - 2
-      if out[b] == 1 then out[b], out[b + 1], out[b + 2], out[b + 3] = check(L[i], 0) end
+      out[b] = l.da out[b + 1] = l.dr out[b + 2] = l.ds out[b + 3] = l.dy
     end
+    k = k + 1 + 4 * n
   end
-  k = k + 1 + 4 * n
 end
 for i = 1, n do
   local l = L[i]
@@ -709,25 +714,8 @@ async fn call(
         n += 1;
     }
     let reply: Value = call.invoke(redis).await.map_err(redis_error)?;
-    let per = 1 + 4 * limits.len();
     let outcomes = match &reply {
-        Value::Array(items) if items.len() == per * n => items
-            .chunks_exact(per)
-            .map(|r| {
-                let [Value::Int(delay), ref decisions @ ..] = *r else {
-                    return None;
-                };
-                let decisions = decisions
-                    .chunks_exact(4)
-                    .zip(limits)
-                    .map(|(d, l)| decision(d, l.quota()))
-                    .collect::<Option<SmallVec<[Decision; 2]>>>()?;
-                Some(Outcome::new(
-                    decisions,
-                    Duration::from_micros(delay.max(0) as u64),
-                ))
-            })
-            .collect::<Option<Vec<_>>>(),
+        Value::Array(items) => multi_outcomes(items, limits, n),
         _ => None,
     };
     outcomes.ok_or_else(|| {
@@ -740,6 +728,53 @@ async fn call(
             false,
         )
     })
+}
+
+/// The outcomes of `n` requests in a reply of [`MULTI_GCRA`] or [`MULTI`], read in place:
+/// per request, an admitted one's delay µs and {remaining, reset_us} per limit, or -1 and a
+/// refused one's {allowed, remaining, reset_us, retry_us (-1: never)} per limit. `None`
+/// unless the reply is exactly that.
+fn multi_outcomes(items: &[Value], limits: &[Limit], n: usize) -> Option<Vec<Outcome>> {
+    let non_neg = |v: i64| v.max(0) as u64;
+    let mut outcomes = Vec::with_capacity(n);
+    let mut rest = items;
+    for _ in 0..n {
+        let (Value::Int(first), tail) = rest.split_first()? else {
+            return None;
+        };
+        let outcome = if *first >= 0 {
+            let (these, tail) = tail.split_at_checked(2 * limits.len())?;
+            rest = tail;
+            let decisions = these
+                .chunks_exact(2)
+                .zip(limits)
+                .map(|(d, l)| {
+                    let [Value::Int(remaining), Value::Int(reset)] = *d else {
+                        return None;
+                    };
+                    Some(Decision::from_micros(
+                        true,
+                        l.quota().count(),
+                        non_neg(remaining),
+                        non_neg(reset),
+                        None,
+                    ))
+                })
+                .collect::<Option<SmallVec<[Decision; 2]>>>()?;
+            Outcome::new(decisions, Duration::from_micros(non_neg(*first)))
+        } else {
+            let (these, tail) = tail.split_at_checked(4 * limits.len())?;
+            rest = tail;
+            let decisions = these
+                .chunks_exact(4)
+                .zip(limits)
+                .map(|(d, l)| decision(d, l.quota()))
+                .collect::<Option<SmallVec<[Decision; 2]>>>()?;
+            Outcome::new(decisions, Duration::ZERO)
+        };
+        outcomes.push(outcome);
+    }
+    rest.is_empty().then_some(outcomes)
 }
 
 /// The script deciding several limits at once, or any in delay mode, and its arguments

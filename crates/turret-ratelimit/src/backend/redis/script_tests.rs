@@ -8,8 +8,8 @@ use std::time::Duration;
 use turret_redis::redis::{self, Value};
 use turret_testkit::RedisServer;
 
-use super::multi_params;
-use crate::{Algorithm, Limit, Plan, Quota};
+use super::{decision, multi_outcomes, multi_params};
+use crate::{Algorithm, Limit, Outcome, Plan, Quota};
 
 /// The multi-limit script of d30631c, byte for byte: the reference.
 const BEFORE: &str = include_str!("multi_before_18.lua");
@@ -46,6 +46,56 @@ fn before_params(limits: &[Limit], max_delay_us: u64) -> Vec<u64> {
         }
     }
     params
+}
+
+/// A reply of the scripts now in the form `BEFORE` replied: an admitted request's
+/// {remaining, reset} per limit become {1, remaining, reset, -1}, a refused request's -1
+/// its delay 0.
+fn as_before(reply: &Value, limits: usize) -> Value {
+    let Value::Array(items) = reply else {
+        return reply.clone();
+    };
+    let mut out = Vec::new();
+    let mut rest = &items[..];
+    while let Some((first, tail)) = rest.split_first() {
+        if matches!(first, Value::Int(i) if *i >= 0) {
+            out.push(first.clone());
+            for d in tail[..2 * limits.min(tail.len() / 2)].chunks(2) {
+                out.extend([Value::Int(1), d[0].clone(), d[1].clone(), Value::Int(-1)]);
+            }
+            rest = &tail[(2 * limits).min(tail.len())..];
+        } else {
+            out.push(Value::Int(0));
+            let these = (4 * limits).min(tail.len());
+            out.extend(tail[..these].iter().cloned());
+            rest = &tail[these..];
+        }
+    }
+    Value::Array(out)
+}
+
+/// `BEFORE`'s reply decoded as the backend decoded it.
+fn outcomes_before(reply: &Value, limits: &[Limit]) -> Option<Vec<Outcome>> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    items
+        .chunks_exact(1 + 4 * limits.len())
+        .map(|r| {
+            let Value::Int(delay) = r[0] else {
+                return None;
+            };
+            let decisions = r[1..]
+                .chunks_exact(4)
+                .zip(limits)
+                .map(|(d, l)| decision(d, l.quota()))
+                .collect::<Option<Vec<_>>>()?;
+            Some(Outcome::new(
+                decisions,
+                Duration::from_micros(delay.max(0) as u64),
+            ))
+        })
+        .collect()
 }
 
 /// `source` on a clock the test sets (`TIME` reads a hash instead), every command other than
@@ -353,6 +403,21 @@ fn differences(
                 }
                 _ => seen.errors += 1,
             }
+            // The replies, number for number, and what the backend reads in them.
+            if let (Some((o, _)), Some((n, _))) = (&old, &new) {
+                let o = outcomes_before(o, limits);
+                let Value::Array(items) = n else {
+                    return Err(format!("{}\nnot an array: {n:?}", what()));
+                };
+                let n = multi_outcomes(items, limits, costs.len());
+                if o.is_none() || o != n {
+                    return Err(format!(
+                        "{}\ndecoded before: {o:?}\ndecoded now:    {n:?}",
+                        what()
+                    ));
+                }
+            }
+            let new = new.map(|(reply, log)| (as_before(&reply, limits.len()), log));
             if old != new {
                 return Err(format!("{}\nbefore: {old:?}\nnow:    {new:?}", what()));
             }
@@ -397,22 +462,42 @@ fn multi_limit_scripts_decide_and_store_as_the_script_before_them() {
 
 #[test]
 fn the_comparison_sees_a_changed_script() {
-    // The comparison itself must fail on a script that differs from the reference: here in
-    // a refused request's reset, its retry, and the expiry of a written TAT.
+    // The comparison must fail on scripts that differ from the reference: here in an
+    // admitted request's reset in delay mode, a window's refusal, and a TAT's expiry.
     let server = RedisServer::start();
     for (from, to) in [
-        ("l.reset, retry}", "l.reset + 1, retry}"),
-        ("retry = diff - tau end", "retry = diff - tau + 1 end"),
         (
-            "math.ceil((l.tat - now) / 1000) + 1, 1000)",
-            "math.ceil((l.tat - now) / 1000) + 2, 1000)",
+            "out[k + 2 * i + 1] = diff + delay",
+            "out[k + 2 * i + 1] = diff",
+        ),
+        (
+            "return 0, left, l.reset, retry",
+            "return 0, left, l.reset + 1, retry",
+        ),
+        (
+            "redis.call('SET', KEYS[i], v, 'PX', px)",
+            "redis.call('SET', KEYS[i], v, 'PX', px + 1)",
         ),
     ] {
-        assert_eq!(BEFORE.matches(from).count(), 1, "{from}");
-        let changed = BEFORE.replace(from, to);
         let result = differences(&server, 18, 4_000, |limits, max_delay_us| {
-            (changed.clone(), before_params(limits, max_delay_us))
+            let (source, params) = current(limits, max_delay_us);
+            (source.replacen(from, to, 1), params)
         });
         assert!(result.is_err(), "{from} → {to} went unnoticed");
+        let (gcra, _) = current(&plan_of(Algorithm::Gcra), 0);
+        let (multi, _) = current(&plan_of(Algorithm::FixedWindow), 0);
+        assert_eq!(
+            gcra.matches(from).count() + multi.matches(from).count(),
+            1,
+            "{from}"
+        );
     }
+}
+
+/// Two limits, the second of `algorithm`.
+fn plan_of(algorithm: Algorithm) -> Vec<Limit> {
+    Plan::new("a", Quota::per_second(1))
+        .and("b", Quota::per_second(1).with_algorithm(algorithm))
+        .limits()
+        .to_vec()
 }
