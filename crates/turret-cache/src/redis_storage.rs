@@ -363,17 +363,33 @@ fn all_pairs(reply: &redis::Value, mut f: impl FnMut(&[u8], &[u8]) -> bool) -> b
     }
 }
 
-/// The kept variants' responses, if the reply holds exactly their bytes and no soft purge.
+/// The kept variants' responses, if the reply holds exactly their bytes (each kept variant
+/// once) and no soft purge.
 fn unchanged(kept: &KnownVariants, reply: &redis::Value) -> Option<Variants> {
-    let mut variants = 0;
+    // Which kept variants a reply value matched (at most `MAX_VARIANTS` are stored; a longer
+    // list is never kept as unchanged).
+    let mut matched = 0u64;
+    if kept.known.len() > 64 {
+        return None;
+    }
     let same = all_pairs(reply, |field, value| {
         if field.starts_with(b"!") {
             return field != STALE_FIELD.as_bytes();
         }
-        variants += 1;
-        kept.known.iter().any(|k| k.raw[..] == *value)
+        let hit = kept
+            .known
+            .iter()
+            .enumerate()
+            .find(|(i, k)| matched & (1 << i) == 0 && k.raw[..] == *value);
+        match hit {
+            Some((i, _)) => {
+                matched |= 1 << i;
+                true
+            }
+            None => false,
+        }
     });
-    (same && variants == kept.known.len()).then(|| kept.variants.clone())
+    (same && matched.count_ones() as usize == kept.known.len()).then(|| kept.variants.clone())
 }
 
 /// The responses of an entry hash (`hash`): decodable variants (sorted by response time),

@@ -509,6 +509,30 @@ async fn a_kept_decoded_response_is_served_only_while_redis_holds_its_exact_byte
     let _: i64 = server.cmd(&["HDEL", &hash, &a2_field]);
     assert_eq!(bodies(&a.get(KEY).await.unwrap()), ["b"]);
 
+    // Two variants kept (a key never soft-purged); Redis then holds one's bytes under both
+    // fields: what Redis holds is served (the one, twice), never the other kept variant.
+    let other = "http://shop.example/other";
+    let other_hash = a.entry_key(other);
+    for (body, accept) in [("b", "y"), ("d", "w")] {
+        b.put(other, entry(body, Some(Some(accept)), &[], at), TTL)
+            .await
+            .unwrap();
+    }
+    assert_eq!(bodies(&a.get(other).await.unwrap()), ["b", "d"]);
+    assert_eq!(bodies(&a.get(other).await.unwrap()), ["b", "d"]);
+    let fields = variant_fields(&server, &other_hash);
+    let d_bytes: Vec<u8> = fields
+        .iter()
+        .map(|f| server.cmd::<Vec<u8>>(&["HGET", &other_hash, f]))
+        .find(|raw| raw.ends_with(b"d"))
+        .expect("the bytes of d");
+    for field in &fields {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(&other_hash).arg(field).arg(&d_bytes[..]);
+        let _: i64 = a.redis().query(&cmd).await.unwrap();
+    }
+    assert_eq!(bodies(&a.get(other).await.unwrap()), ["d", "d"]);
+
     // Bytes that do not decode are a miss, never the response kept for the field.
     for field in variant_fields(&server, &hash) {
         let _: i64 = server.cmd(&["HSET", &hash, &field, "TRC\x03garbage"]);
