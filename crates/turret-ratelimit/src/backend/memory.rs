@@ -315,14 +315,32 @@ impl Hasher for PreHashed {
 
 /// The seeded hash of a policy, limit and key. All are UTF-8, so none contains the byte 0xff
 /// that ends each: distinct triples hash distinct byte strings.
+///
+/// The three parts and their ends are hashed as one byte string: SipHash takes one `write`
+/// of a contiguous buffer in about half the time of six short ones (the decision's hash was
+/// a quarter of its time). The bytes hashed are the same either way.
 fn key_hash(hasher: &RandomState, policy: &str, limit: &str, key: &[u8]) -> u64 {
+    /// Keys up to `MAX_KEY_BYTES` with short policy and limit names fit on the stack.
+    const STACK: usize = 192;
     let mut h = hasher.build_hasher();
-    h.write(policy.as_bytes());
-    h.write_u8(0xff);
-    h.write(limit.as_bytes());
-    h.write_u8(0xff);
-    h.write(key);
-    h.write_u8(0xff);
+    let len = policy.len() + limit.len() + key.len() + 3;
+    if len <= STACK {
+        let mut buf = [0u8; STACK];
+        let mut at = 0;
+        for part in [policy.as_bytes(), limit.as_bytes(), key] {
+            buf[at..at + part.len()].copy_from_slice(part);
+            buf[at + part.len()] = 0xff;
+            at += part.len() + 1;
+        }
+        h.write(&buf[..at]);
+    } else {
+        h.write(policy.as_bytes());
+        h.write_u8(0xff);
+        h.write(limit.as_bytes());
+        h.write_u8(0xff);
+        h.write(key);
+        h.write_u8(0xff);
+    }
     h.finish()
 }
 
@@ -962,6 +980,40 @@ impl Backend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_hash_is_that_of_the_parts_and_their_ends_whatever_their_length() {
+        let hasher = RandomState::new();
+        let streamed = |policy: &str, limit: &str, key: &[u8]| {
+            let mut h = hasher.build_hasher();
+            for part in [policy.as_bytes(), limit.as_bytes(), key] {
+                h.write(part);
+                h.write_u8(0xff);
+            }
+            h.finish()
+        };
+        let long = "k".repeat(300);
+        for (policy, limit, key) in [
+            ("default", "", "10.0.0.1"),
+            ("api", "daily", "10.0.0.1"),
+            ("", "", ""),
+            ("default", "", &long[..182]), // 192 bytes: the last that fit on the stack
+            ("default", "", &long[..183]),
+            ("default", "burst", &long),
+        ] {
+            assert_eq!(
+                key_hash(&hasher, policy, limit, key.as_bytes()),
+                streamed(policy, limit, key.as_bytes()),
+                "{policy}/{limit}/{} bytes",
+                key.len()
+            );
+        }
+        // The ends keep the parts apart: moving a byte from one part to the next changes it.
+        assert_ne!(
+            key_hash(&hasher, "ab", "", b"c"),
+            key_hash(&hasher, "a", "", b"bc")
+        );
+    }
     use crate::FakeMicrosClock;
 
     #[test]
