@@ -1,7 +1,9 @@
 //! Other work on the machine during a measurement: the CPU time not spent by the processes
 //! of the run (the driver and the `wrk` it waited for, the scenario server, redis-server),
 //! from `/proc` (Linux; elsewhere nothing is measured and every run counts as quiet), and
-//! whether a `rustc` is running.
+//! whether a `rustc` is running. The same samples give each process's CPU time per request
+//! ([`cpu_per_request`]): what the server, wrk and Redis each spent on a request, which a
+//! ratio of requests/s between two scenarios on shared cores cannot tell apart.
 
 use std::time::{Duration, Instant};
 
@@ -24,8 +26,32 @@ pub(crate) struct Probe {
 pub(crate) struct Sample {
     at: Instant,
     busy: u64,
-    ours: u64,
+    /// The server's process tree, the driver with the children it waited for (`wrk`), and
+    /// redis-server, in ticks.
+    server: u64,
+    driver: u64,
+    redis: u64,
     pub(crate) rustc: bool,
+}
+
+impl Sample {
+    fn ours(&self) -> u64 {
+        self.server + self.driver + self.redis
+    }
+}
+
+/// CPU time per request between two samples, in µs: the server, the driver with `wrk`
+/// (the driver itself sleeps while `wrk` runs), and redis-server. One tick is 10 ms, so
+/// over a 3 s run of 100k requests the resolution is ~0.1 µs.
+pub(crate) fn cpu_per_request(a: &Sample, b: &Sample, requests: u64) -> [f64; 3] {
+    let per = |x: u64, y: u64| {
+        y.saturating_sub(x) as f64 * 1e6 / TICKS_PER_SECOND / requests.max(1) as f64
+    };
+    [
+        per(a.server, b.server),
+        per(a.driver, b.driver),
+        per(a.redis, b.redis),
+    ]
 }
 
 fn machine_busy() -> u64 {
@@ -114,12 +140,12 @@ impl Probe {
             .iter()
             .map(|pid| process_ticks(&pid.to_string(), false))
             .sum();
-        let ours =
-            process_ticks("self", true) + server + process_ticks(&self.redis.to_string(), false);
         Sample {
             at: Instant::now(),
             busy: machine_busy(),
-            ours,
+            server,
+            driver: process_ticks("self", true),
+            redis: process_ticks(&self.redis.to_string(), false),
             rustc: rustc_running(),
         }
     }
@@ -156,7 +182,7 @@ impl Probe {
 pub(crate) fn other_share(a: &Sample, b: &Sample) -> f64 {
     let seconds = b.at.duration_since(a.at).as_secs_f64().max(1e-3);
     let busy = b.busy.saturating_sub(a.busy) as f64;
-    let ours = b.ours.saturating_sub(a.ours) as f64;
+    let ours = b.ours().saturating_sub(a.ours()) as f64;
     ((busy - ours).max(0.0) / TICKS_PER_SECOND / seconds / cores()).min(1.0)
 }
 
@@ -173,13 +199,16 @@ mod tests {
         let a = probe.sample();
         // Burn a little CPU: it is ours, so the share of others stays a share.
         let mut x = 0u64;
-        for i in 0..20_000_000u64 {
+        for i in 0..100_000_000u64 {
             x = x.wrapping_mul(31).wrapping_add(i);
         }
         std::hint::black_box(x);
         let b = probe.sample();
         let share = other_share(&a, &b);
         assert!((0.0..=1.0).contains(&share));
+        // 100M multiply-adds take well over a tick (10 ms): the driver's CPU per "request" is seen.
+        let [_, driver, _] = cpu_per_request(&a, &b, 1);
+        assert!(driver >= 1e4, "{driver} µs");
     }
 
     #[test]

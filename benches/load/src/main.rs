@@ -17,8 +17,9 @@
 //! read in a Lua `done` hook), the ratio to the ceiling (`raw`, or `raw-<n>ms` for scenarios
 //! with that origin delay) of the same run, origin calls per request (the server's
 //! `/__origin_calls` before and after), Redis commands per request (`INFO commandstats`
-//! deltas, commands run by scripts included), the server's peak RSS, and the share of the
-//! CPU that other processes used meanwhile.
+//! deltas, commands run by scripts included), the CPU time the server, wrk and redis-server
+//! each spent per request, the server's peak RSS, and the share of the CPU that other
+//! processes used meanwhile.
 //!
 //! The write scenarios (`views-direct`, `views-writebehind-redis`, `views-writebehind-memory`;
 //! `--scenarios views` names all three) are not in the default run: `POST /views/{id}` on a
@@ -89,12 +90,25 @@ fn is_views(scenario: &str) -> bool {
     scenario.starts_with("views-")
 }
 
+/// The controls: a ceiling or a peer sending the same fields as a layer, as constants, next
+/// to the scenario they are a control for (rows measured minutes apart drift on a shared
+/// machine). `raw-plus-5-headers`: the origin with the rate limiter's five fields;
+/// `raw-plus-cache-headers`: with the three a cache hit adds; the same three on the
+/// hand-written cache-aside's hits.
+const CONTROLS: &[(&str, &str)] = &[
+    ("turret-memory", "raw-plus-5-headers"),
+    ("turret-cache-memory", "raw-plus-cache-headers"),
+    ("redis-cache-aside", "redis-cache-aside-plus-cache-headers"),
+];
+
 fn default_scenarios() -> Vec<String> {
-    let mut all: Vec<String> = LAYERS.iter().map(|s| s.to_string()).collect();
-    all.extend(CACHES.iter().map(|s| s.to_string()));
-    // (Controls, not in the default run: `raw-plus-5-headers`, the origin with the rate
-    // limiter's five fields as constants, and `raw-plus-cache-headers`, with the three a
-    // cache hit adds.)
+    let mut all: Vec<String> = Vec::new();
+    for s in LAYERS.iter().chain(CACHES) {
+        all.push(s.to_string());
+        if let Some((_, control)) = CONTROLS.iter().find(|(after, _)| after == s) {
+            all.push(control.to_string());
+        }
+    }
     // Every layer with Redis, and the Python stack teams run instead (with Python's own
     // ceiling: FastAPI without Redis).
     all.extend(FULL_STACK.iter().map(|s| s.to_string()));
@@ -232,6 +246,8 @@ struct Run {
     origin_per_request: f64,
     /// The share of the CPU other processes used during the measured period.
     other_cpu: f64,
+    /// CPU time per request in µs: the server, wrk, redis-server (`load::cpu_per_request`).
+    cpu: [f64; 3],
     /// Other processes used more than `load::DISTURBED` of the CPU, or a `rustc` ran.
     disturbed: bool,
 }
@@ -701,6 +717,7 @@ fn main() {
                 let (commands1, per1) = redis_commands(&redis);
                 let calls1 = origin_calls(port);
                 run.other_cpu = load::other_share(&before, &after);
+                run.cpu = load::cpu_per_request(&before, &after, run.requests);
                 run.disturbed = before.rustc || after.rustc || run.other_cpu > load::DISTURBED;
                 measured_runs += 1;
                 if run.disturbed && o.quiet > 0 && again < 2 {
@@ -733,11 +750,14 @@ fn main() {
             }
             let run = median(runs);
             eprintln!(
-                ": {:.0} req/s, p99 {:.2} ms, origin {:.3}/req, Redis {:.2}/req, others {:.0}% CPU{}",
+                ": {:.0} req/s, p99 {:.2} ms, origin {:.3}/req, Redis {:.2}/req, CPU µs/req {:.1} / {:.1} / {:.1}, others {:.0}% CPU{}",
                 run.rps,
                 run.latency[2],
                 run.origin_per_request,
                 run.redis_per_request,
+                run.cpu[0],
+                run.cpu[1],
+                run.cpu[2],
                 run.other_cpu * 100.0,
                 if run.disturbed { " (disturbed)" } else { "" }
             );
@@ -984,12 +1004,16 @@ fn report(
     md.push_str(
         "× ceiling: requests/s over `raw` (or `raw-2ms` for the 2 ms origin) at the same \
          concurrency. Origin/req: handler calls per request in the measured period. Redis/req: \
-         commands Redis processed per request (commands inside scripts included). Others: the \
-         largest share of the CPU other processes used during a measured run of the row.\n\n",
+         commands Redis processed per request (commands inside scripts included). CPU µs/req: \
+         the CPU time (user + system, from `/proc`, 10 ms ticks) the scenario's server, wrk and \
+         redis-server each spent per request in the median run: on two shared cores, what a \
+         layer costs the server apart from what wrk and Redis spend on the same requests. \
+         Others: the largest share of the CPU other processes used during a measured run of \
+         the row.\n\n",
     );
     md.push_str(
-        "| scenario | origin | conns | req/s | × ceiling | p50 ms | p95 ms | p99 ms | p99.9 ms | origin/req | Redis/req | Redis commands/req | errors | peak RSS MiB | others CPU |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n",
+        "| scenario | origin | conns | req/s | × ceiling | p50 ms | p95 ms | p99 ms | p99.9 ms | origin/req | Redis/req | Redis commands/req | CPU µs/req: server / wrk / Redis | errors | peak RSS MiB | others CPU |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let run = &r.run;
@@ -999,7 +1023,7 @@ fn report(
             .map(|(name, per)| format!("{name} {per:.2}"))
             .collect();
         md.push_str(&format!(
-            "| {}{} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.2} | {} | {} | {:.1} | {:.0}% |\n",
+            "| {}{} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.2} | {} | {:.1} / {:.1} / {:.1} | {} | {:.1} | {:.0}% |\n",
             r.scenario,
             if run.disturbed { " †" } else { "" },
             delay_of(&r.scenario),
@@ -1017,6 +1041,9 @@ fn report(
             } else {
                 commands.join(", ")
             },
+            run.cpu[0],
+            run.cpu[1],
+            run.cpu[2],
             run.errors,
             r.rss,
             run.other_cpu * 100.0
@@ -1024,7 +1051,7 @@ fn report(
     }
     for t in round_trips {
         md.push_str(&format!(
-            "| redis-benchmark {} | – | {} | {:.0} | – | {:.2} | {:.2} | {:.2} | – | – | 1.00 | {} 1.00 | 0 | – | – |\n",
+            "| redis-benchmark {} | – | {} | {:.0} | – | {:.2} | {:.2} | {:.2} | – | – | 1.00 | {} 1.00 | – | 0 | – | – |\n",
             if t.test == "GET" {
                 "GET (1 KB value)".to_owned()
             } else {
@@ -1116,6 +1143,12 @@ fn targets(o: &Options, rows: &[Row]) -> Vec<Target> {
             "Redis cache hit ÷ redis-rs cache-aside",
             "turret-cache-redis",
             "redis-cache-aside",
+            1.0,
+        ),
+        (
+            "Redis cache hit ÷ cache-aside sending the hit's three fields",
+            "turret-cache-redis",
+            "redis-cache-aside-plus-cache-headers",
             1.0,
         ),
         (
