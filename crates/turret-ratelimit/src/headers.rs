@@ -2,7 +2,7 @@
 //! (`RateLimit-Policy`, `RateLimit`), the de-facto `X-RateLimit-*`, and `Retry-After`
 //! (RFC 9110 §10.2.3, delay-seconds).
 
-use std::{io::Write as _, time::Duration};
+use std::{sync::LazyLock, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -25,6 +25,39 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Numbers below this are written from [`SMALL`], without formatting or allocating.
+const SMALL_NUMBERS: u64 = 1024;
+
+/// The field values `0` to `1023`, each a `'static` slice of one string made once: most
+/// remaining counts and reset times are small, and a clone of a static value copies a
+/// pointer, where `HeaderValue::from(n)` formats and allocates.
+static SMALL: LazyLock<Box<[HeaderValue]>> = LazyLock::new(|| {
+    let mut digits = String::new();
+    let mut ends = Vec::with_capacity(SMALL_NUMBERS as usize);
+    for n in 0..SMALL_NUMBERS {
+        digits.push_str(itoa::Buffer::new().format(n));
+        ends.push(digits.len());
+    }
+    let digits: &'static str = Box::leak(digits.into_boxed_str());
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let v = HeaderValue::from_static(&digits[start..end]);
+            start = end;
+            v
+        })
+        .collect()
+});
+
+/// A number as a field value.
+fn number(n: u64) -> HeaderValue {
+    if n < SMALL_NUMBERS {
+        SMALL[n as usize].clone()
+    } else {
+        HeaderValue::from(n)
+    }
+}
 
 /// Whole seconds, rounded up: a client told to wait "0 s" would retry at once.
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
@@ -56,7 +89,7 @@ pub(crate) fn write(
         None
     };
     if let Some(secs) = retry {
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        headers.insert(http::header::RETRY_AFTER, number(secs));
     }
     let show = match mode {
         HeaderMode::Always => true,
@@ -72,21 +105,31 @@ pub(crate) fn write(
     let t = retry.unwrap_or_else(|| ceil_secs(d.reset_after));
     headers.insert(RATELIMIT_POLICY.clone(), stamp.plan.policy_field().clone());
     // `"name";r=…;t=…`, built once into one buffer that becomes the header value.
-    let mut value = Vec::with_capacity(limit.quoted_name.len() + 24);
+    let mut value = Vec::with_capacity(limit.quoted_name.len() + 46);
     value.extend_from_slice(&limit.quoted_name);
-    let _ = write!(value, ";r={};t={t}", d.remaining);
+    value.extend_from_slice(b";r=");
+    value.extend_from_slice(itoa::Buffer::new().format(d.remaining).as_bytes());
+    value.extend_from_slice(b";t=");
+    value.extend_from_slice(itoa::Buffer::new().format(t).as_bytes());
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(RATELIMIT.clone(), v);
     }
     headers.insert(X_LIMIT.clone(), limit.limit_field.clone());
-    headers.insert(X_REMAINING.clone(), HeaderValue::from(d.remaining));
-    headers.insert(X_RESET.clone(), HeaderValue::from(t));
+    headers.insert(X_REMAINING.clone(), number(u64::from(d.remaining)));
+    headers.insert(X_RESET.clone(), number(t));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{Decision, Plan, Quota};
+
+    #[test]
+    fn numbers_are_written_as_from_formats_them_on_both_sides_of_the_table() {
+        for n in (0..2 * SMALL_NUMBERS).chain([u64::from(u32::MAX), u64::MAX]) {
+            assert_eq!(number(n), HeaderValue::from(n), "{n}");
+        }
+    }
 
     fn stamp(plan: &Plan, decision: Decision) -> Stamp {
         Stamp {
