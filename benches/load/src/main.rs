@@ -9,6 +9,7 @@
 //! target/release/turret-bench [--duration 3] [--warmup 2] [--connections 64,400] [--repeat 3]
 //!                             [--scenarios raw,turret-cache-memory,…] [--out-dir docs/benchmarks]
 //!                             [--no-redis-benchmark] [--quiet 30 [--quiet-limit 900]]
+//!                             [--pairs 5]   # the ratio targets as pairs of fresh starts
 //! target/release/turret-bench --charts-from docs/benchmarks/results.tsv   # redraw the charts
 //! ```
 //! `scripts/bench` does both and installs `wrk` and `redis-server` when they are missing.
@@ -27,6 +28,11 @@
 //! their own (accepted writes/s against `views-direct`, Redis commands per accepted write),
 //! and after a scenario's last run the driver flushes its queue and checks that the database
 //! counts exactly the writes answered `204`.
+//!
+//! `--pairs N` measures the ratio targets instead (those whose two scenarios are selected):
+//! N pairs of fresh server starts each, the scenario and its base one after the other, and
+//! writes the median of the per-pair ratios with their range to `paired.md`. One start of a
+//! server moves its row by about ±10% on two shared cores, more than most goals' margins.
 //!
 //! `--quiet N`, on a machine others use: before each scenario, wait until no `rustc` has
 //! run and other processes used under 3% of the CPU for N seconds in a row (3 s before each
@@ -174,6 +180,8 @@ struct Options {
     charts_from: Option<PathBuf>,
     quiet: u64,
     quiet_limit: u64,
+    /// `--pairs N`: measure the ratio targets as N pairs of fresh server starts instead.
+    pairs: usize,
 }
 
 fn options() -> Options {
@@ -188,6 +196,7 @@ fn options() -> Options {
         charts_from: None,
         quiet: 0,
         quiet_limit: 900,
+        pairs: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -216,6 +225,7 @@ fn options() -> Options {
             "--charts-from" => o.charts_from = Some(PathBuf::from(value)),
             "--quiet" => o.quiet = value.parse().expect("--quiet seconds"),
             "--quiet-limit" => o.quiet_limit = value.parse().expect("--quiet-limit seconds"),
+            "--pairs" => o.pairs = value.parse().expect("--pairs n"),
             "--no-redis-benchmark" => {
                 o.redis_benchmark = false;
                 i += 1;
@@ -645,6 +655,13 @@ fn main() {
     ] {
         std::fs::write(path, script).expect("write wrk script");
     }
+    if o.pairs > 0 {
+        let md = paired(&o, &redis, &measure, &warm, started);
+        std::fs::create_dir_all(&o.out_dir).expect("create the output directory");
+        std::fs::write(o.out_dir.join("paired.md"), &md).expect("write paired.md");
+        eprintln!("{md}\nwrote {}", o.out_dir.join("paired.md").display());
+        return;
+    }
     let mut checks: Vec<(String, Option<ViewsCheck>)> = Vec::new();
 
     let steps = o.scenarios.len() * o.connections.len();
@@ -862,6 +879,161 @@ fn main() {
 }
 
 /// Writes a write scenario's server answered `204` (2xx) for, per second, as wrk saw them.
+/// The date and time, UTC, to the minute (`date -u`).
+fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The CPU's model name (`/proc/cpuinfo`).
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// One fresh start of a scenario's server: an empty Redis, the warm-up, one measured run.
+fn one_start(
+    o: &Options,
+    redis: &RedisServer,
+    scenario: &str,
+    c: u32,
+    measure: &Path,
+    warm: &Path,
+) -> Run {
+    let _: String = redis.cmd(&["FLUSHALL"]);
+    let port = free_port();
+    let server = spawn_server(scenario, port, &redis.url());
+    let probe = load::Probe {
+        server: server.id(),
+        redis: redis_pid(redis),
+    };
+    wrk(port, c, o.warmup, warm);
+    if o.quiet > 0 {
+        probe.wait_for_quiet(
+            Duration::from_secs(o.quiet.min(3)),
+            Duration::from_secs(o.quiet_limit),
+        );
+    }
+    let before = probe.sample();
+    let mut run = parse_wrk(&wrk(port, c, o.duration, measure));
+    let after = probe.sample();
+    run.other_cpu = load::other_share(&before, &after);
+    run.cpu = load::cpu_per_request(&before, &after, run.requests);
+    run.disturbed = before.rustc || after.rustc || run.other_cpu > load::DISTURBED;
+    stop_server(server);
+    std::thread::sleep(Duration::from_millis(200));
+    run
+}
+
+/// The middle value (the mean of the two middle ones for an even count); NaN for none.
+fn middle(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// `--pairs N`: every ratio target whose two scenarios are selected, measured as N pairs of
+/// fresh server starts, the scenario and its base one after the other (the order swapped
+/// every other pair), each with its warm-up and one measured run. A server start moves a
+/// row by ±10% on the shared two cores (which worker the connections land on, how often a
+/// worker parks), more than most goals' margins; the median of N per-pair ratios samples
+/// that instead of taking one start's luck.
+fn paired(
+    o: &Options,
+    redis: &RedisServer,
+    measure: &Path,
+    warm: &Path,
+    started: Instant,
+) -> String {
+    let selected = |s: &str| o.scenarios.iter().any(|x| x == s);
+    let chosen: Vec<_> = RATIOS
+        .iter()
+        .filter(|(_, a, b, _)| selected(a) && selected(b))
+        .filter(|(_, a, b, _)| !(is_python(a) || is_python(b)) || python().exists())
+        .collect();
+    eprintln!(
+        "{} targets × {} concurrencies × {} pairs: {}s warm-up + {}s measured per start",
+        chosen.len(),
+        o.connections.len(),
+        o.pairs,
+        o.warmup,
+        o.duration
+    );
+    let mut md = format!(
+        "Generated by `turret-bench --pairs {}` on {}: {} cores ({}). Each target: {} pairs of \
+         fresh server starts, the scenario and its base one after the other (the order swapped \
+         every other pair), {}s warm-up and one {}s run each; the ratio is the median of the \
+         per-pair ratios, with their range. CPU: the server's CPU µs per request, medians of \
+         the starts. Disturbed: runs during which a `rustc` ran or other processes used over \
+         {:.0}% of the CPU (not measured again).\n\n\
+         | target | conns | ratio (median) | range | goal | met | server CPU µs/req (scenario / base) | disturbed runs |\n\
+         |---|---:|---:|---|---:|---|---:|---:|\n",
+        o.pairs,
+        utc_now(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model(),
+        o.pairs,
+        o.warmup,
+        o.duration,
+        load::DISTURBED * 100.0
+    );
+    for &&(label, a, b, goal) in &chosen {
+        for &c in &o.connections {
+            let (mut ratios, mut cpu_a, mut cpu_b, mut disturbed) = (vec![], vec![], vec![], 0);
+            for i in 0..o.pairs {
+                let elapsed = started.elapsed().as_secs();
+                eprint!("[{elapsed:>4}s] {label}, c={c}, pair {}:", i + 1);
+                let order = if i % 2 == 0 { [a, b] } else { [b, a] };
+                let mut rps = [0.0; 2];
+                for s in order {
+                    let run = one_start(o, redis, s, c, measure, warm);
+                    eprint!(" {s} {:.0}", run.rps);
+                    disturbed += usize::from(run.disturbed);
+                    if s == a {
+                        rps[0] = run.rps;
+                        cpu_a.push(run.cpu[0]);
+                    } else {
+                        rps[1] = run.rps;
+                        cpu_b.push(run.cpu[0]);
+                    }
+                }
+                let ratio = rps[0] / rps[1];
+                eprintln!(": {ratio:.2}");
+                if ratio.is_finite() {
+                    ratios.push(ratio);
+                }
+            }
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let ratio = middle(ratios);
+            md.push_str(&format!(
+                "| {label} | {c} | {ratio:.2} | {lo:.2}–{hi:.2} | ≥ {goal:.2} | {} | {:.1} / {:.1} | {disturbed} |\n",
+                if ratio >= goal { "yes" } else { "**no**" },
+                middle(cpu_a),
+                middle(cpu_b),
+            ));
+        }
+    }
+    md.push_str(&format!(
+        "\n{:.0}s in all.\n",
+        started.elapsed().as_secs_f64()
+    ));
+    md
+}
+
 fn accepted_rps(run: &Run) -> f64 {
     run.rps * (run.requests.saturating_sub(run.status_errors) as f64 / run.requests.max(1) as f64)
 }
@@ -966,19 +1138,8 @@ fn report(
     measured_runs: usize,
 ) -> String {
     let mut md = String::new();
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
+    let date = utc_now();
+    let cpu = cpu_model();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     md.push_str(&format!(
         "Generated by `turret-bench` on {date}: {cores} cores ({cpu}), server, wrk (`-t1`) and \
@@ -1124,109 +1285,113 @@ struct Target {
 
 /// The targets of issues 6 and 8 that this run can decide: ratios of two scenarios at the
 /// same concurrency, Redis commands per cache hit, the full stack's p99.
+/// The ratio targets: label, scenario, base, goal (the scenario's requests/s at least `goal`
+/// times the base's at the same concurrency).
+const RATIOS: &[(&str, &str, &str, f64)] = &[
+    (
+        "memory cache hit ÷ ceiling",
+        "turret-cache-memory",
+        "raw",
+        1.0,
+    ),
+    (
+        "tiered cache hit ÷ ceiling",
+        "turret-cache-tiered",
+        "raw",
+        1.0,
+    ),
+    (
+        "Redis cache hit ÷ redis-rs cache-aside",
+        "turret-cache-redis",
+        "redis-cache-aside",
+        1.0,
+    ),
+    (
+        "Redis cache hit ÷ cache-aside sending the hit's three fields",
+        "turret-cache-redis",
+        "redis-cache-aside-plus-cache-headers",
+        1.0,
+    ),
+    (
+        "memory cache hit ÷ http-cache-tower-server",
+        "turret-cache-memory",
+        "http-cache-tower-server",
+        1.0,
+    ),
+    // The controls send the same fields as the layer, as constants: a ratio to them is
+    // what the layer's own work costs, apart from wrk parsing more bytes on the same
+    // cores.
+    (
+        "memory cache hit ÷ raw-plus-cache-headers",
+        "turret-cache-memory",
+        "raw-plus-cache-headers",
+        1.0,
+    ),
+    (
+        "tiered cache hit ÷ raw-plus-cache-headers",
+        "turret-cache-tiered",
+        "raw-plus-cache-headers",
+        1.0,
+    ),
+    (
+        "memory rate limiter ÷ ceiling",
+        "turret-memory",
+        "raw",
+        0.97,
+    ),
+    (
+        "memory rate limiter ÷ raw-plus-5-headers",
+        "turret-memory",
+        "raw-plus-5-headers",
+        0.97,
+    ),
+    (
+        "memory rate limiter ÷ tower_governor",
+        "turret-memory",
+        "tower-governor",
+        1.0,
+    ),
+    (
+        "Redis fixed window ÷ INCR+EXPIRE limiter",
+        "turret-redis-fixed",
+        "incr-expire",
+        1.0,
+    ),
+    (
+        "Redis GCRA ÷ INCR+EXPIRE limiter",
+        "turret-redis-gcra",
+        "incr-expire",
+        0.9,
+    ),
+    (
+        "Redis GCRA, two quotas ÷ one quota",
+        "turret-redis-gcra-two-quotas",
+        "turret-redis-gcra",
+        0.9,
+    ),
+    (
+        "Redis GCRA, 1,000 keys ÷ INCR+EXPIRE limiter",
+        "turret-redis-gcra-many-keys",
+        "incr-expire",
+        0.9,
+    ),
+    (
+        "ETag layer (1 KB) ÷ ceiling",
+        "turret-conditional",
+        "raw",
+        0.95,
+    ),
+    (
+        "full stack with Redis ÷ FastAPI stack",
+        "turret-full-stack",
+        "fastapi-stack",
+        15.0,
+    ),
+];
+
 fn targets(o: &Options, rows: &[Row]) -> Vec<Target> {
     let mut targets = Vec::new();
-    let ratios: &[(&str, &str, &str, f64)] = &[
-        (
-            "memory cache hit ÷ ceiling",
-            "turret-cache-memory",
-            "raw",
-            1.0,
-        ),
-        (
-            "tiered cache hit ÷ ceiling",
-            "turret-cache-tiered",
-            "raw",
-            1.0,
-        ),
-        (
-            "Redis cache hit ÷ redis-rs cache-aside",
-            "turret-cache-redis",
-            "redis-cache-aside",
-            1.0,
-        ),
-        (
-            "Redis cache hit ÷ cache-aside sending the hit's three fields",
-            "turret-cache-redis",
-            "redis-cache-aside-plus-cache-headers",
-            1.0,
-        ),
-        (
-            "memory cache hit ÷ http-cache-tower-server",
-            "turret-cache-memory",
-            "http-cache-tower-server",
-            1.0,
-        ),
-        // The controls send the same fields as the layer, as constants: a ratio to them is
-        // what the layer's own work costs, apart from wrk parsing more bytes on the same
-        // cores.
-        (
-            "memory cache hit ÷ raw-plus-cache-headers",
-            "turret-cache-memory",
-            "raw-plus-cache-headers",
-            1.0,
-        ),
-        (
-            "tiered cache hit ÷ raw-plus-cache-headers",
-            "turret-cache-tiered",
-            "raw-plus-cache-headers",
-            1.0,
-        ),
-        (
-            "memory rate limiter ÷ ceiling",
-            "turret-memory",
-            "raw",
-            0.97,
-        ),
-        (
-            "memory rate limiter ÷ raw-plus-5-headers",
-            "turret-memory",
-            "raw-plus-5-headers",
-            0.97,
-        ),
-        (
-            "memory rate limiter ÷ tower_governor",
-            "turret-memory",
-            "tower-governor",
-            1.0,
-        ),
-        (
-            "Redis fixed window ÷ INCR+EXPIRE limiter",
-            "turret-redis-fixed",
-            "incr-expire",
-            1.0,
-        ),
-        (
-            "Redis GCRA ÷ INCR+EXPIRE limiter",
-            "turret-redis-gcra",
-            "incr-expire",
-            0.9,
-        ),
-        (
-            "Redis GCRA, two quotas ÷ one quota",
-            "turret-redis-gcra-two-quotas",
-            "turret-redis-gcra",
-            0.9,
-        ),
-        (
-            "Redis GCRA, 1,000 keys ÷ INCR+EXPIRE limiter",
-            "turret-redis-gcra-many-keys",
-            "incr-expire",
-            0.9,
-        ),
-        (
-            "ETag layer (1 KB) ÷ ceiling",
-            "turret-conditional",
-            "raw",
-            0.95,
-        ),
-        (
-            "full stack with Redis ÷ FastAPI stack",
-            "turret-full-stack",
-            "fastapi-stack",
-            15.0,
-        ),
-    ];
+    let ratios = RATIOS;
     for &c in &o.connections {
         for &(label, scenario, base, goal) in ratios {
             let ratio = rps_of(rows, scenario, c) / rps_of(rows, base, c);
@@ -1332,6 +1497,23 @@ mod tests {
         assert_eq!(ceiling_of("raw-plus-5-headers"), "raw");
         assert_eq!(delay_of("http-cache-tower-server-2ms"), "2ms");
         assert_eq!(delay_of("incr-expire"), "0ms");
+    }
+
+    #[test]
+    fn the_middle_of_the_pair_ratios() {
+        assert!(middle(vec![]).is_nan());
+        assert_eq!(middle(vec![0.9]), 0.9);
+        assert_eq!(middle(vec![1.2, 0.8, 1.0]), 1.0);
+        assert!((middle(vec![1.2, 0.8, 1.0, 0.9]) - 0.95).abs() < 1e-12);
+    }
+
+    #[test]
+    fn every_ratio_target_names_scenarios_of_the_default_run() {
+        let all = default_scenarios();
+        for (label, a, b, _) in RATIOS {
+            assert!(all.iter().any(|s| s == a), "{label}: {a}");
+            assert!(all.iter().any(|s| s == b), "{label}: {b}");
+        }
     }
 
     #[test]
