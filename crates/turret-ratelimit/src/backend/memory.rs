@@ -980,6 +980,7 @@ impl Backend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::FakeMicrosClock;
 
     #[test]
     fn the_key_hash_is_that_of_the_parts_and_their_ends_whatever_their_length() {
@@ -1014,7 +1015,6 @@ mod tests {
             key_hash(&hasher, "a", "", b"bc")
         );
     }
-    use crate::FakeMicrosClock;
 
     #[test]
     fn long_keys_are_kept_as_digests_with_their_own_quota() {
