@@ -728,14 +728,9 @@ fn main() {
                 let _ = std::io::stderr().flush();
                 let calls0 = origin_calls(port);
                 let (commands0, per0) = redis_commands(&redis);
-                let before = probe.sample();
-                let mut run = parse_wrk(&wrk(port, c, o.duration, measure));
-                let after = probe.sample();
+                let mut run = measured(&probe, port, c, o.duration, measure);
                 let (commands1, per1) = redis_commands(&redis);
                 let calls1 = origin_calls(port);
-                run.other_cpu = load::other_share(&before, &after);
-                run.cpu = load::cpu_per_request(&before, &after, run.requests);
-                run.disturbed = before.rustc || after.rustc || run.other_cpu > load::DISTURBED;
                 measured_runs += 1;
                 if run.disturbed && o.quiet > 0 && again < 2 {
                     again += 1;
@@ -900,6 +895,17 @@ fn cpu_model() -> String {
         .unwrap_or_default()
 }
 
+/// One measured `wrk` run, with the CPU the run's processes and the others used meanwhile.
+fn measured(probe: &load::Probe, port: u16, c: u32, seconds: u64, script: &Path) -> Run {
+    let before = probe.sample();
+    let mut run = parse_wrk(&wrk(port, c, seconds, script));
+    let after = probe.sample();
+    run.other_cpu = load::other_share(&before, &after);
+    run.cpu = load::cpu_per_request(&before, &after, run.requests);
+    run.disturbed = before.rustc || after.rustc || run.other_cpu > load::DISTURBED;
+    run
+}
+
 /// One fresh start of a scenario's server: an empty Redis, the warm-up, one measured run.
 fn one_start(
     o: &Options,
@@ -923,12 +929,7 @@ fn one_start(
             Duration::from_secs(o.quiet_limit),
         );
     }
-    let before = probe.sample();
-    let mut run = parse_wrk(&wrk(port, c, o.duration, measure));
-    let after = probe.sample();
-    run.other_cpu = load::other_share(&before, &after);
-    run.cpu = load::cpu_per_request(&before, &after, run.requests);
-    run.disturbed = before.rustc || after.rustc || run.other_cpu > load::DISTURBED;
+    let run = measured(&probe, port, c, o.duration, measure);
     stop_server(server);
     std::thread::sleep(Duration::from_millis(200));
     run
